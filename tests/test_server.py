@@ -1,0 +1,154 @@
+"""The embedded Redis Stack against a real redis-server: modules, CLI, durability, refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline import cli
+from pipeline.cli import main
+from pipeline.libssl import LibsslError, security_uri
+from pipeline.server import EmbeddedRedis, ServerError
+
+
+def test_only_bloom_and_timeseries_are_loaded(redis_stack: EmbeddedRedis, redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        names = {entry[b"name"].decode() for entry in client.module_list()}
+    assert names == {"bf", "timeseries"}
+    assert redis_stack.modules() == ["bf", "timeseries"]
+
+
+def _only_server_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    # These tests are about `fraud server`; a sibling command module that fails to import
+    # has tests of its own to say so.
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.server",))
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, unused_port: int,
+            libssl_dir: Path) -> Iterator[str]:
+    """FRAUD_* variables for a CLI-managed server of the test's own; returns its URL."""
+    _only_server_commands(monkeypatch)
+    libssl_dir.mkdir(parents=True, exist_ok=True)
+    # Share the project's libssl download instead of fetching it again into this home.
+    (tmp_path / "libssl").symlink_to(libssl_dir, target_is_directory=True)
+    url = f"redis://127.0.0.1:{unused_port}"
+    monkeypatch.setenv("FRAUD_REDIS_URL", url)
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path))
+    yield url
+    main(["server", "stop"])
+
+
+def test_cli_start_status_stop(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "status"]) == 3
+    assert capsys.readouterr().out.startswith("not running: ")
+    assert main(["server", "start"]) == 0
+    started = capsys.readouterr().out
+    assert started.startswith("started: pid ") and cli_env in started
+
+    assert main(["server", "start"]) == 0
+    assert capsys.readouterr().out.startswith("already running: pid ")
+
+    assert main(["server", "status"]) == 0
+    status = capsys.readouterr().out
+    assert status.startswith("running: pid ") and "modules: bf, timeseries" in status
+    with redis.Redis.from_url(cli_env) as client:
+        assert client.ping()
+
+    assert main(["server", "stop"]) == 0
+    assert capsys.readouterr().out.startswith("stopped: pid ")
+    assert main(["server", "status"]) == 3
+    assert main(["server", "stop"]) == 0
+
+
+@pytest.mark.parametrize("url", ["redis://example.invalid:6379", "redis://10.0.0.1:6379",
+                                 "rediss://127.0.0.1:6379"])
+def test_cli_refuses_a_server_it_cannot_serve(url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    _only_server_commands(monkeypatch)
+    monkeypatch.setenv("FRAUD_REDIS_URL", url)
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path))
+    assert main(["server", "start"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fraud: error: ")
+    assert not list(tmp_path.iterdir())
+
+
+def test_data_survives_sigkill(fresh_server: EmbeddedRedis) -> None:
+    with redis.Redis.from_url(fresh_server.url) as client:
+        client.set("plain", "kept")
+        client.execute_command("BF.ADD", "seen", "device-1")
+        client.execute_command("TS.ADD", "clicks", 1_000, 7)
+        client.xadd("stream", {"click": "1"})
+    old_pid = fresh_server.pid
+
+    fresh_server.kill()
+    assert not fresh_server.is_running()
+    fresh_server.start()
+
+    assert fresh_server.pid != old_pid
+    with redis.Redis.from_url(fresh_server.url) as client:
+        assert client.get("plain") == b"kept"
+        assert client.execute_command("BF.EXISTS", "seen", "device-1") == 1
+        timestamp, value = client.execute_command("TS.GET", "clicks")
+        assert (int(timestamp), float(value)) == (1_000, 7.0)
+        assert client.xlen("stream") == 1
+
+
+def test_stop_and_kill_are_no_ops_when_not_running(tmp_path: Path, unused_port: int) -> None:
+    server = EmbeddedRedis(tmp_path, unused_port)
+    assert server.pid is None and not server.is_running()
+    server.stop()
+    server.kill()
+
+
+def test_stale_pidfile_does_not_count(fresh_server: EmbeddedRedis) -> None:
+    fresh_server.kill()
+    fresh_server.pidfile.write_text("1\n")  # pid 1 exists but is no redis-server
+    assert not fresh_server.is_running()
+    fresh_server.start()
+    assert fresh_server.is_running()
+
+
+def test_port_taken_by_another_server_fails_fast(redis_stack: EmbeddedRedis, tmp_path: Path,
+                                                 libssl_dir: Path) -> None:
+    intruder = EmbeddedRedis(tmp_path, redis_stack.port, libssl_dir=libssl_dir)
+    with pytest.raises(ServerError, match="Address already in use"):
+        intruder.start(timeout=10)
+    assert not intruder.is_running()
+    assert redis_stack.is_running()
+
+
+def _apt_root(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return tmp_path
+
+
+def test_security_uri_from_deb822_sources(tmp_path: Path) -> None:
+    root = _apt_root(tmp_path, {"sources.list.d/debian.sources": (
+        "Types: deb\n# a comment\nURIs: http://mirror.test/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://mirror.test/debian-security/\nSuites: bookworm-security\nComponents: main\n"
+    ), "sources.list.d/other.sources.disabled": "Types: deb\nURIs: http://x.test\nSuites: a-security\n"})
+    assert security_uri(root) == "http://mirror.test/debian-security"
+
+
+def test_security_uri_from_classic_sources(tmp_path: Path) -> None:
+    root = _apt_root(tmp_path, {"sources.list": (
+        "# deb http://commented.test/debian-security bookworm-security main\n"
+        "deb http://mirror.test/debian bookworm main\n"
+        "deb [ arch=amd64 signed-by=/k.gpg ] http://mirror.test/security bookworm-security main\n"
+    )})
+    assert security_uri(root) == "http://mirror.test/security"
+
+
+def test_security_uri_missing_is_one_clear_error(tmp_path: Path) -> None:
+    root = _apt_root(tmp_path, {"sources.list": "deb http://mirror.test/debian bookworm main\n"})
+    with pytest.raises(LibsslError, match="no security suite"):
+        security_uri(root)
