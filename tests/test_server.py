@@ -21,6 +21,11 @@ def test_only_bloom_and_timeseries_are_loaded(redis_stack: EmbeddedRedis, redis_
     assert redis_stack.modules() == ["bf", "timeseries"]
 
 
+def test_server_command_is_wired_into_the_cli() -> None:
+    # The other CLI tests isolate `fraud server`; this one keeps it reachable for real.
+    assert "pipeline.server" in cli.COMMAND_MODULES
+
+
 def _only_server_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     # These tests are about `fraud server`; a sibling command module that fails to import
     # has tests of its own to say so.
