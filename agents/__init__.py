@@ -1,0 +1,1 @@
+"""Business logic of the pipeline's stages: generator, detector, aggregator."""

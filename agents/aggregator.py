@@ -1,0 +1,86 @@
+"""The aggregator stage: verdicts in, per-verdict RedisTimeSeries counts out.
+
+Counts are pre-aggregated per batch into (verdict, event-time bucket) cells and
+written as ``TS.ADD ... ON_DUPLICATE SUM`` samples, one per cell, in the same
+atomic call as the XACK: summing a series over all time gives exactly the
+number of verdicts, and a replay of the same clicks lands in the same buckets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.keys import AGGREGATOR_GROUP, VERDICTS, Keys
+from pipeline.resp import RespClient, RespError
+from pipeline.runtime import BatchContext, Entry, Rejection, fenced_ids, reject
+from pipeline.settings import Settings
+from schemas.verdict import InvalidVerdict, verdict_index_and_time
+
+# KEYS of fraud_aggregate before the series: the verdict stream and the stats hash.
+SERIES_KEY_OFFSET = 3
+
+
+async def ensure_series(client: RespClient, keys: Keys, settings: Settings) -> None:
+    """One raw series per verdict, summing duplicates, with a downsampled rollup rule."""
+    for verdict in VERDICTS:
+        labels = ("LABELS", "metric", "clicks", "verdict", verdict)
+        await _create(client, keys.series(verdict), "RETENTION", settings.series_retention_ms,
+                      "DUPLICATE_POLICY", "SUM", *labels, "tier", "raw")
+        await _create(client, keys.rollup(verdict), "RETENTION", settings.rollup_retention_ms,
+                      "DUPLICATE_POLICY", "SUM", *labels, "tier", "rollup")
+        try:
+            await client.execute("TS.CREATERULE", keys.series(verdict), keys.rollup(verdict),
+                                 "AGGREGATION", "sum", settings.rollup_bucket_ms)
+        except RespError as err:
+            if "already has" not in str(err) and "exists" not in str(err):
+                raise
+
+
+async def _create(client: RespClient, key: str, *args: Any) -> None:
+    try:
+        await client.execute("TS.CREATE", key, *args)
+    except RespError as err:
+        if "already exists" not in str(err):
+            raise
+
+
+class Aggregator:
+    stage = "aggregator"
+    group = AGGREGATOR_GROUP
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket_ms = settings.bucket_ms
+
+    def input_stream(self, keys: Keys) -> str:
+        return keys.verdicts
+
+    async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
+        await ensure_series(client, keys, settings)
+
+    async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
+        cells: Counter[tuple[int, int]] = Counter()
+        ids: list[bytes] = []
+        rejections: list[Rejection] = []
+        bucket = self.bucket_ms
+        for entry_id, flat in entries:
+            try:
+                verdict, ts = verdict_index_and_time(flat)
+            except InvalidVerdict as err:
+                rejections.append(Rejection(entry_id, str(err), flat or ()))
+                continue
+            cells[verdict, ts - ts % bucket] += 1
+            ids.append(entry_id)
+        lost = await reject(ctx, rejections)
+        if not ids:
+            return lost
+        lo, hi = ctx.bounds(ids)
+        args: list[Any] = [ctx.group, ctx.consumer, lo, hi, len(ids), *ids]
+        for (verdict, bucket_start), count in cells.items():
+            args += (verdict + SERIES_KEY_OFFSET, bucket_start, count)
+        keys = ctx.keys
+        reply = await ctx.client.execute(
+            "FCALL", "fraud_aggregate", 2 + len(VERDICTS), keys.verdicts, keys.stats,
+            *(keys.series(v) for v in VERDICTS), *args)
+        return lost + fenced_ids(reply)

@@ -1,0 +1,269 @@
+#!lua name=fraud
+-- Server-side steps of the pipeline. Each function applies a whole batch's
+-- effects and its XACK in one atomic call, so a crash leaves either all of a
+-- batch done or none of it, and a redelivered entry cannot count twice.
+--
+-- Every step is fenced on ownership: it applies nothing unless every entry it
+-- is given is still pending for the calling consumer. An entry that another
+-- consumer claimed meanwhile is that consumer's to apply.
+
+local BIG = 1000000
+
+-- Map of id -> delivery count for the entries in [lo, hi] that `consumer` owns.
+local function owned_entries(stream, group, consumer, lo, hi)
+  local owned = {}
+  local rows = redis.call('XPENDING', stream, group, lo, hi, BIG, consumer)
+  for _, row in ipairs(rows) do
+    owned[row[1]] = row[4]
+  end
+  return owned
+end
+
+-- Returns nil when all ids are owned, else the list of ids that are not.
+local function fence(owned, ids)
+  local lost = nil
+  for _, id in ipairs(ids) do
+    if owned[id] == nil then
+      lost = lost or {}
+      lost[#lost + 1] = id
+    end
+  end
+  return lost
+end
+
+local function ack(stream, group, ids)
+  -- XACK takes many ids at once; unpack is bounded by Lua's stack, so go in slices.
+  local step = 1000
+  for first = 1, #ids, step do
+    redis.call('XACK', stream, group, unpack(ids, first, math.min(first + step - 1, #ids)))
+  end
+end
+
+local function count_stats(stats_key, stage, counts)
+  for name, n in pairs(counts) do
+    if n ~= 0 then
+      redis.call('HINCRBY', stats_key, stage .. '.' .. name, n)
+    end
+  end
+end
+
+local function dead_letter(dead_key, stage, id, reason, deliveries, fields)
+  local entry = {'reason', reason, 'stage', stage, 'raw_id', id, 'deliveries', tostring(deliveries)}
+  for _, v in ipairs(fields) do
+    entry[#entry + 1] = v
+  end
+  redis.call('XADD', dead_key, '*', unpack(entry))
+end
+
+-- Copies `n` arguments from position `at` into a new table.
+local function slice(args, at, n)
+  local out = {}
+  for j = 1, n do
+    out[j] = args[at + j - 1]
+  end
+  return out
+end
+
+-- KEYS: raw stream, verdict stream, dead-letter stream, blacklist filter, stats hash
+-- ARGV: group, consumer, lo id, hi id, window ms, spam threshold, horizon ms,
+--       window key prefix, then one record per entry:
+--       'v', id, device_id, member, ts, ip, n, <n verdict fields>   (a valid click)
+--       'd', id, reason, n, <n original fields>                     (a rejected entry)
+local function detect(keys, args)
+  local raw, verdicts, dead, blacklist, stats = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local group, consumer = args[1], args[2]
+  local window_ms, threshold, horizon_ms = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+  local window_prefix = args[8]
+
+  local records, ids = {}, {}
+  local i = 9
+  while i <= #args do
+    local kind, id = args[i], args[i + 1]
+    ids[#ids + 1] = id
+    if kind == 'v' then
+      local n = tonumber(args[i + 6])
+      records[#records + 1] = {kind, id, args[i + 2], args[i + 3], tonumber(args[i + 4]), args[i + 5],
+                               slice(args, i + 7, n)}
+      i = i + 7 + n
+    else
+      local n = tonumber(args[i + 3])
+      records[#records + 1] = {kind, id, args[i + 2], slice(args, i + 4, n)}
+      i = i + 4 + n
+    end
+  end
+  if #ids == 0 then
+    return {'ok', 0, 0, 0, 0, 0}
+  end
+  local owned = owned_entries(raw, group, consumer, args[3], args[4])
+  local lost = fence(owned, ids)
+  if lost then
+    return {'fenced', unpack(lost)}
+  end
+
+  local counts = {clean = 0, ip_blacklist = 0, click_spam = 0, duplicate = 0, dead = 0}
+  for _, r in ipairs(records) do
+    if r[1] == 'v' then
+      local id, device, member, ts, ip, fields = r[2], r[3], r[4], r[5], r[6], r[7]
+      local window = window_prefix .. device
+      -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
+      -- click into its device's window in one step.
+      if redis.call('ZADD', window, 'NX', ts, member) == 0 then
+        counts.duplicate = counts.duplicate + 1
+      else
+        -- Clicks in [ts - window, ts], less this one: the window as it stood before it.
+        local earlier = redis.call('ZCOUNT', window, ts - window_ms, ts) - 1
+        redis.call('ZREMRANGEBYSCORE', window, '-inf', '(' .. (ts - horizon_ms))
+        redis.call('PEXPIRE', window, horizon_ms)
+        local verdict = 'clean'
+        if redis.call('CF.EXISTS', blacklist, ip) == 1 then
+          verdict = 'ip_blacklist'
+        elseif earlier >= threshold then
+          verdict = 'click_spam'
+        end
+        counts[verdict] = counts[verdict] + 1
+        fields[#fields + 1] = 'verdict'
+        fields[#fields + 1] = verdict
+        fields[#fields + 1] = 'raw_id'
+        fields[#fields + 1] = id
+        redis.call('XADD', verdicts, '*', unpack(fields))
+      end
+    else
+      counts.dead = counts.dead + 1
+      dead_letter(dead, 'detector', r[2], r[3], owned[r[2]], r[4])
+    end
+  end
+  ack(raw, group, ids)
+  count_stats(stats, 'detector', counts)
+  return {'ok', counts.clean, counts.ip_blacklist, counts.click_spam, counts.duplicate, counts.dead}
+end
+
+-- KEYS: verdict stream, stats hash, then one series key per verdict
+-- ARGV: group, consumer, lo id, hi id, number of ids, ids..., then triples of
+--       (series position in KEYS, bucket timestamp, count)
+local function aggregate(keys, args)
+  local stream, stats = keys[1], keys[2]
+  local group, consumer = args[1], args[2]
+  local nids = tonumber(args[5])
+  local ids = slice(args, 6, nids)
+  if nids == 0 then
+    return {'ok', 0, 0}
+  end
+  local lost = fence(owned_entries(stream, group, consumer, args[3], args[4]), ids)
+  if lost then
+    return {'fenced', unpack(lost)}
+  end
+  local counted, rejected = 0, 0
+  for i = 6 + nids, #args, 3 do
+    local n = tonumber(args[i + 2])
+    local ok = pcall(redis.call, 'TS.ADD', keys[tonumber(args[i])], args[i + 1], n, 'ON_DUPLICATE', 'SUM')
+    if ok then
+      counted = counted + n
+    else
+      -- Older than the series' retention: RedisTimeSeries refuses the sample.
+      rejected = rejected + n
+    end
+  end
+  ack(stream, group, ids)
+  count_stats(stats, 'aggregator', {counted = counted, rejected = rejected})
+  return {'ok', counted, rejected}
+end
+
+-- KEYS: source stream, dead-letter stream, stats hash
+-- ARGV: group, consumer, stage, lo id, hi id, then records: id, reason, n, <n fields>
+local function reject(keys, args)
+  local stream, dead, stats = keys[1], keys[2], keys[3]
+  local group, consumer, stage = args[1], args[2], args[3]
+  local records, ids = {}, {}
+  local i = 6
+  while i <= #args do
+    local n = tonumber(args[i + 2])
+    records[#records + 1] = {args[i], args[i + 1], slice(args, i + 3, n)}
+    ids[#ids + 1] = args[i]
+    i = i + 3 + n
+  end
+  if #ids == 0 then
+    return {'ok', 0}
+  end
+  local owned = owned_entries(stream, group, consumer, args[4], args[5])
+  local lost = fence(owned, ids)
+  if lost then
+    return {'fenced', unpack(lost)}
+  end
+  for _, r in ipairs(records) do
+    dead_letter(dead, stage, r[1], r[2], owned[r[1]], r[3])
+  end
+  ack(stream, group, ids)
+  count_stats(stats, stage, {dead = #ids})
+  return {'ok', #ids}
+end
+
+local function parse_id(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function id_less(a, b)
+  local ams, aseq = parse_id(a)
+  local bms, bseq = parse_id(b)
+  return ams < bms or (ams == bms and aseq < bseq)
+end
+
+-- The highest MINID that trims nothing a group has yet to deliver or acknowledge.
+local function safe_min_id(stream)
+  local safe = nil
+  local groups = redis.call('XINFO', 'GROUPS', stream)
+  for _, g in ipairs(groups) do
+    local info = {}
+    for j = 1, #g, 2 do
+      info[g[j]] = g[j + 1]
+    end
+    local bound = info['last-delivered-id']
+    local summary = redis.call('XPENDING', stream, info['name'])
+    if summary[2] and id_less(summary[2], bound) then
+      bound = summary[2]
+    end
+    if safe == nil or id_less(bound, safe) then
+      safe = bound
+    end
+  end
+  return safe
+end
+
+-- KEYS: stream. ARGV: id below which entries are old enough to go.
+-- Trims only entries that every group has delivered and acknowledged; a
+-- stream nobody consumes yet is left whole.
+local function trim(keys, args)
+  local safe = safe_min_id(keys[1])
+  if safe == nil then
+    return 0
+  end
+  local target = args[1]
+  if id_less(safe, target) then
+    target = safe
+  end
+  return redis.call('XTRIM', keys[1], 'MINID', '~', target)
+end
+
+-- KEYS: stream. ARGV: group, idle ms. Deletes consumers idle that long with
+-- nothing pending; checking and deleting in one step means none can read in between.
+local function forget_idle(keys, args)
+  local removed = {}
+  local consumers = redis.call('XINFO', 'CONSUMERS', keys[1], args[1])
+  for _, c in ipairs(consumers) do
+    local info = {}
+    for j = 1, #c, 2 do
+      info[c[j]] = c[j + 1]
+    end
+    if info['pending'] == 0 and info['idle'] > tonumber(args[2]) then
+      redis.call('XGROUP', 'DELCONSUMER', keys[1], args[1], info['name'])
+      removed[#removed + 1] = info['name']
+    end
+  end
+  return removed
+end
+
+redis.register_function('fraud_detect', detect)
+redis.register_function('fraud_aggregate', aggregate)
+redis.register_function('fraud_reject', reject)
+redis.register_function('fraud_trim', trim)
+redis.register_function('fraud_forget_idle', forget_idle)

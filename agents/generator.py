@@ -1,0 +1,155 @@
+"""Synthetic click traffic with the patterns the detector must tell apart.
+
+Humans click now and then from a large pool of devices; bots fire bursts from
+one device; some clicks come from blacklisted IPs; producers retry (the same
+click again); a few entries are malformed. Every click carries a ``label``
+saying which pattern made it, so a trace can be checked against the verdicts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import random
+import signal
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import structlog
+
+from pipeline.connection import open_fast_client
+from pipeline.keys import Keys
+from pipeline.resp import RespClient
+from pipeline.settings import Settings
+
+log = structlog.get_logger()
+
+BLACKLIST_V4 = ipaddress.ip_network("203.0.113.0/26")
+BLACKLIST_V6 = ipaddress.ip_network("2001:db8:bad::/120")
+
+
+def blacklisted_ips() -> list[str]:
+    """The demo's known-bad addresses, IPv4 and IPv6, that the demo loads into the blacklist."""
+    return [str(ip) for ip in BLACKLIST_V4] + [str(ip) for ip in BLACKLIST_V6]
+
+
+@dataclass(frozen=True)
+class TrafficMix:
+    human: float = 0.86
+    bot_burst: float = 0.04
+    blacklisted: float = 0.05
+    retry: float = 0.03
+    malformed: float = 0.02
+    humans: int = 20_000
+    bots: int = 50
+    burst_min: int = 3
+    burst_max: int = 12
+
+
+Clock = Callable[[], int]
+Click = list[str]
+
+MALFORMED: tuple[Callable[[random.Random, int], Click], ...] = (
+    lambda r, ts: ["ip", "198.51.100.7", "ts", str(ts)],
+    lambda r, ts: ["device_id", f"dev-{r.randrange(10**6)}", "ip", "300.1.2.3", "ts", str(ts)],
+    lambda r, ts: ["device_id", f"dev-{r.randrange(10**6)}", "ip", "198.51.100.7", "ts", "yesterday"],
+    lambda r, ts: ["device_id", "", "ip", "198.51.100.7", "ts", str(ts)],
+    lambda r, ts: ["device_id", "x" * 200, "ip", "198.51.100.7"],
+)
+
+
+def traffic(seed: int, clock: Clock, mix: TrafficMix = TrafficMix()) -> Iterator[tuple[Click, str]]:
+    """An endless labelled stream of clicks (fields, label); event time comes from ``clock``."""
+    rng = random.Random(seed)
+    bad_ips = blacklisted_ips()
+    recent: deque[Click] = deque(maxlen=1000)
+    weights = (mix.human, mix.bot_burst, mix.blacklisted, mix.retry, mix.malformed)
+    kinds = ("human", "bot_burst", "blacklisted", "retry", "malformed")
+    serial = 0
+    while True:
+        kind = rng.choices(kinds, weights)[0]
+        ts = clock()
+        if kind == "retry" and recent:
+            yield list(rng.choice(recent)), "retry"
+            continue
+        if kind == "malformed":
+            yield rng.choice(MALFORMED)(rng, ts), "malformed"
+            continue
+        if kind == "bot_burst":
+            device = f"bot-{rng.randrange(mix.bots)}"
+            ip = _random_ip(rng)
+            for offset in range(rng.randint(mix.burst_min, mix.burst_max)):
+                serial += 1
+                click = _click(device, ip, f"tx-{seed}-{serial}", ts + offset * rng.randint(50, 400))
+                recent.append(click)
+                yield click, "bot_burst"
+            continue
+        serial += 1
+        ip = rng.choice(bad_ips) if kind == "blacklisted" else _random_ip(rng)
+        click = _click(f"dev-{rng.randrange(mix.humans)}", ip, f"tx-{seed}-{serial}", ts)
+        recent.append(click)
+        yield click, kind if kind == "blacklisted" else "human"
+
+
+def _click(device: str, ip: str, transaction_id: str, ts: int) -> Click:
+    return ["device_id", device, "ip", ip, "transaction_id", transaction_id, "ts", str(ts),
+            "campaign", f"c{zlib.crc32(device.encode()) % 17}"]
+
+
+def _random_ip(rng: random.Random) -> str:
+    if rng.random() < 0.15:
+        return str(ipaddress.IPv6Address((0x2001_0DB8 << 96) | rng.getrandbits(64)))
+    return f"{rng.randint(1, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randint(1, 254)}"
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def produce(client: RespClient, stream: str, clicks: Iterator[tuple[Click, str]], *,
+                  rate: float, total: int | None, stop: asyncio.Event, batch: int = 200) -> int:
+    """XADD clicks in pipelined batches, at ``rate`` per second (0: as fast as Redis takes them)."""
+    sent = 0
+    started = time.monotonic()
+    while not stop.is_set() and (total is None or sent < total):
+        size = batch if total is None else min(batch, total - sent)
+        commands = [("XADD", stream, "*", *next(clicks)[0]) for _ in range(size)]
+        await client.pipeline(commands)
+        sent += size
+        if rate > 0:
+            ahead = sent / rate - (time.monotonic() - started)
+            if ahead > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), ahead)
+                except TimeoutError:
+                    pass
+    return sent
+
+
+async def run_generator(args: argparse.Namespace, settings: Settings) -> int:
+    client = await open_fast_client(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    keys = Keys(settings.namespace)
+    log.info("generator started", rate=args.rate, total=args.total, stream=keys.raw)
+    try:
+        sent = await produce(client, keys.raw, traffic(args.seed, wall_clock_ms), rate=args.rate,
+                             total=args.total, stop=stop)
+    finally:
+        await client.close()
+    log.info("generator stopped", sent=sent)
+    return 0
+
+
+def register_agent(stages: argparse._SubParsersAction) -> None:
+    parser = stages.add_parser("generator", help="write synthetic demo clicks to the raw stream")
+    parser.add_argument("--rate", type=float, default=500.0, help="clicks per second, 0 for flat out")
+    parser.add_argument("--total", type=int, default=None, help="stop after this many clicks")
+    parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
+    parser.set_defaults(run=run_generator)

@@ -1,0 +1,1 @@
+"""Runtime of the click-fraud pipeline: settings, keys, Redis access, agent runtime, CLI."""

@@ -1,0 +1,220 @@
+"""``fraud bench``: push N clicks through every stage and report what it took.
+
+It starts an embedded Redis Stack of its own (unless ``--use-running``), then a
+producer, detectors and aggregators as separate processes, as in production,
+and waits until every click is counted. Reported: end-to-end clicks/s (first
+XADD to last count), latency from XADD to verdict (entry id times), CPU per
+click of every process including Redis, and Redis memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from pipeline.connection import open_fast_client
+from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.resp import RespClient
+from pipeline.settings import Settings
+from pipeline.stream_ids import parse_id
+
+
+@dataclass
+class StageProcess:
+    name: str
+    process: psutil.Popen
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def bench_server(settings: Settings, use_running: bool) -> Iterator[Settings]:
+    if use_running:
+        yield settings
+        return
+    from pipeline.server import EmbeddedRedis
+
+    with tempfile.TemporaryDirectory(prefix="fraud-bench-") as home:
+        server = EmbeddedRedis(Path(home), _free_port(), appendfsync=settings.appendfsync,
+                               libssl_dir=settings.home / "libssl")
+        server.start()
+        try:
+            yield replace(settings, redis_url=server.url, home=Path(home))
+        finally:
+            server.stop()
+
+
+def _spawn(name: str, settings: Settings, *argv: str) -> StageProcess:
+    env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
+               FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
+               FRAUD_CONSUMER=f"bench-{name}")
+    process = psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=env)
+    return StageProcess(name, process)
+
+
+async def _group_done(client: RespClient, stream: str, group: str) -> bool:
+    for info in await client.execute("XINFO", "GROUPS", stream):
+        fields = dict(zip(info[::2], info[1::2], strict=True))
+        if fields[b"name"].decode() == group:
+            return fields[b"pending"] == 0 and fields[b"lag"] == 0
+    return False
+
+
+async def _wait_until_counted(client: RespClient, keys: Keys, producer: StageProcess,
+                              timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (producer.process.poll() is not None
+                and await _group_done(client, keys.raw, DETECTOR_GROUP)
+                and await _group_done(client, keys.verdicts, AGGREGATOR_GROUP)):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the pipeline did not finish in time")
+
+
+async def _latencies_ms(client: RespClient, stream: str) -> list[int]:
+    latencies: list[int] = []
+    start = "-"
+    while True:
+        entries = await client.execute("XRANGE", stream, start, "+", "COUNT", 10_000)
+        if not entries:
+            return latencies
+        for entry_id, flat in entries:
+            raw_id = flat[flat.index(b"raw_id") + 1]
+            latencies.append(parse_id(entry_id)[0] - parse_id(raw_id)[0])
+        start = "(" + entries[-1][0].decode()
+
+
+def _percentile(values: list[int], fraction: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]) if ordered else 0.0
+
+
+async def _redis_cpu_s(client: RespClient) -> float:
+    info = (await client.execute("INFO", "cpu")).decode()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+
+
+async def _stats(client: RespClient, keys: Keys) -> dict[str, int]:
+    flat = await client.execute("HGETALL", keys.stats)
+    return {k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+
+
+async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    with bench_server(settings, args.use_running) as bench_settings:
+        return await _bench(args, bench_settings)
+
+
+async def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    keys = Keys(settings.namespace)
+    client = await open_fast_client(settings)
+    await client.execute("DEL", keys.raw, keys.verdicts, keys.dead, keys.stats)
+    stages = [_spawn(f"detector-{i}", settings, "agent", "detector") for i in range(args.detectors)]
+    stages += [_spawn(f"aggregator-{i}", settings, "agent", "aggregator") for i in range(args.aggregators)]
+    for stream, group in ((keys.raw, DETECTOR_GROUP), (keys.verdicts, AGGREGATOR_GROUP)):
+        while not await _group_exists(client, stream, group):
+            await asyncio.sleep(0.05)
+    redis_cpu = await _redis_cpu_s(client)
+    started = time.time()
+    producer = _spawn("producer", settings, "agent", "generator", "--rate", "0",
+                      "--total", str(args.clicks), "--seed", "7")
+    stages.append(producer)
+    cpu: dict[str, float] = {}
+    try:
+        await _wait_until_counted(client, keys, producer, args.timeout)
+        finished = time.time()
+        for stage in stages:
+            if stage.process.poll() is None:
+                times = stage.process.cpu_times()
+                cpu[stage.name] = times.user + times.system
+        redis_cpu = await _redis_cpu_s(client) - redis_cpu
+    finally:
+        for stage in stages:
+            if stage.process.poll() is None:
+                stage.process.terminate()
+        for stage in stages:
+            stage.process.wait(30)
+    first_raw = await client.execute("XRANGE", keys.raw, "-", "+", "COUNT", 1)
+    if first_raw:
+        started = parse_id(first_raw[0][0])[0] / 1000
+    latencies = await _latencies_ms(client, keys.verdicts)
+    stats = await _stats(client, keys)
+    memory = int((await client.execute("MEMORY", "STATS"))[1])
+    await client.close()
+    _report(args, started, finished, latencies, cpu, redis_cpu, stats, memory)
+    return 0
+
+
+async def _group_exists(client: RespClient, stream: str, group: str) -> bool:
+    if not await client.execute("EXISTS", stream):
+        return False
+    return any(dict(zip(g[::2], g[1::2], strict=True))[b"name"].decode() == group
+               for g in await client.execute("XINFO", "GROUPS", stream))
+
+
+def _report(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
+            cpu: dict[str, float], redis_cpu: float, stats: dict[str, int], memory: int) -> None:
+    clicks = args.clicks
+    elapsed = finished - started
+    result: dict[str, Any] = {
+        "clicks": clicks,
+        "seconds": round(elapsed, 3),
+        "clicks_per_s": round(clicks / elapsed),
+        "latency_ms_p50": _percentile(latencies, 0.50),
+        "latency_ms_p99": _percentile(latencies, 0.99),
+        "cpu_us_per_click": {name: round(s / clicks * 1e6, 1) for name, s in sorted(cpu.items())}
+        | {"redis": round(redis_cpu / clicks * 1e6, 1)},
+        "verdicts": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("detector.")},
+        "counted": stats.get("aggregator.counted", 0),
+        "redis_memory_bytes": memory,
+    }
+    if args.json:
+        print(orjson.dumps(result).decode())
+        return
+    print(f"{clicks} clicks end to end in {elapsed:.2f} s: {result['clicks_per_s']:,} clicks/s")
+    print(f"latency XADD -> verdict: p50 {result['latency_ms_p50']:.0f} ms, "
+          f"p99 {result['latency_ms_p99']:.0f} ms")
+    print("CPU per click (us): " + ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_click"].items()))
+    print("verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
+          + f"; counted {result['counted']}")
+    print(f"Redis memory: {memory / 2**20:.1f} MiB")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="measure end-to-end throughput, latency and CPU")
+    parser.add_argument("--clicks", type=_positive, default=200_000, help="clicks to push through")
+    parser.add_argument("--detectors", type=_positive, default=1)
+    parser.add_argument("--aggregators", type=_positive, default=1)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
+    parser.add_argument("--use-running", action="store_true",
+                        help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run_bench)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

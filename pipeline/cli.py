@@ -1,0 +1,66 @@
+"""The ``fraud`` command: a thin argparse front over the modules that do the work.
+
+Each concern registers its own sub-commands (``register(subparsers)``); a handler
+takes the parsed arguments and the settings and returns an exit status, directly
+or as a coroutine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pipeline.errors import FraudError
+from pipeline.log import configure_logging
+from pipeline.settings import Settings, SettingsError
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipeline.server",
+    "pipeline.agent_cli",
+    "pipeline.bench",
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad argument as one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="fraud", description="Real-time ad-click fraud detection on Redis Streams.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=OneLineParser)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"fraud: error: {err}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    try:
+        outcome = args.run(args, settings)
+        if inspect.iscoroutine(outcome):
+            outcome = asyncio.run(outcome)
+    except FraudError as err:
+        print(f"fraud: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return int(outcome or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Opening Redis connections, with the checks every command needs first."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from pipeline.errors import MissingModulesError, RedisUnavailableError
+from pipeline.log import redact_url
+from pipeline.resp import RespClient, RespConnectionError
+from pipeline.settings import Settings
+
+# Module name as MODULE LIST reports it, and what a user would call it.
+REQUIRED_MODULES: dict[str, str] = {"bf": "RedisBloom", "timeseries": "RedisTimeSeries"}
+
+
+def missing_modules(module_list: Iterable[Any]) -> list[str]:
+    """Names of the required modules absent from a MODULE LIST reply (RESP2 or RESP3 shape)."""
+    loaded: set[str] = set()
+    for module in module_list:
+        if isinstance(module, dict):
+            name = module.get(b"name", module.get("name"))
+        else:
+            pairs = dict(zip(module[::2], module[1::2], strict=True))
+            name = pairs.get(b"name", pairs.get("name"))
+        if isinstance(name, bytes):
+            name = name.decode()
+        if name:
+            loaded.add(name)
+    return [label for name, label in REQUIRED_MODULES.items() if name not in loaded]
+
+
+def _missing_error(url: str, missing: list[str]) -> MissingModulesError:
+    return MissingModulesError(
+        f"Redis at {redact_url(url)} lacks the {' and '.join(missing)} module"
+        f"{'s' if len(missing) > 1 else ''}: use Redis Stack or Redis 8 (or run `fraud server start`)"
+    )
+
+
+async def open_fast_client(settings: Settings) -> RespClient:
+    """The agents' hiredis client, connected and checked for the modules."""
+    client = RespClient(settings.redis_url)
+    try:
+        modules = await client.execute("MODULE", "LIST")
+    except RespConnectionError as err:
+        raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
+    missing = missing_modules(modules)
+    if missing:
+        await client.close()
+        raise _missing_error(settings.redis_url, missing)
+    return client
+
+
+async def open_redis(settings: Settings) -> aioredis.Redis:
+    """A redis-py asyncio client for tools, connected and checked for the modules."""
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        modules = await client.execute_command("MODULE", "LIST")
+    except (RedisConnectionError, OSError) as err:
+        await client.aclose()
+        raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
+    except ResponseError as err:
+        await client.aclose()
+        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused MODULE LIST: {err}") from err
+    missing = missing_modules(modules)
+    if missing:
+        await client.aclose()
+        raise _missing_error(settings.redis_url, missing)
+    return client

@@ -1,0 +1,69 @@
+"""Every Redis key name the pipeline uses, and nothing else.
+
+All names start with one namespace. With the default ``clicks`` the streams are
+the documented ``clicks:raw``, ``clicks:verdicts`` and ``clicks:dead``. With a
+hash tag as namespace (``{clicks}``) every key hashes to the same cluster slot,
+which the atomic server-side steps need on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERDICTS: tuple[str, ...] = ("clean", "ip_blacklist", "click_spam")
+
+DETECTOR_GROUP = "detector"
+AGGREGATOR_GROUP = "aggregator"
+
+# Prefix of per-device window keys, relative to the namespace; the server-side
+# detector step builds ``<namespace>:window:<device_id>`` itself.
+WINDOW_INFIX = "window"
+
+
+@dataclass(frozen=True)
+class Keys:
+    namespace: str = "clicks"
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    @property
+    def raw(self) -> str:
+        return self._key("raw")
+
+    @property
+    def verdicts(self) -> str:
+        return self._key("verdicts")
+
+    @property
+    def dead(self) -> str:
+        return self._key("dead")
+
+    @property
+    def blacklist(self) -> str:
+        return self._key("blacklist")
+
+    @property
+    def window_prefix(self) -> str:
+        return self._key(WINDOW_INFIX, "")
+
+    def window(self, device_id: str) -> str:
+        return self.window_prefix + device_id
+
+    @property
+    def stats(self) -> str:
+        """Hash of running counters per stage (processed, duplicates, dead...)."""
+        return self._key("stats")
+
+    def series(self, verdict: str) -> str:
+        return self._key("series", verdict)
+
+    def rollup(self, verdict: str) -> str:
+        return self._key("series", verdict, "rollup")
+
+    def health_series(self, metric: str, subject: str) -> str:
+        return self._key("health", metric, subject)
+
+    def replay(self, name: str) -> Keys:
+        """A separate key space for what-if re-processing, beside the live one."""
+        return Keys(f"{self.namespace}:replay:{name}")

@@ -1,0 +1,284 @@
+"""The consumer-group runtime shared by every stream stage.
+
+One agent is one consumer in one group. Its loop is a series of small
+iterations (``poll_once``): read a batch, hand it to the stage's handler, which
+applies the batch's effects and its XACK in one atomic server-side call. An
+entry is acknowledged only with its effects, never before, so whatever
+happens between read and ack, the entry stays pending and is processed again,
+by this consumer (own pending entries are re-read first after every start and
+every reconnect) or by another (XAUTOCLAIM after ``claim_min_idle_ms``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import mode
+import structlog
+
+from pipeline.connection import open_fast_client
+from pipeline.functions import load_functions
+from pipeline.keys import Keys
+from pipeline.resp import RespClient, RespConnectionError, RespError
+from pipeline.settings import Settings
+from pipeline.stream_ids import id_at, id_bounds
+
+Entry = tuple[bytes, list[bytes] | None]
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Rejection:
+    entry_id: bytes
+    reason: str
+    fields: Sequence[bytes | str] = ()
+
+
+@dataclass
+class BatchContext:
+    """What a handler needs to apply one batch: the connection and who it is acting as."""
+
+    client: RespClient
+    group: str
+    consumer: str
+    keys: Keys
+    settings: Settings
+    stage: str
+    stream: str
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def bounds(self, ids: Sequence[bytes]) -> list[bytes | str]:
+        return list(id_bounds(ids))
+
+
+class Handler(Protocol):
+    stage: str
+    group: str
+
+    def input_stream(self, keys: Keys) -> str: ...
+
+    async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None: ...
+
+    async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
+        """Apply a batch with its XACK atomically; return the ids it was fenced off (not owned)."""
+        ...
+
+
+def xreadgroup_entries(reply: Any) -> list[Entry]:
+    if not reply:
+        return []
+    return [(entry[0], entry[1]) for entry in reply[0][1]]
+
+
+async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[bytes]:
+    """Dead-letter entries with their reasons and ack them, atomically and fenced."""
+    if not rejections:
+        return []
+    lo, hi = id_bounds(r.entry_id for r in rejections)
+    args: list[Any] = [ctx.group, ctx.consumer, ctx.stage, lo, hi]
+    for r in rejections:
+        args += (r.entry_id, r.reason, len(r.fields), *r.fields)
+    reply = await ctx.client.execute(
+        "FCALL", "fraud_reject", 3, ctx.stream, ctx.keys.dead, ctx.keys.stats, *args)
+    return fenced_ids(reply)
+
+
+def fenced_ids(reply: list[Any]) -> list[bytes]:
+    return list(reply[1:]) if reply and reply[0] == b"fenced" else []
+
+
+class StreamAgent(mode.Service):
+    """A consumer-group member driving one handler until stopped (or, in burst mode, until idle)."""
+
+    def __init__(self, handler: Handler, settings: Settings, *, burst: bool = False,
+                 consumer: str | None = None, **kwargs: Any) -> None:
+        self.handler = handler
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.stream = handler.input_stream(self.keys)
+        self.consumer = consumer or settings.consumer
+        self.burst = burst
+        self.processed = 0
+        self.client: RespClient | None = None
+        self._stopping = asyncio.Event()
+        self._drain_own_pending = True
+        self._next_maintenance = 0.0
+        self._backoff = 0.0
+        self.loop_done = asyncio.Event()
+        self.events = log.bind(stage=handler.stage, consumer=self.consumer)
+        super().__init__(**kwargs)
+
+    async def on_start(self) -> None:
+        self.client = await open_fast_client(self.settings)
+        await self.prepare()
+        self.add_future(self._run())
+
+    async def on_stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+    def request_stop(self) -> None:
+        """Stop reading; the batch in hand is finished and acknowledged."""
+        self._stopping.set()
+
+    async def prepare(self) -> None:
+        assert self.client is not None
+        await load_functions(self.client)
+        try:
+            await self.client.execute("XGROUP", "CREATE", self.stream, self.handler.group, "0", "MKSTREAM")
+        except RespError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+        await self.handler.setup(self.client, self.keys, self.settings)
+
+    async def _run(self) -> None:
+        self.events.info("agent started", stream=self.stream, group=self.handler.group)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    done = await self.poll_once()
+                    self._backoff = 0.0
+                except (RespConnectionError, OSError) as err:
+                    await self._recover(err)
+                    continue
+                except RespError as err:
+                    # A server restarted without our group or functions: install them again.
+                    self.events.warning("server refused a step, preparing again", error=str(err))
+                    await self._recover(err, prepare=True)
+                    continue
+                if done and self.burst:
+                    break
+        finally:
+            self.events.info("agent stopped", processed=self.processed)
+            self.loop_done.set()
+
+    async def _recover(self, err: Exception, prepare: bool = False) -> None:
+        self._backoff = min(5.0, max(0.1, self._backoff * 2))
+        delay = self._backoff * random.uniform(0.5, 1.0)
+        self.events.warning("redis unavailable, retrying", error=str(err), retry_in_s=round(delay, 2))
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            pass
+        self._drain_own_pending = True
+        if prepare:
+            try:
+                await self.prepare()
+            except (RespConnectionError, RespError, OSError) as again:
+                self.events.warning("prepare failed", error=str(again))
+
+    async def poll_once(self) -> bool:
+        """One iteration; returns True when there was nothing to do (the burst mode's end)."""
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
+            if await self.maintain():
+                return False
+        if self._drain_own_pending:
+            entries = await self.read("0", block=False)
+            if entries:
+                await self.process(entries, redelivered=True)
+                return False
+            self._drain_own_pending = False
+        entries = await self.read(">", block=not self.burst)
+        if not entries:
+            return True
+        await self.process(entries, redelivered=False)
+        return False
+
+    async def read(self, from_id: str, block: bool) -> list[Entry]:
+        assert self.client is not None
+        args: list[Any] = ["XREADGROUP", "GROUP", self.handler.group, self.consumer,
+                           "COUNT", self.settings.batch_size]
+        if block:
+            args += ("BLOCK", self.settings.block_ms)
+        reply = await self.client.execute(*args, "STREAMS", self.stream, from_id)
+        return xreadgroup_entries(reply)
+
+    async def maintain(self) -> int:
+        """Reclaim a dead consumer's entries, trim what every group is done with, forget idle consumers."""
+        assert self.client is not None
+        s = self.settings
+        reply = await self.client.execute(
+            "XAUTOCLAIM", self.stream, self.handler.group, self.consumer, s.claim_min_idle_ms, "0-0",
+            "COUNT", s.batch_size)
+        claimed = [(e[0], e[1]) for e in reply[1]]
+        if claimed:
+            self.events.warning("reclaimed entries of a silent consumer", count=len(claimed))
+            await self.process(claimed, redelivered=True)
+        if reply[2]:
+            self.events.warning("pending entries were trimmed before processing", count=len(reply[2]))
+        keep_from = id_at(int(time.time() * 1000) - s.stream_keep_ms)
+        await self.client.execute("FCALL", "fraud_trim", 1, self.stream, keep_from)
+        removed = await self.client.execute(
+            "FCALL", "fraud_forget_idle", 1, self.stream, self.handler.group, s.consumer_idle_delete_ms)
+        if removed:
+            self.events.info("removed idle consumers", consumers=[r.decode() for r in removed])
+        return len(claimed)
+
+    def context(self) -> BatchContext:
+        assert self.client is not None
+        return BatchContext(self.client, self.handler.group, self.consumer, self.keys, self.settings,
+                            self.handler.stage, self.stream)
+
+    async def process(self, entries: list[Entry], redelivered: bool) -> None:
+        ctx = self.context()
+        if redelivered:
+            entries = await self._cap_deliveries(ctx, entries)
+        try:
+            await self._apply(ctx, entries)
+        except (RespConnectionError, OSError, asyncio.CancelledError):
+            raise
+        except Exception as err:
+            await self._isolate_poison(ctx, entries, err)
+        self.processed += len(entries)
+
+    async def _apply(self, ctx: BatchContext, entries: list[Entry]) -> None:
+        while entries:
+            lost = set(await self.handler.handle(ctx, entries))
+            if not lost:
+                return
+            # Another consumer claimed these meanwhile: they are its to apply now.
+            self.events.warning("fenced off entries claimed by another consumer", count=len(lost))
+            entries = [e for e in entries if e[0] not in lost]
+
+    async def _isolate_poison(self, ctx: BatchContext, entries: list[Entry], err: Exception) -> None:
+        if len(entries) > 1:
+            self.events.warning("batch failed, retrying its entries one by one", error=repr(err))
+            for entry in entries:
+                try:
+                    await self._apply(ctx, [entry])
+                except (RespConnectionError, OSError, asyncio.CancelledError):
+                    raise
+                except Exception as one_err:
+                    await self._dead_letter_failure(ctx, entry, one_err)
+            return
+        await self._dead_letter_failure(ctx, entries[0], err)
+
+    async def _dead_letter_failure(self, ctx: BatchContext, entry: Entry, err: Exception) -> None:
+        self.events.error("entry made the stage fail, dead-lettering it", entry_id=entry[0].decode(),
+                       error=repr(err))
+        await reject(ctx, [Rejection(entry[0], f"error: {type(err).__name__}: {err}"[:500], entry[1] or ())])
+
+    async def _cap_deliveries(self, ctx: BatchContext, entries: list[Entry]) -> list[Entry]:
+        """Dead-letter entries delivered more than max_deliveries times, so a poison entry cannot loop."""
+        assert self.client is not None
+        lo, hi = id_bounds(e[0] for e in entries)
+        rows = await self.client.execute(
+            "XPENDING", self.stream, self.handler.group, lo, hi, 1_000_000, self.consumer)
+        deliveries = {row[0]: row[3] for row in rows}
+        limit = self.settings.max_deliveries
+        over = [e for e in entries if deliveries.get(e[0], 0) > limit]
+        if not over:
+            return entries
+        self.events.error("entries exceeded the delivery limit, dead-lettering them", count=len(over))
+        await reject(ctx, [Rejection(e[0], f"max_deliveries: delivered more than {limit} times", e[1] or ())
+                           for e in over])
+        over_ids = {e[0] for e in over}
+        return [e for e in entries if e[0] not in over_ids]

@@ -1,0 +1,113 @@
+"""All tunables in one frozen object, read once from ``FRAUD_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A ``FRAUD_*`` variable holds a value the pipeline cannot use."""
+
+
+def _default_consumer() -> str:
+    # Unique per process so that a restarted agent never inherits a dead one's
+    # identity by accident; the dead one's entries are reclaimed instead.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379"
+    # Prefix of every key. Set it to a hash tag such as ``{clicks}`` on Redis
+    # Cluster: every key then lands in one slot, as atomic steps require.
+    namespace: str = "clicks"
+    home: Path = Path(".fraud")
+    consumer: str = field(default_factory=_default_consumer)
+
+    click_spam_threshold: int = 2
+    click_spam_window_ms: int = 10_000
+    # How long a (device_id, transaction_id) pair is remembered for
+    # de-duplication, and how late a click may arrive and still see an exact
+    # window. Must be at least the spam window.
+    dedup_horizon_ms: int = 300_000
+
+    blacklist_capacity: int = 1_000_000
+    blacklist_bucket_size: int = 2
+    blacklist_max_iterations: int = 20
+    blacklist_expansion: int = 1
+
+    batch_size: int = 500
+    block_ms: int = 1_000
+    # Must exceed the worst time a batch can take, or a slow but live consumer
+    # would have its entries processed by another one as well.
+    claim_min_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    consumer_idle_delete_ms: int = 3_600_000
+    maintenance_interval_ms: int = 5_000
+    shutdown_timeout_ms: int = 10_000
+
+    # Entries older than this are trimmed once every group has acknowledged them.
+    stream_keep_ms: int = 3_600_000
+    max_field_count: int = 32
+    max_field_bytes: int = 1_024
+
+    bucket_ms: int = 1_000
+    series_retention_ms: int = 7 * 24 * 3_600_000
+    rollup_bucket_ms: int = 60_000
+    rollup_retention_ms: int = 90 * 24 * 3_600_000
+
+    appendfsync: str = "everysec"
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"FRAUD_{f.name.upper()}"
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(name, raw, f.type)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = (
+            "click_spam_threshold", "click_spam_window_ms", "dedup_horizon_ms",
+            "blacklist_capacity", "batch_size", "block_ms", "claim_min_idle_ms",
+            "max_deliveries", "bucket_ms", "rollup_bucket_ms", "max_field_count",
+            "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"FRAUD_{name.upper()} must be positive, got {getattr(self, name)}")
+        if self.dedup_horizon_ms < self.click_spam_window_ms:
+            raise SettingsError("FRAUD_DEDUP_HORIZON_MS must be at least FRAUD_CLICK_SPAM_WINDOW_MS")
+        if self.rollup_bucket_ms % self.bucket_ms:
+            raise SettingsError("FRAUD_ROLLUP_BUCKET_MS must be a multiple of FRAUD_BUCKET_MS")
+        if self.appendfsync not in ("always", "everysec", "no"):
+            raise SettingsError("FRAUD_APPENDFSYNC must be one of always, everysec, no")
+        if self.log_format not in ("auto", "json", "console"):
+            raise SettingsError("FRAUD_LOG_FORMAT must be one of auto, json, console")
+        if not self.namespace or any(c.isspace() for c in self.namespace):
+            raise SettingsError("FRAUD_NAMESPACE must be a non-empty word")
+
+
+def _parse(name: str, raw: str, type_name: Any) -> Any:
+    kind = type_name if isinstance(type_name, str) else type_name.__name__
+    if kind == "int":
+        try:
+            return int(raw.replace("_", ""))
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if kind == "Path":
+        return Path(raw)
+    return raw

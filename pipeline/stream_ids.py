@@ -1,0 +1,22 @@
+"""Stream entry ids: ordering and conversion to and from time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_bounds(ids: Iterable[bytes | str]) -> tuple[bytes | str, bytes | str]:
+    """The lowest and highest of some entry ids, in stream order (not text order)."""
+    ordered = sorted(ids, key=parse_id)
+    return ordered[0], ordered[-1]
+
+
+def id_at(ms: int) -> str:
+    """The first possible entry id at a time, for MINID and range bounds."""
+    return f"{ms}-0"

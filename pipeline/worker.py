@@ -1,0 +1,57 @@
+"""Running one agent in this process, with the shutdown users expect.
+
+The first SIGINT/SIGTERM stops reading; the batch in hand is finished and
+acknowledged, then the agent exits 0. If that takes longer than
+``shutdown_timeout_ms``, or a second signal comes, the loop is cancelled:
+whatever it held stays pending in Redis and is recovered later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+
+from pipeline.runtime import StreamAgent
+
+log = structlog.get_logger()
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def run_agent(agent: StreamAgent) -> int:
+    loop = asyncio.get_running_loop()
+    forced = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if agent._stopping.is_set():
+            log.warning("second signal, stopping at once", signal=signal.Signals(signum).name)
+            forced.set()
+        else:
+            log.info("stopping: finishing the batch in hand", signal=signal.Signals(signum).name)
+            agent.request_stop()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await agent.start()
+        await agent.loop_done.wait()
+    finally:
+        await _drain(agent, forced)
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+async def _drain(agent: StreamAgent, forced: asyncio.Event) -> None:
+    timeout = agent.settings.shutdown_timeout_ms / 1000
+    waiters = [asyncio.ensure_future(agent.loop_done.wait()), asyncio.ensure_future(forced.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if not agent.loop_done.is_set():
+        log.warning("batch not finished in time, cancelling; its entries stay pending")
+    await agent.stop()

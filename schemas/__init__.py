@@ -1,0 +1,1 @@
+"""The click and verdict models and their wire format on Redis Streams."""

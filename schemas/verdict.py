@@ -1,0 +1,64 @@
+"""The verdict: one entry per accepted click on the verdict stream.
+
+Wire form: the click's fields (``ip`` in canonical spelling, ``ts`` always set)
+followed by ``verdict`` (one of VERDICTS) and ``raw_id`` (the click's entry id
+on the raw stream). A dead letter carries ``reason``, ``stage``, ``raw_id`` and
+``deliveries`` first, then the original entry's fields unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from pipeline.keys import VERDICTS
+
+VERDICT_INDEX: dict[bytes, int] = {v.encode(): i for i, v in enumerate(VERDICTS)}
+DEAD_LETTER_HEADER = ("reason", "stage", "raw_id", "deliveries")
+
+
+class Verdict(faust.Record, serializer="json", include_metadata=False):
+    device_id: str
+    ip: str
+    ts: int
+    verdict: str
+    raw_id: str
+    transaction_id: str | None = None
+    extra: dict[str, str] | None = None
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> Verdict:
+        known = {"device_id", "ip", "ts", "verdict", "raw_id", "transaction_id"}
+        extra = {k: v for k, v in fields.items() if k not in known}
+        return cls(
+            device_id=fields["device_id"], ip=fields["ip"], ts=int(fields["ts"]),
+            verdict=fields["verdict"], raw_id=fields["raw_id"],
+            transaction_id=fields.get("transaction_id"), extra=extra or None,
+        )
+
+
+class InvalidVerdict(ValueError):
+    pass
+
+
+def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
+    """What the aggregator needs of a verdict entry: which verdict, and its event time."""
+    if not flat:
+        raise InvalidVerdict("deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
+    verdict: int | None = None
+    ts: int | None = None
+    for i in range(0, len(flat) - 1, 2):
+        name = flat[i]
+        if name == b"verdict":
+            verdict = VERDICT_INDEX.get(flat[i + 1])
+            if verdict is None:
+                raise InvalidVerdict(f"invalid_field: unknown verdict {flat[i + 1][:32]!r}")
+        elif name == b"ts":
+            try:
+                ts = int(flat[i + 1])
+            except ValueError:
+                raise InvalidVerdict(f"invalid_field: ts {flat[i + 1][:32]!r}") from None
+    if verdict is None or ts is None:
+        raise InvalidVerdict("missing_field: verdict and ts are required")
+    return verdict, ts
