@@ -14,7 +14,7 @@ from pipeline.keys import DETECTOR_GROUP, Keys
 from pipeline.resp import RespClient, RespError
 from pipeline.runtime import BatchContext, Entry, fenced_ids
 from pipeline.settings import Settings
-from schemas.click import FieldLimits, InvalidClick, parse_click
+from schemas.click import FieldLimits, InvalidClick, check_click
 
 
 async def ensure_blacklist(client: RespClient, keys: Keys, settings: Settings) -> None:
@@ -49,15 +49,15 @@ class Detector:
         args: list[Any] = []
         for entry_id, flat in entries:
             try:
-                click = parse_click(entry_id, flat, self.limits)
+                click = check_click(entry_id, flat, self.limits)
             except InvalidClick as err:
                 original = flat or ()
                 args += ("d", entry_id, str(err), len(original), *original)
                 continue
             # Prefixes keep a transaction id from ever colliding with an entry id.
             member = "t:" + click.transaction_id if click.transaction_id is not None else b"e:" + entry_id
-            fields = click.wire_fields()
-            args += ("v", entry_id, click.device_id, member, click.ts, click.ip, len(fields), *fields)
+            args += ("v", entry_id, click.device_id, member, click.ts, click.ip, len(click.fields),
+                     *click.fields)
         return args
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:

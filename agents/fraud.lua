@@ -31,13 +31,34 @@ local function fence(owned, ids)
   return lost
 end
 
-local function ack(stream, group, ids)
-  -- XACK takes many ids at once; unpack is bounded by Lua's stack, so go in slices.
+-- Runs a variadic command over `items` in slices (unpack is bounded by Lua's
+-- stack) and returns the concatenated replies.
+local function in_slices(command, key, arg, items)
+  local out = {}
   local step = 1000
-  for first = 1, #ids, step do
-    redis.call('XACK', stream, group, unpack(ids, first, math.min(first + step - 1, #ids)))
+  for first = 1, #items, step do
+    local reply
+    if arg then
+      reply = redis.call(command, key, arg, unpack(items, first, math.min(first + step - 1, #items)))
+    else
+      reply = redis.call(command, key, unpack(items, first, math.min(first + step - 1, #items)))
+    end
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do
+        out[#out + 1] = v
+      end
+    end
   end
+  return out
 end
+
+local function ack(stream, group, ids)
+  in_slices('XACK', stream, group, ids)
+end
+
+-- Trimming a device window on every click costs a call each; every TRIM_EVERY-th
+-- click is enough to bound it, and the key's TTL removes quiet devices whole.
+local TRIM_EVERY = 8
 
 local function count_stats(stats_key, stage, counts)
   for name, n in pairs(counts) do
@@ -47,12 +68,10 @@ local function count_stats(stats_key, stage, counts)
   end
 end
 
-local function dead_letter(dead_key, stage, id, reason, deliveries, fields)
-  local entry = {'reason', reason, 'stage', stage, 'raw_id', id, 'deliveries', tostring(deliveries)}
-  for _, v in ipairs(fields) do
-    entry[#entry + 1] = v
-  end
-  redis.call('XADD', dead_key, '*', unpack(entry))
+-- The n original fields are args[from .. from + n - 1].
+local function dead_letter(dead_key, stage, id, reason, deliveries, args, from, n)
+  redis.call('XADD', dead_key, '*', 'reason', reason, 'stage', stage, 'raw_id', id,
+             'deliveries', tostring(deliveries), unpack(args, from, from + n - 1))
 end
 
 -- Copies `n` arguments from position `at` into a new table.
@@ -75,20 +94,18 @@ local function detect(keys, args)
   local window_ms, threshold, horizon_ms = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
   local window_prefix = args[8]
 
-  local records, ids = {}, {}
+  -- First pass: where each record starts. Fields stay in ARGV and are
+  -- unpacked straight into XADD, which saves copying them per click.
+  local starts, ids, ips = {}, {}, {}
   local i = 9
   while i <= #args do
-    local kind, id = args[i], args[i + 1]
-    ids[#ids + 1] = id
-    if kind == 'v' then
-      local n = tonumber(args[i + 6])
-      records[#records + 1] = {kind, id, args[i + 2], args[i + 3], tonumber(args[i + 4]), args[i + 5],
-                               slice(args, i + 7, n)}
-      i = i + 7 + n
+    starts[#starts + 1] = i
+    ids[#ids + 1] = args[i + 1]
+    if args[i] == 'v' then
+      ips[#ips + 1] = args[i + 5]
+      i = i + 7 + tonumber(args[i + 6])
     else
-      local n = tonumber(args[i + 3])
-      records[#records + 1] = {kind, id, args[i + 2], slice(args, i + 4, n)}
-      i = i + 4 + n
+      i = i + 4 + tonumber(args[i + 3])
     end
   end
   if #ids == 0 then
@@ -100,11 +117,16 @@ local function detect(keys, args)
     return {'fenced', unpack(lost)}
   end
 
+  -- One CF.MEXISTS for the whole batch instead of a module call per click.
+  local listed = in_slices('CF.MEXISTS', blacklist, nil, ips)
+
   local counts = {clean = 0, ip_blacklist = 0, click_spam = 0, duplicate = 0, dead = 0}
-  for _, r in ipairs(records) do
-    if r[1] == 'v' then
-      local id, device, member, ts, ip, fields = r[2], r[3], r[4], r[5], r[6], r[7]
-      local window = window_prefix .. device
+  local nth_click = 0
+  for _, at in ipairs(starts) do
+    local id = args[at + 1]
+    if args[at] == 'v' then
+      nth_click = nth_click + 1
+      local window, member, ts = window_prefix .. args[at + 2], args[at + 3], tonumber(args[at + 4])
       -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
       -- click into its device's window in one step.
       if redis.call('ZADD', window, 'NX', ts, member) == 0 then
@@ -112,24 +134,23 @@ local function detect(keys, args)
       else
         -- Clicks in [ts - window, ts], less this one: the window as it stood before it.
         local earlier = redis.call('ZCOUNT', window, ts - window_ms, ts) - 1
-        redis.call('ZREMRANGEBYSCORE', window, '-inf', '(' .. (ts - horizon_ms))
+        if nth_click % TRIM_EVERY == 0 then
+          redis.call('ZREMRANGEBYSCORE', window, '-inf', '(' .. (ts - horizon_ms))
+        end
         redis.call('PEXPIRE', window, horizon_ms)
         local verdict = 'clean'
-        if redis.call('CF.EXISTS', blacklist, ip) == 1 then
+        if listed[nth_click] == 1 then
           verdict = 'ip_blacklist'
         elseif earlier >= threshold then
           verdict = 'click_spam'
         end
         counts[verdict] = counts[verdict] + 1
-        fields[#fields + 1] = 'verdict'
-        fields[#fields + 1] = verdict
-        fields[#fields + 1] = 'raw_id'
-        fields[#fields + 1] = id
-        redis.call('XADD', verdicts, '*', unpack(fields))
+        redis.call('XADD', verdicts, '*', 'verdict', verdict, 'raw_id', id,
+                   unpack(args, at + 7, at + 6 + tonumber(args[at + 6])))
       end
     else
       counts.dead = counts.dead + 1
-      dead_letter(dead, 'detector', r[2], r[3], owned[r[2]], r[4])
+      dead_letter(dead, 'detector', id, args[at + 2], owned[id], args, at + 4, tonumber(args[at + 3]))
     end
   end
   ack(raw, group, ids)
@@ -173,13 +194,12 @@ end
 local function reject(keys, args)
   local stream, dead, stats = keys[1], keys[2], keys[3]
   local group, consumer, stage = args[1], args[2], args[3]
-  local records, ids = {}, {}
+  local starts, ids = {}, {}
   local i = 6
   while i <= #args do
-    local n = tonumber(args[i + 2])
-    records[#records + 1] = {args[i], args[i + 1], slice(args, i + 3, n)}
+    starts[#starts + 1] = i
     ids[#ids + 1] = args[i]
-    i = i + 3 + n
+    i = i + 3 + tonumber(args[i + 2])
   end
   if #ids == 0 then
     return {'ok', 0}
@@ -189,8 +209,8 @@ local function reject(keys, args)
   if lost then
     return {'fenced', unpack(lost)}
   end
-  for _, r in ipairs(records) do
-    dead_letter(dead, stage, r[1], r[2], owned[r[1]], r[3])
+  for _, at in ipairs(starts) do
+    dead_letter(dead, stage, args[at], args[at + 1], owned[args[at]], args, at + 3, tonumber(args[at + 2]))
   end
   ack(stream, group, ids)
   count_stats(stats, stage, {dead = #ids})

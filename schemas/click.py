@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 
@@ -75,36 +75,81 @@ def entry_time_ms(entry_id: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
-def parse_click(entry_id: bytes | str, flat: list[Any] | None, limits: FieldLimits) -> Click:
-    """Check one raw entry and build its Click; raise InvalidClick with the reason."""
+class CheckedClick(NamedTuple):
+    """A raw entry that passed every check, in the shape the detector sends on."""
+
+    device_id: str
+    ip: str
+    ts: int
+    transaction_id: str | None
+    # The verdict's fields: the entry's own, with ip canonical and ts set.
+    fields: list[Any]
+
+    def to_record(self) -> Click:
+        extra = {_decode(self.fields[i], "field name"): _decode(self.fields[i + 1], "value")
+                 for i in range(0, len(self.fields), 2)
+                 if self.fields[i] not in _KNOWN_WIRE}
+        return Click(device_id=self.device_id, ip=self.ip, ts=self.ts,
+                     transaction_id=self.transaction_id, extra=extra or None)
+
+
+_KNOWN_WIRE = frozenset(name.encode() for name in KNOWN_FIELDS)
+_RESERVED_WIRE = frozenset(name.encode() for name in RESERVED_FIELDS)
+
+
+def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLimits) -> CheckedClick:
+    """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
+
+    This runs once per click on the hot path, so it decodes only the fields
+    it must read and passes the entry's own field list on when it can.
+    """
     if not flat:
-        raise InvalidClick("missing_field: entry has no fields" if flat is not None else "deleted: entry was trimmed")
+        raise InvalidClick("deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
     if len(flat) > 2 * limits.max_fields:
         raise InvalidClick(f"too_many_fields: {len(flat) // 2} > {limits.max_fields}")
-    fields: dict[str, str] = {}
-    for i in range(0, len(flat) - 1, 2):
-        name, value = _decode(flat[i], "field name"), _decode(flat[i + 1], "value")
-        if len(flat[i]) > limits.max_bytes or len(flat[i + 1]) > limits.max_bytes:
-            raise InvalidClick(f"oversized_field: {name[:64]!r} exceeds {limits.max_bytes} bytes")
-        if name in fields:
-            raise InvalidClick(f"duplicate_field: {name[:64]!r}")
-        if name in RESERVED_FIELDS:
-            raise InvalidClick(f"reserved_field: {name!r} is set by the detector")
-        fields[name] = value
-    for name in REQUIRED_FIELDS:
-        if name not in fields:
-            raise InvalidClick(f"missing_field: {name}")
-    device_id = fields.pop("device_id")
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    if len(fields) * 2 != len(flat):
+        raise InvalidClick("duplicate_field: a field name appears twice")
+    for name, value in fields.items():
+        if len(name) > limits.max_bytes or len(value) > limits.max_bytes:
+            raise InvalidClick(f"oversized_field: {_decode(name, 'field name')[:64]!r} exceeds "
+                               f"{limits.max_bytes} bytes")
+        if name in _RESERVED_WIRE:
+            raise InvalidClick(f"reserved_field: {_decode(name, 'field name')!r} is set by the detector")
+        if name not in _KNOWN_WIRE:
+            _decode(name, "field name")
+            _decode(value, "value")
+    device_raw = fields.get(b"device_id")
+    ip_raw = fields.get(b"ip")
+    if device_raw is None:
+        raise InvalidClick("missing_field: device_id")
+    if ip_raw is None:
+        raise InvalidClick("missing_field: ip")
+    device_id = _decode(device_raw, "device_id")
     if not 1 <= len(device_id) <= DEVICE_ID_MAX or not device_id.isprintable():
         raise InvalidClick(f"invalid_field: device_id must be 1-{DEVICE_ID_MAX} printable characters")
-    ip = canonical_ip(fields.pop("ip"))
-    ts = _event_time(fields.pop("ts", None), entry_id)
-    transaction_id = fields.pop("transaction_id", None)
+    ip_text = _decode(ip_raw, "ip")
+    ip = canonical_ip(ip_text)
+    ts_raw = fields.get(b"ts")
+    ts = entry_time_ms(entry_id) if ts_raw is None else _event_time(_decode(ts_raw, "ts"))
+    transaction_raw = fields.get(b"transaction_id")
+    transaction_id = None if transaction_raw is None else _decode(transaction_raw, "transaction_id")
     if transaction_id is not None and (
         not 1 <= len(transaction_id) <= TRANSACTION_ID_MAX or not transaction_id.isprintable()
     ):
-        raise InvalidClick(f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
-    return Click(device_id=device_id, ip=ip, ts=ts, transaction_id=transaction_id, extra=fields or None)
+        raise InvalidClick(
+            f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
+    out = flat
+    if ts_raw is None or ip != ip_text:
+        out = [v for pair in fields.items() if pair[0] not in (b"ip", b"ts") for v in pair]
+        out += ("ip", ip, "ts", str(ts))
+    return CheckedClick(device_id, ip, ts, transaction_id, out)
+
+
+def parse_click(entry_id: bytes | str, flat: list[bytes | str] | None, limits: FieldLimits) -> Click:
+    """Check one raw entry and build its Click record."""
+    encoded = None if flat is None else [v.encode() if isinstance(v, str) else v for v in flat]
+    return check_click(entry_id, encoded, limits).to_record()
 
 
 def _decode(raw: Any, what: str) -> str:
@@ -116,9 +161,7 @@ def _decode(raw: Any, what: str) -> str:
         raise InvalidClick(f"undecodable: a {what} is not UTF-8") from None
 
 
-def _event_time(text: str | None, entry_id: bytes | str) -> int:
-    if text is None:
-        return entry_time_ms(entry_id)
+def _event_time(text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 16:
         raise InvalidClick(f"invalid_field: ts must be epoch milliseconds, got {text[:32]!r}")
     ts = int(text)

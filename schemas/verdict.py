@@ -45,7 +45,8 @@ class InvalidVerdict(ValueError):
 def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
     """What the aggregator needs of a verdict entry: which verdict, and its event time."""
     if not flat:
-        raise InvalidVerdict("deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
+        raise InvalidVerdict(
+            "deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
     verdict: int | None = None
     ts: int | None = None
     for i in range(0, len(flat) - 1, 2):

@@ -1,0 +1,62 @@
+"""In-process pipeline runs against a real server, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+
+from pipeline.agent_cli import make_handler
+from pipeline.keys import VERDICTS, Keys
+from pipeline.runtime import StreamAgent
+from pipeline.settings import Settings
+
+
+def xadd_all(settings: Settings, clicks: Iterable[Sequence[str | bytes]]) -> list[str]:
+    """XADD each click (a flat field/value list) to the raw stream; returns the entry ids."""
+    keys = Keys(settings.namespace)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        pipe = client.pipeline(transaction=False)
+        for click in clicks:
+            pipe.execute_command("XADD", keys.raw, "*", *click)
+        return [i.decode() for i in pipe.execute()]
+
+
+async def run_burst(settings: Settings, stage: str, consumer: str = "test") -> StreamAgent:
+    """Run one stage until its stream holds nothing more for it."""
+    agent = StreamAgent(make_handler(stage, settings), settings, burst=True, consumer=consumer)
+    await agent.start()
+    await agent.loop_done.wait()
+    await agent.stop()
+    return agent
+
+
+async def run_pipeline(settings: Settings) -> None:
+    await run_burst(settings, "detector")
+    await run_burst(settings, "aggregator")
+
+
+def stream_entries(settings: Settings, stream: str) -> list[tuple[str, dict[str, str]]]:
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+        return [(entry_id, fields) for entry_id, fields in client.xrange(stream)]
+
+
+def verdicts_by_raw_id(settings: Settings) -> dict[str, str]:
+    """raw id -> verdict; fails on a raw id with two verdicts."""
+    out: dict[str, str] = {}
+    for _, fields in stream_entries(settings, Keys(settings.namespace).verdicts):
+        assert fields["raw_id"] not in out, f"two verdicts for {fields['raw_id']}"
+        out[fields["raw_id"]] = fields["verdict"]
+    return out
+
+
+def series_totals(settings: Settings) -> dict[str, int]:
+    """Sum of every sample of each verdict's raw series, over all time."""
+    keys = Keys(settings.namespace)
+    totals: dict[str, int] = {}
+    with redis.Redis.from_url(settings.redis_url) as client:
+        for verdict in VERDICTS:
+            samples: list[Any] = client.execute_command("TS.RANGE", keys.series(verdict), "-", "+")
+            totals[verdict] = int(sum(float(value) for _, value in samples))
+    return totals
