@@ -23,6 +23,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.server",
     "pipeline.agent_cli",
     "pipeline.bench",
+    "pipeline.status",
+    "pipeline.replay",
+    "pipeline.soak",
 )
 
 
