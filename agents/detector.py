@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.blacklist import is_exists_error, reserve_args
 from pipeline.keys import DETECTOR_GROUP, Keys
 from pipeline.resp import RespClient, RespError
 from pipeline.runtime import BatchContext, Entry, fenced_ids
@@ -19,13 +20,9 @@ from schemas.click import FieldLimits, InvalidClick, check_click
 
 async def ensure_blacklist(client: RespClient, keys: Keys, settings: Settings) -> None:
     try:
-        await client.execute(
-            "CF.RESERVE", keys.blacklist, settings.blacklist_capacity,
-            "BUCKETSIZE", settings.blacklist_bucket_size,
-            "MAXITERATIONS", settings.blacklist_max_iterations,
-            "EXPANSION", settings.blacklist_expansion)
+        await client.execute(*reserve_args(keys, settings))
     except RespError as err:
-        if "exists" not in str(err).lower():
+        if not is_exists_error(err):
             raise
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import psutil
 
+from pipeline.cli_args import positive_int
 from pipeline.connection import open_fast_client
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
 from pipeline.resp import RespClient
@@ -200,21 +201,11 @@ def _report(args: argparse.Namespace, started: float, finished: float, latencies
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="measure end-to-end throughput, latency and CPU")
-    parser.add_argument("--clicks", type=_positive, default=200_000, help="clicks to push through")
-    parser.add_argument("--detectors", type=_positive, default=1)
-    parser.add_argument("--aggregators", type=_positive, default=1)
+    parser.add_argument("--clicks", type=positive_int, default=200_000, help="clicks to push through")
+    parser.add_argument("--detectors", type=positive_int, default=1)
+    parser.add_argument("--aggregators", type=positive_int, default=1)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
     parser.add_argument("--use-running", action="store_true",
                         help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run_bench)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value

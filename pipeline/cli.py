@@ -22,6 +22,8 @@ from pipeline.settings import Settings, SettingsError
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.server",
     "pipeline.agent_cli",
+    "pipeline.supervisor",
+    "pipeline.blacklist",
     "pipeline.bench",
     "pipeline.status",
     "pipeline.replay",

@@ -44,6 +44,11 @@ class Keys:
         return self._key("blacklist")
 
     @property
+    def blacklist_members(self) -> str:
+        """Set of the listed addresses: the truth the filter is kept in step with."""
+        return self._key("blacklist", "members")
+
+    @property
     def window_prefix(self) -> str:
         return self._key(WINDOW_INFIX, "")
 

@@ -1,0 +1,167 @@
+"""``fraud blacklist``: the IP blacklist the detector checks.
+
+The detector reads a Cuckoo filter (fast, compact, may answer "listed" for an
+address never added, at a small configured rate). A Cuckoo filter can only
+safely delete what was really inserted, so a set of the listed addresses is
+kept beside it as the source of truth: an address is added to or removed from
+the filter only when the set says it is new or really present, in one atomic
+script, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from pipeline.connection import open_redis
+from pipeline.errors import FraudError
+from pipeline.keys import Keys
+from pipeline.settings import Settings
+from schemas.click import InvalidClick, canonical_ip
+
+ADD_SCRIPT = """
+local added = 0
+for _, ip in ipairs(ARGV) do
+  if redis.call('SADD', KEYS[2], ip) == 1 then
+    redis.call('CF.ADD', KEYS[1], ip)
+    added = added + 1
+  end
+end
+return added
+"""
+
+REMOVE_SCRIPT = """
+local removed = 0
+for _, ip in ipairs(ARGV) do
+  if redis.call('SREM', KEYS[2], ip) == 1 then
+    redis.call('CF.DEL', KEYS[1], ip)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+BATCH = 1000
+
+
+def reserve_args(keys: Keys, settings: Settings) -> list[Any]:
+    """The CF.RESERVE command that sizes the filter from the settings."""
+    return ["CF.RESERVE", keys.blacklist, settings.blacklist_capacity,
+            "BUCKETSIZE", settings.blacklist_bucket_size,
+            "MAXITERATIONS", settings.blacklist_max_iterations,
+            "EXPANSION", settings.blacklist_expansion]
+
+
+def is_exists_error(err: Exception) -> bool:
+    return "exists" in str(err).lower()
+
+
+async def ensure_filter(client: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+    try:
+        await client.execute_command(*reserve_args(keys, settings))
+    except ResponseError as err:
+        if not is_exists_error(err):
+            raise
+
+
+def canonical_ips(texts: Iterable[str]) -> list[str]:
+    """Canonical spellings; the first invalid address fails the whole command."""
+    out = []
+    for text in texts:
+        try:
+            out.append(canonical_ip(text.strip()))
+        except InvalidClick:
+            raise FraudError(f"not an IPv4 or IPv6 address: {text!r}") from None
+    return out
+
+
+async def _run_script(client: aioredis.Redis, keys: Keys, script: str, ips: list[str]) -> int:
+    total = 0
+    for first in range(0, len(ips), BATCH):
+        total += int(await client.eval(script, 2, keys.blacklist, keys.blacklist_members,
+                                       *ips[first:first + BATCH]))
+    return total
+
+
+async def add_ips(client: aioredis.Redis, keys: Keys, settings: Settings, ips: list[str]) -> int:
+    await ensure_filter(client, keys, settings)
+    return await _run_script(client, keys, ADD_SCRIPT, canonical_ips(ips))
+
+
+async def remove_ips(client: aioredis.Redis, keys: Keys, ips: list[str]) -> int:
+    return await _run_script(client, keys, REMOVE_SCRIPT, canonical_ips(ips))
+
+
+async def check_ips(client: aioredis.Redis, keys: Keys, ips: list[str]) -> list[tuple[str, bool, bool]]:
+    """(ip, listed in the set, what the detector's filter answers) for each address."""
+    canonical = canonical_ips(ips)
+    if not canonical:
+        return []
+    in_filter = [False] * len(canonical)
+    if await client.exists(keys.blacklist):
+        in_filter = [bool(x) for x in await client.execute_command("CF.MEXISTS", keys.blacklist, *canonical)]
+    in_set = await client.smismember(keys.blacklist_members, canonical)
+    return list(zip(canonical, [bool(x) for x in in_set], in_filter, strict=True))
+
+
+def read_ip_file(path: Path) -> tuple[list[str], list[str]]:
+    """Addresses of a file (one a line, # comments), and one message per bad line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise FraudError(f"cannot read {path}: {err.strerror}") from None
+    good: list[str] = []
+    bad: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            good.append(canonical_ip(text))
+        except InvalidClick:
+            bad.append(f"{path}:{number}: not an IPv4 or IPv6 address: {text[:64]!r}")
+    return good, bad
+
+
+async def run_blacklist(args: argparse.Namespace, settings: Settings) -> int:
+    keys = Keys(settings.namespace)
+    if args.action == "load":
+        ips, bad = read_ip_file(args.file)
+        for message in bad:
+            print(message, file=sys.stderr)
+    else:
+        ips, bad = canonical_ips(args.ips), []
+    client = await open_redis(settings)
+    try:
+        if args.action in ("add", "load"):
+            added = await add_ips(client, keys, settings, ips)
+            print(f"added {added} address(es), {len(ips) - added} already listed")
+        elif args.action == "remove":
+            removed = await remove_ips(client, keys, ips)
+            print(f"removed {removed} address(es), {len(ips) - removed} were not listed")
+        else:
+            for ip, listed, in_filter in await check_ips(client, keys, ips):
+                note = "" if listed == in_filter else " (filter false positive: the detector flags it)"
+                print(f"{ip} {'listed' if listed else 'not listed'}{note}")
+    finally:
+        await client.aclose()
+    return 1 if bad else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("blacklist", help="manage the IP blacklist")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(parser))
+    for action, text in (("add", "list addresses"), ("remove", "unlist addresses"),
+                         ("check", "tell whether addresses are listed")):
+        sub = actions.add_parser(action, help=text)
+        sub.add_argument("ips", nargs="+", metavar="IP")
+        sub.set_defaults(run=run_blacklist)
+    load = actions.add_parser("load", help="list every address of a file (one a line, # comments)")
+    load.add_argument("file", type=Path)
+    load.set_defaults(run=run_blacklist)
