@@ -48,7 +48,7 @@ class EmbeddedRedis:
     """One redis-server daemon owned through its pid file, so that any process can stop it."""
 
     def __init__(self, home: Path, port: int, appendfsync: str = "everysec", host: str = "127.0.0.1",
-                 libssl_dir: Path | None = None) -> None:
+                 libssl_dir: Path | None = None, modules: tuple[str, ...] = MODULES) -> None:
         # Absolute, because redis-server changes into its data folder before opening files.
         self.home = Path(home).resolve()
         self.port = port
@@ -58,6 +58,7 @@ class EmbeddedRedis:
         self.data_dir = self.home / f"redis-{port}"
         self.pidfile = self.data_dir / "redis.pid"
         self.logfile = self.data_dir / "redis.log"
+        self.module_files = modules
 
     @property
     def url(self) -> str:
@@ -113,7 +114,7 @@ class EmbeddedRedis:
     def _command(self) -> list[str]:
         root = stack_root()
         server = root / "bin" / "redis-server"
-        modules = [root / "lib" / name for name in MODULES]
+        modules = [root / "lib" / name for name in self.module_files]
         for path in (server, *modules):
             _ensure_executable(path)
         command = [

@@ -32,10 +32,15 @@ async def run_agent(agent: StreamAgent) -> int:
             log.info("stopping: finishing the batch in hand", signal=signal.Signals(signum).name)
             agent.request_stop()
 
+    try:
+        await agent.start()
+    except BaseException:
+        # Nothing was read yet: there is no batch to finish.
+        await agent.stop()
+        raise
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await agent.start()
         await agent.loop_done.wait()
     finally:
         await _drain(agent, forced)

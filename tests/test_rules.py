@@ -1,0 +1,205 @@
+"""The detector's rules on crafted traces, end to end through a real Redis Stack."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+import redis
+
+from pipeline.keys import Keys
+from pipeline.resp import RespClient
+from pipeline.settings import Settings
+from tests.helpers import run_pipeline, series_totals, stream_entries, verdicts_by_raw_id, xadd_all
+
+T0 = 1_700_000_000_000
+
+
+def click(device: str, ts: int, ip: str = "192.0.2.10", tx: str | None = None, **extra: str) -> list[str]:
+    fields = ["device_id", device, "ip", ip, "ts", str(ts)]
+    if tx is not None:
+        fields += ["transaction_id", tx]
+    for name, value in extra.items():
+        fields += [name, value]
+    return fields
+
+
+def blacklist(settings: Settings, *ips: str) -> None:
+    keys = Keys(settings.namespace)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        client.execute_command("CF.RESERVE", keys.blacklist, 1000)
+        for ip in ips:
+            client.execute_command("CF.ADD", keys.blacklist, ip)
+
+
+async def verdicts_of(settings: Settings, clicks: list[list[str]]) -> list[str | None]:
+    """The verdict of each click, in order (None: no verdict)."""
+    ids = xadd_all(settings, clicks)
+    await run_pipeline(settings)
+    verdicts = verdicts_by_raw_id(settings)
+    return [verdicts.get(i) for i in ids]
+
+
+async def test_third_click_inside_the_window_is_spam(settings: Settings) -> None:
+    verdicts = await verdicts_of(settings, [click("d", T0), click("d", T0 + 5_000), click("d", T0 + 9_999)])
+    assert verdicts == ["clean", "clean", "click_spam"]
+
+
+async def test_window_bounds_are_inclusive(settings: Settings) -> None:
+    # [ts - 10000, ts]: a click exactly 10 s older still counts.
+    verdicts = await verdicts_of(settings, [click("d", T0), click("d", T0 + 5_000), click("d", T0 + 10_000)])
+    assert verdicts == ["clean", "clean", "click_spam"]
+
+
+async def test_click_just_past_the_window_edge_is_clean(settings: Settings) -> None:
+    verdicts = await verdicts_of(settings, [click("d", T0), click("d", T0 + 5_000), click("d", T0 + 10_001)])
+    assert verdicts == ["clean", "clean", "clean"]
+
+
+async def test_burst_across_the_edge_counts_only_clicks_in_the_window(settings: Settings) -> None:
+    times = [T0, T0 + 9_000, T0 + 9_500, T0 + 19_400, T0 + 19_500, T0 + 30_000]
+    verdicts = await verdicts_of(settings, [click("d", t) for t in times])
+    # At 19400 the window [9400, 19400] holds 9500 only; at 19500 it holds 9500 and 19400.
+    assert verdicts == ["clean", "clean", "click_spam", "clean", "click_spam", "clean"]
+
+
+async def test_windows_are_per_device(settings: Settings) -> None:
+    verdicts = await verdicts_of(settings, [click(f"d{i}", T0 + i) for i in range(5)])
+    assert verdicts == ["clean"] * 5
+
+
+async def test_event_time_not_arrival_order(settings: Settings) -> None:
+    # Clicks from the future, already seen, do not count for an earlier click.
+    verdicts = await verdicts_of(settings, [click("d", T0 + 20_000), click("d", T0 + 21_000), click("d", T0)])
+    assert verdicts == ["clean", "clean", "clean"]
+
+
+async def test_threshold_comes_from_settings(settings: Settings) -> None:
+    verdicts = await verdicts_of(replace(settings, click_spam_threshold=1), [click("d", T0), click("d", T0 + 1)])
+    assert verdicts == ["clean", "click_spam"]
+
+
+async def test_blacklisted_ip_wins_over_spam(settings: Settings) -> None:
+    blacklist(settings, "203.0.113.9")
+    verdicts = await verdicts_of(settings, [click("d", T0), click("d", T0 + 1), click("d", T0 + 2, ip="203.0.113.9"),
+                                            click("e", T0, ip="203.0.113.9")])
+    assert verdicts == ["clean", "clean", "ip_blacklist", "ip_blacklist"]
+
+
+async def test_every_accepted_click_enters_the_window_whatever_its_verdict(settings: Settings) -> None:
+    blacklist(settings, "203.0.113.9")
+    verdicts = await verdicts_of(settings, [click("d", T0, ip="203.0.113.9"), click("d", T0 + 1, ip="203.0.113.9"),
+                                            click("d", T0 + 2)])
+    assert verdicts == ["ip_blacklist", "ip_blacklist", "click_spam"]
+
+
+@pytest.mark.parametrize(("listed", "sent"), [
+    ("2001:db8::1", "2001:DB8:0:0:0:0:0:1"),
+    ("2001:db8::1", "2001:db8::0001"),
+    ("203.0.113.5", "::ffff:203.0.113.5"),
+])
+async def test_ipv6_spellings_match_the_blacklist(settings: Settings, listed: str, sent: str) -> None:
+    blacklist(settings, listed)
+    assert await verdicts_of(settings, [click("d", T0, ip=sent)]) == ["ip_blacklist"]
+    (_, fields), = stream_entries(settings, Keys(settings.namespace).verdicts)
+    assert fields["ip"] == listed
+
+
+async def test_a_retry_gets_no_second_verdict_and_no_second_count(settings: Settings) -> None:
+    clicks = [click("d", T0, tx="t1"), click("d", T0, tx="t1"), click("d", T0 + 50, tx="t1"),
+              click("e", T0, tx="t1"), click("d", T0 + 1, tx="t2")]
+    verdicts = await verdicts_of(settings, clicks)
+    # The same transaction on another device is another click.
+    assert verdicts == ["clean", None, None, "clean", "clean"]
+    assert series_totals(settings) == {"clean": 3, "ip_blacklist": 0, "click_spam": 0}
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+        assert client.hget(Keys(settings.namespace).stats, "detector.duplicate") == "2"
+
+
+async def test_retries_do_not_count_towards_spam(settings: Settings) -> None:
+    verdicts = await verdicts_of(settings, [click("d", T0, tx="t1")] * 5 + [click("d", T0 + 1, tx="t2")])
+    assert verdicts == ["clean", None, None, None, None, "clean"]
+
+
+async def test_missing_ts_takes_the_entry_time(settings: Settings) -> None:
+    ids = xadd_all(settings, [["device_id", "d", "ip", "192.0.2.1"]])
+    await run_pipeline(settings)
+    (_, fields), = stream_entries(settings, Keys(settings.namespace).verdicts)
+    assert fields["ts"] == ids[0].split("-")[0]
+    assert fields["raw_id"] == ids[0]
+
+
+async def test_extra_fields_pass_through_to_the_verdict(settings: Settings) -> None:
+    await verdicts_of(settings, [click("d", T0, tx="t9", campaign="c7", placement="top")])
+    (_, fields), = stream_entries(settings, Keys(settings.namespace).verdicts)
+    assert fields == {"device_id": "d", "ip": "192.0.2.10", "ts": str(T0), "transaction_id": "t9",
+                      "campaign": "c7", "placement": "top", "verdict": "clean", "raw_id": fields["raw_id"]}
+
+
+MALFORMED: list[tuple[list[str | bytes], str]] = [
+    (["ip", "192.0.2.1", "ts", str(T0)], "missing_field: device_id"),
+    (["device_id", "d", "ts", str(T0)], "missing_field: ip"),
+    (["device_id", "d", "ip", "192.0.2.300"], "invalid_field: ip"),
+    (["device_id", "d", "ip", "fe80::1%eth0"], "invalid_field: ip"),
+    (["device_id", "d", "ip", "192.0.2.1", "ts", "-5"], "invalid_field: ts"),
+    (["device_id", "d", "ip", "192.0.2.1", "ts", "1e12"], "invalid_field: ts"),
+    (["device_id", "d", "ip", "192.0.2.1", "ts", "99999999999999999999"], "invalid_field: ts"),
+    (["device_id", "", "ip", "192.0.2.1"], "invalid_field: device_id"),
+    (["device_id", "d" * 129, "ip", "192.0.2.1"], "invalid_field: device_id"),
+    (["device_id", "d", "ip", "192.0.2.1", "note", "x" * 2000], "oversized_field"),
+    (["device_id", "d", "ip", "192.0.2.1", "verdict", "clean"], "reserved_field"),
+    (["device_id", "d", "ip", "192.0.2.1", "ip", "192.0.2.2"], "duplicate_field"),
+    (["device_id", b"\xff\xfe", "ip", "192.0.2.1"], "undecodable"),
+    (["device_id", "d", "ip", "192.0.2.1", *[f"f{i}" if j == 0 else "v" for i in range(40) for j in (0, 1)]],
+     "too_many_fields"),
+]
+
+
+async def test_malformed_clicks_go_to_the_dead_letter_stream_with_reason(settings: Settings) -> None:
+    good = click("ok", T0)
+    ids = xadd_all(settings, [fields for fields, _ in MALFORMED] + [good])
+    await run_pipeline(settings)
+    keys = Keys(settings.namespace)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        dead = client.xrange(keys.dead)
+    by_raw_id = {fields[b"raw_id"].decode(): fields for _, fields in dead}
+    assert len(dead) == len(MALFORMED)
+    for entry_id, (original, reason) in zip(ids, MALFORMED, strict=False):
+        entry = by_raw_id[entry_id]
+        assert entry[b"reason"].decode().startswith(reason), entry[b"reason"]
+        assert entry[b"stage"] == b"detector"
+        assert entry[b"deliveries"] == b"1"
+    # The original fields follow the four header fields, byte for byte and in order.
+    raw_client = RespClient(settings.redis_url)
+    raw_dead = await raw_client.execute("XRANGE", keys.dead, "-", "+")
+    await raw_client.close()
+    for _, flat in raw_dead:
+        entry_id = flat[5].decode()
+        original = MALFORMED[ids.index(entry_id)][0]
+        assert flat[8:] == [f if isinstance(f, bytes) else f.encode() for f in original]
+    # The pipeline kept going: the good click behind them has its verdict, nothing is pending.
+    assert verdicts_by_raw_id(settings) == {ids[-1]: "clean"}
+    with redis.Redis.from_url(settings.redis_url) as client:
+        assert client.xpending(keys.raw, "detector")["pending"] == 0
+
+
+async def test_generated_traffic_gets_exactly_one_outcome_per_click_and_exact_counts(settings: Settings) -> None:
+    from agents.generator import TrafficMix, traffic
+
+    ticks = iter(range(T0, T0 + 10**9, 37))
+    trace = traffic(5, lambda: next(ticks), TrafficMix(humans=300))
+    clicks = [next(trace)[0] for _ in range(5000)]
+    ids = xadd_all(settings, clicks)
+    await run_pipeline(settings)
+    verdicts = verdicts_by_raw_id(settings)
+    keys = Keys(settings.namespace)
+    dead_ids = {fields["raw_id"] for _, fields in stream_entries(settings, keys.dead)}
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+        duplicates = int(client.hget(keys.stats, "detector.duplicate") or 0)
+    assert not dead_ids & set(verdicts)
+    assert len(verdicts) + len(dead_ids) + duplicates == len(ids)
+    assert set(verdicts) | dead_ids <= set(ids)
+    counts = Counter(verdicts.values())
+    assert series_totals(settings) == {v: counts.get(v, 0) for v in ("clean", "ip_blacklist", "click_spam")}
+    assert counts["click_spam"] > 0 and counts["clean"] > 0 and dead_ids and duplicates > 0
