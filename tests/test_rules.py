@@ -165,7 +165,7 @@ async def test_malformed_clicks_go_to_the_dead_letter_stream_with_reason(setting
         dead = client.xrange(keys.dead)
     by_raw_id = {fields[b"raw_id"].decode(): fields for _, fields in dead}
     assert len(dead) == len(MALFORMED)
-    for entry_id, (original, reason) in zip(ids, MALFORMED, strict=False):
+    for entry_id, (_, reason) in zip(ids, MALFORMED, strict=False):
         entry = by_raw_id[entry_id]
         assert entry[b"reason"].decode().startswith(reason), entry[b"reason"]
         assert entry[b"stage"] == b"detector"
