@@ -1,0 +1,144 @@
+"""``fraud replay FILE``: send a click trace to the raw stream, flat out or paced on event time.
+
+Clicks go as they are, valid or not: judging them is the detector's job. A line
+that is not a click at all (not JSON, not an object, wrong column count...) is
+reported with its number and dead-lettered with stage ``replay``; the replay
+goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipeline.connection import open_fast_client
+from pipeline.errors import FraudError
+from pipeline.keys import Keys
+from pipeline.progress import Progress
+from pipeline.resp import RespClient, RespError
+from pipeline.settings import Settings
+from pipeline.trace_files import BadLine, TraceClick, count_lines, read_trace, resolve_format
+
+STAGE = "replay"
+# Waits shorter than this are not worth a flush and a sleep: the next one catches up.
+MIN_SLEEP_S = 0.002
+
+
+@dataclass
+class ReplaySummary:
+    sent: int = 0
+    bad_lines: int = 0
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        rate = self.sent / self.seconds if self.seconds > 0 else 0.0
+        return (f"sent {self.sent} clicks, {self.bad_lines} bad lines, in {self.seconds:.2f} s "
+                f"({rate:,.0f} clicks/s)")
+
+
+class Pacer:
+    """When each click is due: event-time gaps divided by the speed, from the first click on.
+
+    Time follows the highest event time seen so far, so a click older than an
+    earlier one goes at once instead of waiting a negative gap.
+    """
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.first_ts: int | None = None
+        self.high_ts = 0
+        self.started = 0.0
+
+    def due(self, ts: int | None) -> float:
+        if ts is None:
+            return 0.0
+        if self.first_ts is None:
+            self.first_ts = self.high_ts = ts
+            self.started = time.monotonic()
+        self.high_ts = max(self.high_ts, ts)
+        return self.started + (self.high_ts - self.first_ts) / 1000 / self.speed
+
+
+def bad_line_fields(bad: BadLine, max_bytes: int) -> list[str]:
+    text = bad.text if len(bad.text) <= max_bytes else bad.text[:max_bytes] + "...(truncated)"
+    return ["reason", f"bad_line: line {bad.line}: {bad.reason}", "stage", STAGE, "raw_id", "",
+            "deliveries", "0", "line", text]
+
+
+class Sender:
+    """Pipelined XADDs in batches; a batch goes when full or before a paced wait."""
+
+    def __init__(self, client: RespClient, keys: Keys, batch_size: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.batch_size = batch_size
+        self.commands: list[tuple[Any, ...]] = []
+
+    async def add(self, command: tuple[Any, ...]) -> None:
+        self.commands.append(command)
+        if len(self.commands) >= self.batch_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.commands:
+            return
+        commands, self.commands = self.commands, []
+        for reply in await self.client.pipeline(commands):
+            if isinstance(reply, RespError):
+                raise FraudError(f"Redis refused a write: {reply}")
+
+
+def inspect_trace(path: Path, fmt: str) -> tuple[str, int]:
+    """The file's format and how many records it holds (its lines, less a CSV header)."""
+    if not path.is_file():
+        raise FraudError(f"no such file: {path}")
+    fmt = resolve_format(path, fmt)
+    return fmt, count_lines(path) - (fmt == "csv")
+
+
+async def replay_file(path: Path, fmt: str, speed: float | None, settings: Settings,
+                      progress_out: TextIO | None = None) -> ReplaySummary:
+    fmt, total = inspect_trace(path, fmt)
+    keys = Keys(settings.namespace)
+    progress = Progress(total, out=progress_out)
+    pacer = Pacer(speed) if speed else None
+    summary = ReplaySummary()
+    client = await open_fast_client(settings)
+    sender = Sender(client, keys, settings.batch_size)
+    try:
+        for item in read_trace(path, fmt):
+            if isinstance(item, BadLine):
+                summary.bad_lines += 1
+                progress.note(f"{path}: line {item.line}: {item.reason}")
+                await sender.add(("XADD", keys.dead, "*", *bad_line_fields(item, settings.max_field_bytes)))
+                # Every dead letter is counted under its stage, as the agents count theirs.
+                await sender.add(("HINCRBY", keys.stats, f"{STAGE}.dead", 1))
+            else:
+                await _pace(pacer, sender, item)
+                await sender.add(("XADD", keys.raw, "*", *item.fields))
+                summary.sent += 1
+            progress.update(item.line - (fmt == "csv"))
+        await sender.flush()
+    finally:
+        progress.finish()
+        await client.close()
+    summary.seconds = time.monotonic() - progress.started
+    return summary
+
+
+async def _pace(pacer: Pacer | None, sender: Sender, click: TraceClick) -> None:
+    if pacer is None:
+        return
+    due = pacer.due(click.event_time())
+    if due - time.monotonic() > MIN_SLEEP_S:
+        # What is due already goes now, not after the wait.
+        await sender.flush()
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
+def print_summary(summary: ReplaySummary) -> None:
+    print(summary.text(), file=sys.stdout)

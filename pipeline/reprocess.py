@@ -1,0 +1,205 @@
+"""``fraud replay --from-stream``: re-run a range of the raw stream through the current rules, aside.
+
+The range is copied, with the same entry ids (so clicks without ``ts`` keep
+the same event time), into the key space ``<namespace>:replay:<name>``,
+together with a snapshot of the live blacklist; the detector and the
+aggregator then run there in burst mode. Live keys are only read. The
+summary compares the replay's outcome per click with the live one.
+
+Clicks at the start of the range see no window of the clicks before it, so a
+burst that straddles the start can be judged differently: start the range a
+spam window earlier to be sure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Collection
+from typing import Any
+
+from pipeline.agent_cli import make_handler
+from pipeline.connection import open_fast_client
+from pipeline.errors import FraudError
+from pipeline.keys import VERDICTS, Keys
+from pipeline.resp import RespClient, RespError
+from pipeline.runtime import StreamAgent
+from pipeline.settings import Settings
+from pipeline.stream_ids import parse_id
+
+PAGE = 1_000
+CONSUMER = "replay"
+# A replay keeps what it copied and made until it is dropped: nothing is trimmed.
+KEEP_FOREVER_MS = 100 * 365 * 24 * 3_600_000
+# Outcomes of a click besides its verdict: dead-lettered by the detector, or no
+# output at all (a duplicate, or not processed yet, or its verdict trimmed).
+DEAD = "dead"
+NONE = "none"
+OUTCOMES = (*VERDICTS, DEAD, NONE)
+
+
+def replay_settings(settings: Settings, name: str) -> Settings:
+    replay = Keys(settings.namespace).replay(name)
+    return dataclasses.replace(settings, namespace=replay.namespace, stream_keep_ms=KEEP_FOREVER_MS)
+
+
+async def copy_range(client: RespClient, source: str, target: str, start: str, end: str) -> list[bytes]:
+    """XADD every entry of ``source`` in [start, end] to ``target`` with its own id; returns the ids."""
+    ids: list[bytes] = []
+    low = start
+    while True:
+        page = await client.execute("XRANGE", source, low, end, "COUNT", PAGE)
+        if not page:
+            return ids
+        replies = await client.pipeline([("XADD", target, entry_id, *fields) for entry_id, fields in page])
+        for reply in replies:
+            if isinstance(reply, RespError):
+                raise FraudError(f"copying to {target} failed: {reply}")
+        ids += (entry_id for entry_id, _ in page)
+        if len(page) < PAGE:
+            return ids
+        low = "(" + page[-1][0].decode()
+
+
+async def copy_blacklist(client: RespClient, source: str, target: str) -> int:
+    """Copy a cuckoo filter chunk by chunk; returns the chunks copied (0: no live blacklist yet)."""
+    if not await client.execute("EXISTS", source):
+        return 0
+    chunks = 0
+    cursor = 0
+    while True:
+        cursor, data = await client.execute("CF.SCANDUMP", source, cursor)
+        if cursor == 0:
+            return chunks
+        await client.execute("CF.LOADCHUNK", target, cursor, data)
+        chunks += 1
+
+
+async def run_stage(settings: Settings, stage: str) -> int:
+    agent = StreamAgent(make_handler(stage, settings), settings, burst=True, consumer=CONSUMER)
+    await agent.start()
+    await agent.loop_done.wait()
+    await agent.stop()
+    return agent.processed
+
+
+async def outcomes(client: RespClient, keys: Keys, first: bytes, raw_ids: Collection[bytes]) -> dict[bytes, str]:
+    """raw id -> what the detector made of it in this key space (a verdict, ``dead`` or ``none``)."""
+    found: dict[bytes, str] = {}
+    # A verdict or dead letter is written after its click, so its id is not lower.
+    low = first.decode()
+    for stream, is_dead in ((keys.verdicts, False), (keys.dead, True)):
+        async for fields in _scan(client, stream, low):
+            pairs = dict(zip(fields[::2], fields[1::2], strict=False))
+            raw_id = pairs.get(b"raw_id")
+            if raw_id not in raw_ids:
+                continue
+            if is_dead:
+                if pairs.get(b"stage") == b"detector":
+                    found[raw_id] = DEAD
+            else:
+                found[raw_id] = pairs[b"verdict"].decode()
+    return {raw_id: found.get(raw_id, NONE) for raw_id in raw_ids}
+
+
+async def _scan(client: RespClient, stream: str, low: str) -> Any:
+    while True:
+        page = await client.execute("XRANGE", stream, low, "+", "COUNT", PAGE)
+        for _, fields in page:
+            yield fields
+        if len(page) < PAGE:
+            return
+        low = "(" + page[-1][0].decode()
+
+
+async def series_sums(client: RespClient, keys: Keys) -> dict[str, int]:
+    sums: dict[str, int] = {}
+    for verdict in VERDICTS:
+        try:
+            samples = await client.execute("TS.RANGE", keys.series(verdict), "-", "+")
+        except RespError:
+            samples = []
+        sums[verdict] = int(sum(float(value) for _, value in samples))
+    return sums
+
+
+@dataclasses.dataclass
+class ReprocessReport:
+    name: str
+    keys: Keys
+    first: str
+    last: str
+    copied: int
+    blacklist_chunks: int
+    live: dict[bytes, str]
+    replay: dict[bytes, str]
+    series: dict[str, int]
+
+    def changes(self) -> Counter[tuple[str, str]]:
+        return Counter((self.live[i], self.replay[i]) for i in self.live if self.live[i] != self.replay[i])
+
+    def text(self) -> str:
+        live, replay = Counter(self.live.values()), Counter(self.replay.values())
+        blacklist = (f"a snapshot of the live blacklist ({self.blacklist_chunks} chunks)"
+                     if self.blacklist_chunks else "no live blacklist (empty)")
+        lines = [f"replay {self.name!r}: {self.copied} raw entries {self.first} .. {self.last} "
+                 f"copied to {self.keys.raw}, with {blacklist}",
+                 f"{'outcome':<14}{'live':>8}{'replay':>8}"]
+        lines += [f"{o:<14}{live[o]:>8}{replay[o]:>8}" for o in OUTCOMES]
+        changes = self.changes()
+        lines.append(f"changed: {sum(changes.values())} of {self.copied}")
+        lines += [f"  {a} -> {b}: {n}" for (a, b), n in sorted(changes.items(), key=lambda c: -c[1])]
+        lines.append("replay series sums: " + ", ".join(f"{v} {n}" for v, n in self.series.items()))
+        lines.append(f"drop it with: fraud replay --drop --name {self.name}")
+        return "\n".join(lines)
+
+
+async def reprocess(settings: Settings, name: str, start: str, end: str) -> ReprocessReport:
+    live = Keys(settings.namespace)
+    aside = replay_settings(settings, name)
+    replay = Keys(aside.namespace)
+    client = await open_fast_client(settings)
+    try:
+        if await client.execute("EXISTS", replay.raw):
+            raise FraudError(f"replay {name!r} exists: drop it first (fraud replay --drop --name {name})")
+        ids = await copy_range(client, live.raw, replay.raw, start, end)
+        if not ids:
+            raise FraudError(f"{live.raw} holds no entries from {start} to {end}")
+        chunks = await copy_blacklist(client, live.blacklist, replay.blacklist)
+        for stage in ("detector", "aggregator"):
+            await run_stage(aside, stage)
+        first, last = ids[0], ids[-1]
+        id_set = frozenset(ids)
+        return ReprocessReport(
+            name, replay, first.decode(), last.decode(), len(ids), chunks,
+            await outcomes(client, live, first, id_set), await outcomes(client, replay, first, id_set),
+            await series_sums(client, replay))
+    finally:
+        await client.close()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+async def drop(settings: Settings, name: str) -> int:
+    """Delete every key of a replay's key space; returns how many there were."""
+    pattern = _glob_escape(Keys(settings.namespace).replay(name).namespace) + ":*"
+    client = await open_fast_client(settings)
+    removed = 0
+    try:
+        cursor = b"0"
+        while True:
+            cursor, found = await client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", PAGE)
+            if found:
+                removed += await client.execute("UNLINK", *found)
+            if cursor == b"0":
+                return removed
+    finally:
+        await client.close()
+
+
+def check_order(start: str, end: str) -> None:
+    """An inverted range would silently copy nothing: say so instead."""
+    if start != "-" and end != "+" and parse_id(end) < parse_id(start):
+        raise FraudError(f"--end {end} is before --start {start}")
