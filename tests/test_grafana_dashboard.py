@@ -1,0 +1,373 @@
+"""The Grafana dashboards: sound structure, and every query returns the pipeline's real numbers.
+
+No Grafana server can run here, so each panel target is turned into the exact
+Redis command the Redis Data Source plugin (redis-datasource 2.2) sends for it,
+and that command runs against a live Redis Stack fed through the real pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from pipeline.keys import VERDICTS, Keys
+from pipeline.settings import Settings
+from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id, xadd_all
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_FILES = sorted((ROOT / "grafana/dashboards").glob("*.json"))
+DATASOURCES = yaml.safe_load((ROOT / "grafana/provisioning/datasources/redis.yaml").read_text())
+PROVIDERS = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/fraud.yaml").read_text())
+DATASOURCE_UID = DATASOURCES["datasources"][0]["uid"]
+KNOWN_PANEL_TYPES = frozenset((
+    "row", "timeseries", "stat", "table", "gauge", "bargauge", "barchart", "piechart", "text",
+    "heatmap", "histogram", "state-timeline", "status-history", "logs",
+))
+HEALTH_MEASURES = ("lag", "pending", "dead_letters", "throughput")
+MINUTE_MS = 60_000
+
+
+def load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+FRAUD = load(ROOT / "grafana/dashboards/fraud.json")
+
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row holds its panels
+
+
+def targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    for panel in all_panels(dashboard):
+        for target in panel.get("targets", []):
+            yield panel, target
+
+
+def panel(title: str) -> dict[str, Any]:
+    return next(p for p in all_panels(FRAUD) if p["title"] == title)
+
+
+def plugin_command(target: dict[str, Any], from_ms: int, to_ms: int) -> list[str]:
+    """The Redis command redis-datasource 2.2 sends for one target, argument for argument.
+
+    Mirrors RedisGrafana/grafana-redis-datasource: pkg/query.go (dispatch on ``command``,
+    from/to = the dashboard range in ms), pkg/redis-time-series.go (queryTsMRange,
+    queryTsRange: AGGREGATION only when an aggregation is set; the filter split into
+    words, shell-style) and pkg/redis-stream.go (queryXInfoStream; queryXRange and
+    queryXRevRange, which default start/end to ``<from>-0``/``<to>-0`` since 2.0 and add
+    COUNT only when count > 0). The command name goes out as written in the target.
+    """
+    command = target["command"]
+    aggregation = ["AGGREGATION", target["aggregation"], str(target.get("bucket", 0))] \
+        if target.get("aggregation") else []
+    if target["type"] == "timeSeries" and command == "ts.mrange":
+        return [command, str(from_ms), str(to_ms), *aggregation, "WITHLABELS", "FILTER",
+                *shlex.split(target["filter"])]
+    if target["type"] == "timeSeries" and command == "ts.range":
+        return [command, target["keyName"], str(from_ms), str(to_ms), *aggregation]
+    if target["type"] == "command" and command == "xinfoStream":
+        return ["XINFO", "STREAM", target["keyName"]]
+    if target["type"] == "command" and command in ("xrange", "xrevrange"):
+        start = target.get("start") or f"{from_ms}-0"
+        end = target.get("end") or f"{to_ms}-0"
+        bounds = [start, end] if command == "xrange" else [end, start]
+        count = ["COUNT", str(target["count"])] if target.get("count", 0) > 0 else []
+        return [command.upper(), target["keyName"], *bounds, *count]
+    if target["type"] == "command" and command in ("xlen", "hlen", "type", "get", "ttl", "llen", "scard"):
+        return [command, target["keyName"]]
+    raise AssertionError(f"no mirror of the plugin for target {target}: add one before using it")
+
+
+def dashboard_range(dashboard: dict[str, Any], now_ms: int) -> tuple[int, int]:
+    """The dashboard's default time range (``now-<n><unit>`` to ``now``) in epoch ms."""
+    match = re.fullmatch(r"now-(\d+)([smhd])", dashboard["time"]["from"])
+    assert match and dashboard["time"]["to"] == "now"
+    unit_ms = {"s": 1_000, "m": MINUTE_MS, "h": 3_600_000, "d": 86_400_000}[match[2]]
+    return now_ms - int(match[1]) * unit_ms, now_ms
+
+
+def frames(reply: list[Any], target: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """TS.MRANGE's RESP2 reply as the plugin names its frames: legend label's value, else the key."""
+    out: dict[str, dict[int, float]] = {}
+    for key, labels, samples in reply:
+        legend = dict(labels).get(target["legend"]) if target.get("legend") else key
+        assert legend is not None, f"{key} lacks the legend label {target['legend']!r}"
+        assert legend not in out, f"two series share the legend {legend!r}: their lines would merge"
+        out[legend] = {int(ts): float(value) for ts, value in samples}
+    return out
+
+
+def stream_rows(reply: list[Any]) -> list[dict[str, str]]:
+    """XRANGE/XREVRANGE entries as the plugin's table rows ($streamId, then the entry's fields)."""
+    return [{"$streamId": entry_id, "$time": int(entry_id.split("-")[0]), **pairs(flat)} for entry_id, flat in reply]
+
+
+def pairs(flat: list[str] | dict[str, str]) -> dict[str, str]:
+    # redis-py already turns some replies (XRANGE's entries) into dicts.
+    return flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def transform(rows: list[dict[str, str]], transformations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The few Grafana transformations the dashboard uses, applied to table rows as Grafana does."""
+    for step in transformations:
+        options = step["options"]
+        if step["id"] == "filterByValue":
+            def hit(row: dict[str, str], filters: list[dict[str, Any]] = options["filters"]) -> bool:
+                assert all(f["config"]["id"] == "equal" for f in filters)
+                return any(row.get(f["fieldName"]) == f["config"]["options"]["value"] for f in filters)
+            assert options["match"] == "any"
+            rows = [r for r in rows if hit(r) == (options["type"] == "include")]
+        elif step["id"] == "groupBy":
+            keys = [name for name, f in options["fields"].items() if f["operation"] == "groupby"]
+            counted = [name for name, f in options["fields"].items() if f["operation"] == "aggregate"]
+            assert all(options["fields"][name]["aggregations"] == ["count"] for name in counted)
+            groups = Counter(tuple(r[k] for k in keys) for r in rows)
+            rows = [{**dict(zip(keys, group, strict=True)), **{f"{name} (count)": n for name in counted}}
+                    for group, n in groups.items()]
+        elif step["id"] == "sortBy":
+            (sort,) = options["sort"]
+            rows = sorted(rows, key=lambda r: r[sort["field"]], reverse=sort["desc"])
+        elif step["id"] == "limit":
+            rows = rows[:options["limitField"]]
+        elif step["id"] == "organize":
+            include = options.get("includeByName")
+            rename = options.get("renameByName", {})
+            rows = [{rename.get(k, k): v for k, v in r.items() if include is None or include.get(k)} for r in rows]
+        else:
+            raise AssertionError(f"transformation {step['id']} is not mirrored here")
+    return rows
+
+
+# --- structure -------------------------------------------------------------------------------
+
+def test_there_is_a_dashboard() -> None:
+    assert [p.name for p in DASHBOARD_FILES] == ["fraud.json"]
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.name)
+def test_dashboard_structure(path: Path) -> None:
+    dashboard = load(path)
+    assert dashboard["uid"] and dashboard["title"]
+    ids = [p["id"] for p in all_panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for p in all_panels(dashboard):
+        assert p["type"] in KNOWN_PANEL_TYPES, f"{p['title']}: unknown panel type {p['type']}"
+        grid = p["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(grid) and grid["x"] + grid["w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p["targets"], f"{p['title']} has no query"
+            assert p["datasource"]["uid"] == DATASOURCE_UID
+    refs = list(targets(dashboard))
+    assert refs
+    for p, target in refs:
+        assert target["datasource"] == {"type": "redis-datasource", "uid": DATASOURCE_UID}, p["title"]
+        plugin_command(target, 0, 1)  # raises on a target this test could not check
+
+
+def test_fraud_dashboard_settings() -> None:
+    assert FRAUD["uid"] == "fraud" and FRAUD["title"] == "Fraud"
+    assert FRAUD["refresh"] == "5s"
+    assert FRAUD["time"] == {"from": "now-15m", "to": "now"}
+
+
+def test_provisioning_files() -> None:
+    (source,) = DATASOURCES["datasources"]
+    assert source["type"] == "redis-datasource" and source["uid"] == "fraud-redis"
+    assert source["url"] == "redis://redis:6379" and source["access"] == "proxy"
+    (provider,) = PROVIDERS["providers"]
+    assert provider["type"] == "file" and provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_plugin_command_shapes() -> None:
+    # The shapes read in the plugin's source, pinned so a careless edit of the mirror shows.
+    target = {"type": "timeSeries", "command": "ts.mrange", "filter": "metric=clicks tier=raw",
+              "aggregation": "sum", "bucket": 1000, "legend": "verdict"}
+    assert plugin_command(target, 10, 20) == ["ts.mrange", "10", "20", "AGGREGATION", "sum", "1000",
+                                              "WITHLABELS", "FILTER", "metric=clicks", "tier=raw"]
+    assert plugin_command({**target, "aggregation": ""}, 10, 20) == [
+        "ts.mrange", "10", "20", "WITHLABELS", "FILTER", "metric=clicks", "tier=raw"]
+    stream = {"type": "command", "command": "xrevrange", "keyName": "s", "count": 5}
+    assert plugin_command(stream, 10, 20) == ["XREVRANGE", "s", "20-0", "10-0", "COUNT", "5"]
+
+
+# --- live data through the real pipeline -----------------------------------------------------
+
+BLACKLISTED = [f"203.0.113.{i}" for i in range(1, 9)]
+
+
+def crafted_clicks(t0: int) -> tuple[list[list[str]], int]:
+    """Clean, blacklisted and spam clicks over three minutes from t0, in event-time order; and the invalid count."""
+    clicks: list[tuple[int, list[str]]] = []
+
+    def click(device: str, ip: str, ts: int) -> None:
+        clicks.append((ts, ["device_id", device, "ip", ip, "ts", str(ts)]))
+
+    for minute, (clean, listed, spam) in enumerate(((20, 5, 6), (10, 3, 5))):
+        start = t0 + minute * MINUTE_MS
+        for i in range(clean):
+            click(f"c{minute}-{i}", f"10.1.{minute}.{i}", start + i * 2_000 + 7)
+        for i in range(listed):
+            click(f"b{minute}-{i}", BLACKLISTED[i + 4 * minute], start + 500 + i * 3_000)
+        for k in range(spam):  # one device, far more than 2 clicks in 10 s
+            click(f"s{minute}", f"10.2.{minute}.1", start + 30_000 + k * 200)
+    for i in range(4):  # minute 2: a later bucket, so the rollup closes minute 1
+        click(f"c2-{i}", f"10.1.2.{i}", t0 + 2 * MINUTE_MS + i * 1_000)
+    clicks.sort(key=lambda c: c[0])
+    invalid = [["device_id", "bad-ip", "ip", "not-an-ip", "ts", str(t0 + 1_000)],
+               ["ip", "10.9.9.9", "ts", str(t0 + 2_000)],
+               ["device_id", "bad-ts", "ip", "10.9.9.8", "ts", "yesterday"]]
+    return [c for _, c in clicks] + invalid, len(invalid)
+
+
+async def feed(settings: Settings) -> tuple[int, int, list[str]]:
+    """Run crafted clicks through detector and aggregator; returns (now ms, t0, ids of invalid entries)."""
+    now_ms = int(time.time() * 1000)
+    # Whole minutes inside the dashboard's range, ending well before now.
+    t0 = (now_ms - 6 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    keys = Keys(settings.namespace)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        client.execute_command("CF.RESERVE", keys.blacklist, 1000)
+        for ip in BLACKLISTED:
+            client.execute_command("CF.ADD", keys.blacklist, ip)
+    clicks, invalid = crafted_clicks(t0)
+    ids = xadd_all(settings, clicks)
+    await run_pipeline(settings)
+    return now_ms, t0, ids[-invalid:]
+
+
+def run(settings: Settings, target: dict[str, Any], from_ms: int, to_ms: int) -> Any:
+    # RESP2, as the plugin's client (radix v3) speaks: TS.MRANGE replies a list, not a map.
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True, protocol=2) as client:
+        return client.execute_command(*plugin_command(target, from_ms, to_ms))
+
+
+def verdict_cells(settings: Settings, bucket_ms: int) -> dict[str, dict[int, float]]:
+    """Verdicts per event-time bucket, from the verdict stream itself."""
+    cells: dict[str, dict[int, float]] = {}
+    for _, fields in stream_entries(settings, Keys(settings.namespace).verdicts):
+        ts = int(fields["ts"])
+        series = cells.setdefault(fields["verdict"], {})
+        series[ts - ts % bucket_ms] = series.get(ts - ts % bucket_ms, 0) + 1
+    return cells
+
+
+async def test_clicks_per_second_is_exact(settings: Settings) -> None:
+    now_ms, _, _ = await feed(settings)
+    verdicts = Counter(verdicts_by_raw_id(settings).values())
+    assert set(verdicts) == set(VERDICTS), "the crafted traffic must produce every verdict"
+    expected = verdict_cells(settings, 1_000)
+    raw_panels = [(p, t) for p, t in targets(FRAUD) if t.get("filter") == "metric=clicks tier=raw"
+                  and t["bucket"] == 1_000]
+    assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict", "Clicks in range by verdict"}
+    for p, target in raw_panels:
+        got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
+        # One line per verdict (the rollup tier is filtered out), each sample the count of one second.
+        assert got == expected, p["title"]
+        assert {v: int(sum(s.values())) for v, s in got.items()} == verdicts
+
+
+async def test_fraud_share_is_exact_per_minute(settings: Settings) -> None:
+    now_ms, t0, _ = await feed(settings)
+    p = panel("Fraud share per minute")
+    assert p["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "percent"
+    (target,) = p["targets"]
+    assert target["bucket"] == MINUTE_MS
+    got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
+    per_minute = verdict_cells(settings, MINUTE_MS)
+    # Every minute, the open one included, with every verdict's exact count.
+    assert got == per_minute
+    assert got["click_spam"] == {t0: 4.0, t0 + MINUTE_MS: 3.0}
+    assert got["ip_blacklist"] == {t0: 5.0, t0 + MINUTE_MS: 3.0}
+    assert got["clean"] == {t0: 22.0, t0 + MINUTE_MS: 12.0, t0 + 2 * MINUTE_MS: 4.0}
+    # Why not the rollup tier: RedisTimeSeries compacts a minute of a series only once that
+    # series gets a sample of a later minute (and the plugin sends no LATEST). What it does
+    # guarantee: a compacted minute is exact, and every minute but a series' last is compacted.
+    rollup = frames(run(settings, {**target, "filter": "metric=clicks tier=rollup"},
+                        *dashboard_range(FRAUD, now_ms)), target)
+    for verdict, minutes in per_minute.items():
+        assert all(minutes[m] == n for m, n in rollup[verdict].items()), verdict
+        assert set(minutes) - {max(minutes)} <= set(rollup[verdict]) <= set(minutes), verdict
+    assert t0 + MINUTE_MS not in rollup["click_spam"], "spam's last minute stays open in the rollup"
+
+
+async def test_health_panels_select_the_monitor_series(settings: Settings) -> None:
+    now_ms = int(time.time() * 1000)
+    keys = Keys(settings.namespace)
+    at = now_ms - 2 * MINUTE_MS
+    at -= at % 5_000
+    written: dict[tuple[str, str], list[int]] = {}
+    with redis.Redis.from_url(settings.redis_url) as client:
+        # Series as the monitor agent records them: key Keys.health_series(measure, subject),
+        # labels metric=pipeline_health measure=<measure> stage=<stage>.
+        for n, measure in enumerate(HEALTH_MEASURES):
+            for stage in ("detector", "aggregator"):
+                values = [n * 10 + len(stage), n * 10 + len(stage) + 5, 1]
+                written[measure, stage] = values
+                key = keys.health_series(measure, stage)
+                client.execute_command("TS.CREATE", key, "LABELS", "metric", "pipeline_health",
+                                       "measure", measure, "stage", stage)
+                for i, value in enumerate(values):  # three samples in one 5 s bucket
+                    client.execute_command("TS.ADD", key, at + i * 1_000, value)
+        # Look-alikes that no health panel may pick up.
+        client.execute_command("TS.CREATE", "decoy", "LABELS", "metric", "clicks", "measure", "lag",
+                               "stage", "detector")
+        client.execute_command("TS.ADD", "decoy", at, 999)
+    health = [(p, t) for p, t in targets(FRAUD) if "metric=pipeline_health" in t.get("filter", "")]
+    assert sorted(t["filter"].split("measure=")[1] for _, t in health) == sorted(HEALTH_MEASURES)
+    for p, target in health:
+        measure = target["filter"].split("measure=")[1]
+        got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
+        assert got == {stage: {at: float(max(written[measure, stage]))} for stage in ("detector", "aggregator")}, \
+            p["title"]
+
+
+async def test_dead_letter_panels_show_the_rejected_entries(settings: Settings) -> None:
+    now_ms, _, invalid_ids = await feed(settings)
+    from_ms, to_ms = dashboard_range(FRAUD, now_ms)
+    (info_target,) = panel("Dead-letter stream")["targets"]
+    assert info_target["keyName"] == Keys(settings.namespace).dead
+    info = run(settings, info_target, from_ms, to_ms)
+    info = pairs(info)
+    assert info["length"] == len(invalid_ids)
+    last_id, last_fields = info["last-entry"]
+    assert pairs(last_fields)["stage"] == "detector"
+    (latest_target,) = panel("Latest dead letters")["targets"]
+    rows = stream_rows(run(settings, latest_target, from_ms, to_ms))
+    assert rows[0]["$streamId"] == last_id, "newest first"
+    assert sorted(r["raw_id"] for r in rows) == sorted(invalid_ids)
+    assert all(r["reason"] and r["stage"] == "detector" for r in rows)
+
+
+async def test_offender_tables_rank_the_flagged_verdicts(settings: Settings) -> None:
+    await feed(settings)
+    # Verdict ids are arrival times: the range ends at the time of the query, as on a live dashboard.
+    from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
+    flagged = [f for _, f in stream_entries(settings, Keys(settings.namespace).verdicts) if f["verdict"] != "clean"]
+    assert len(flagged) == 4 + 3 + 5 + 3
+    for title, field in (("Top offending devices", "device_id"), ("Top offending IPs", "ip")):
+        p = panel(title)
+        (target,) = p["targets"]
+        rows = stream_rows(run(settings, target, from_ms, to_ms))
+        assert len(rows) == len(verdicts_by_raw_id(settings)) < target["count"], "the table sees every verdict"
+        table = transform(rows, p["transformations"])
+        counts = Counter(f[field] for f in flagged)
+        assert [r["flagged clicks"] for r in table] == sorted(counts.values(), reverse=True)[:10]
+        assert all(counts[r[field]] == r["flagged clicks"] for r in table)
+        assert table[0] == {field: "s0" if field == "device_id" else "10.2.0.1", "flagged clicks": 4}
+    p = panel("Latest flagged verdicts")
+    rows = transform(stream_rows(run(settings, p["targets"][0], from_ms, to_ms)), p["transformations"])
+    assert sorted(r["raw_id"] for r in rows) == sorted(f["raw_id"] for f in flagged)
+    assert all(set(r) == {"$time", "verdict", "device_id", "ip", "raw_id"} for r in rows)
