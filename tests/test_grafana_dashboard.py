@@ -20,6 +20,7 @@ import pytest
 import redis
 import yaml
 
+from pipeline.cli import build_parser
 from pipeline.keys import VERDICTS, Keys
 from pipeline.settings import Settings
 from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id, xadd_all
@@ -371,3 +372,21 @@ async def test_offender_tables_rank_the_flagged_verdicts(settings: Settings) -> 
     rows = transform(stream_rows(run(settings, p["targets"][0], from_ms, to_ms)), p["transformations"])
     assert sorted(r["raw_id"] for r in rows) == sorted(f["raw_id"] for f in flagged)
     assert all(set(r) == {"$time", "verdict", "device_id", "ip", "raw_id"} for r in rows)
+
+
+async def test_health_panels_plot_what_the_real_monitor_records(settings: Settings) -> None:
+    pytest.importorskip("agents.monitor", reason="`fraud agent monitor` (agents/monitor.py) is not there yet")
+    _, _, invalid_ids = await feed(settings)
+    # The real agent through the real CLI: one tick, then exit.
+    args = build_parser().parse_args(["agent", "monitor", "--interval", "0.2", "--once"])
+    assert await args.run(args, settings) == 0
+    from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000) + 1)
+    got = {t["filter"].split("measure=")[1]: frames(run(settings, t, from_ms, to_ms), t)
+           for _, t in targets(FRAUD) if "metric=pipeline_health" in t.get("filter", "")}
+    # The pipeline ran dry: nothing lags or waits; the dead letters are the invalid clicks.
+    assert {stage: list(s.values()) for stage, s in got["lag"].items()} == {"detector": [0.0], "aggregator": [0.0]}
+    assert {stage: list(s.values()) for stage, s in got["pending"].items()} == {"detector": [0.0],
+                                                                                 "aggregator": [0.0]}
+    assert {stage: list(s.values()) for stage, s in got["dead_letters"].items()} == {"dead": [len(invalid_ids)]}
+    assert set(got["throughput"]) <= {"detector", "aggregator"}
+    assert all(v >= 0 for s in got["throughput"].values() for v in s.values())
