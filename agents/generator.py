@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import itertools
 import random
 import signal
 import time
@@ -19,9 +20,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import orjson
 import structlog
 
+from pipeline.cli_args import non_negative_float, positive_int
 from pipeline.connection import open_fast_client
+from pipeline.errors import FraudError
 from pipeline.keys import Keys
 from pipeline.resp import RespClient
 from pipeline.settings import Settings
@@ -137,19 +141,39 @@ async def run_generator(args: argparse.Namespace, settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     keys = Keys(settings.namespace)
+    clicks = traffic(args.seed, wall_clock_ms)
+    if args.pregenerate:
+        clicks = pregenerated(args.seed, args.total)
     log.info("generator started", rate=args.rate, total=args.total, stream=keys.raw)
+    cpu_before, started = time.process_time(), time.monotonic()
     try:
-        sent = await produce(client, keys.raw, traffic(args.seed, wall_clock_ms), rate=args.rate,
-                             total=args.total, stop=stop)
+        sent = await produce(client, keys.raw, clicks, rate=args.rate, total=args.total, stop=stop)
     finally:
         await client.close()
+    if args.pregenerate:
+        # What sending alone cost, for fraud bench: the clicks were made beforehand.
+        print(orjson.dumps({"sent": sent, "send_cpu_s": time.process_time() - cpu_before,
+                            "send_s": time.monotonic() - started}).decode(), flush=True)
     log.info("generator stopped", sent=sent)
     return 0
 
 
+def pregenerated(seed: int, total: int | None, event_rate: float = 20_000.0) -> Iterator[tuple[Click, str]]:
+    """A finite trace made up front, on an event-time clock running at ``event_rate`` clicks/s."""
+    if total is None:
+        raise FraudError("--pregenerate needs --total")
+    start = wall_clock_ms()
+    ticks = iter(range(total * 20))
+    clock: Clock = lambda: start + int(next(ticks) * 1000 / event_rate)  # noqa: E731
+    # A large pool of humans, so that the flat-out rate does not make every human a spammer.
+    return iter(list(itertools.islice(traffic(seed, clock, TrafficMix(humans=500_000)), total)))
+
+
 def register_agent(stages: argparse._SubParsersAction) -> None:
     parser = stages.add_parser("generator", help="write synthetic demo clicks to the raw stream")
-    parser.add_argument("--rate", type=float, default=500.0, help="clicks per second, 0 for flat out")
-    parser.add_argument("--total", type=int, default=None, help="stop after this many clicks")
+    parser.add_argument("--rate", type=non_negative_float, default=500.0, help="clicks per second, 0 for flat out")
+    parser.add_argument("--total", type=positive_int, default=None, help="stop after this many clicks")
     parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
+    parser.add_argument("--pregenerate", action="store_true",
+                        help="make all --total clicks before sending (benchmarks measure sending alone)")
     parser.set_defaults(run=run_generator)

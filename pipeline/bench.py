@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,11 +63,11 @@ def bench_server(settings: Settings, use_running: bool) -> Iterator[Settings]:
             server.stop()
 
 
-def _spawn(name: str, settings: Settings, *argv: str) -> StageProcess:
+def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None) -> StageProcess:
     env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
                FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
                FRAUD_CONSUMER=f"bench-{name}")
-    process = psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=env)
+    process = psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=env, stdout=stdout)
     return StageProcess(name, process)
 
 
@@ -135,8 +136,8 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
             await asyncio.sleep(0.05)
     redis_cpu = await _redis_cpu_s(client)
     started = time.time()
-    producer = _spawn("producer", settings, "agent", "generator", "--rate", "0",
-                      "--total", str(args.clicks), "--seed", "7")
+    producer = _spawn("producer", settings, "agent", "generator", "--rate", "0", "--pregenerate",
+                      "--total", str(args.clicks), "--seed", "7", stdout=subprocess.PIPE)
     stages.append(producer)
     cpu: dict[str, float] = {}
     try:
@@ -147,6 +148,8 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
                 times = stage.process.cpu_times()
                 cpu[stage.name] = times.user + times.system
         redis_cpu = await _redis_cpu_s(client) - redis_cpu
+        assert producer.process.stdout is not None
+        cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
     finally:
         for stage in stages:
             if stage.process.poll() is None:

@@ -86,7 +86,7 @@ class CheckedClick(NamedTuple):
     fields: list[Any]
 
     def to_record(self) -> Click:
-        extra = {_decode(self.fields[i], "field name"): _decode(self.fields[i + 1], "value")
+        extra = {_text(self.fields[i]): _text(self.fields[i + 1])
                  for i in range(0, len(self.fields), 2)
                  if self.fields[i] not in _KNOWN_WIRE}
         return Click(device_id=self.device_id, ip=self.ip, ts=self.ts,
@@ -110,15 +110,15 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     if len(fields) * 2 != len(flat):
         raise InvalidClick("duplicate_field: a field name appears twice")
-    for name, value in fields.items():
-        if len(name) > limits.max_bytes or len(value) > limits.max_bytes:
-            raise InvalidClick(f"oversized_field: {_decode(name, 'field name')[:64]!r} exceeds "
-                               f"{limits.max_bytes} bytes")
-        if name in _RESERVED_WIRE:
-            raise InvalidClick(f"reserved_field: {_decode(name, 'field name')!r} is set by the detector")
-        if name not in _KNOWN_WIRE:
-            _decode(name, "field name")
-            _decode(value, "value")
+    if max(map(len, flat)) > limits.max_bytes:
+        name = next(n for n, v in fields.items() if len(n) > limits.max_bytes or len(v) > limits.max_bytes)
+        raise InvalidClick(f"oversized_field: {_text(name)[:64]!r} exceeds {limits.max_bytes} bytes")
+    if not _RESERVED_WIRE.isdisjoint(fields):
+        name = next(n for n in fields if n in _RESERVED_WIRE)
+        raise InvalidClick(f"reserved_field: {_text(name)!r} is set by the detector")
+    for name in fields.keys() - _KNOWN_WIRE:
+        _decode(name, "field name")
+        _decode(fields[name], "value")
     device_raw = fields.get(b"device_id")
     ip_raw = fields.get(b"ip")
     if device_raw is None:
@@ -131,7 +131,7 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     ip_text = _decode(ip_raw, "ip")
     ip = canonical_ip(ip_text)
     ts_raw = fields.get(b"ts")
-    ts = entry_time_ms(entry_id) if ts_raw is None else _event_time(_decode(ts_raw, "ts"))
+    ts = entry_time_ms(entry_id) if ts_raw is None else _event_time(ts_raw)
     transaction_raw = fields.get(b"transaction_id")
     transaction_id = None if transaction_raw is None else _decode(transaction_raw, "transaction_id")
     if transaction_id is not None and (
@@ -152,19 +152,23 @@ def parse_click(entry_id: bytes | str, flat: list[bytes | str] | None, limits: F
     return check_click(entry_id, encoded, limits).to_record()
 
 
-def _decode(raw: Any, what: str) -> str:
-    if isinstance(raw, str):
-        return raw
+def _decode(raw: bytes, what: str) -> str:
     try:
         return raw.decode()
     except UnicodeDecodeError:
         raise InvalidClick(f"undecodable: a {what} is not UTF-8") from None
 
 
-def _event_time(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 16:
-        raise InvalidClick(f"invalid_field: ts must be epoch milliseconds, got {text[:32]!r}")
-    ts = int(text)
+def _text(raw: bytes | str) -> str:
+    """For messages only: never fails, whatever the bytes."""
+    return raw if isinstance(raw, str) else raw.decode(errors="replace")
+
+
+def _event_time(raw: bytes) -> int:
+    # bytes.isdigit() accepts ASCII digits only, so no sign, space or exponent gets through.
+    if not raw.isdigit() or len(raw) > 16:
+        raise InvalidClick(f"invalid_field: ts must be epoch milliseconds, got {_text(raw)[:32]!r}")
+    ts = int(raw)
     if ts > TS_MAX:
         raise InvalidClick(f"invalid_field: ts {ts} is out of range")
     return ts
