@@ -77,8 +77,12 @@ class Aggregator:
             return lost
         lo, hi = ctx.bounds(ids)
         args: list[Any] = [ctx.group, ctx.consumer, lo, hi, len(ids), *ids]
-        for (verdict, bucket_start), count in cells.items():
-            args += (verdict + SERIES_KEY_OFFSET, bucket_start, count)
+        # Every verdict gets a sample in every bucket that saw a click, zeros included:
+        # a series' rollup closes a minute only when that series gets a later sample,
+        # so a verdict that stopped would otherwise never have its last minute rolled up.
+        for bucket_start in {bucket_start for _, bucket_start in cells}:
+            for verdict in range(len(VERDICTS)):
+                args += (verdict + SERIES_KEY_OFFSET, bucket_start, cells.get((verdict, bucket_start), 0))
         keys = ctx.keys
         reply = await ctx.client.execute(
             "FCALL", "fraud_aggregate", 2 + len(VERDICTS), keys.verdicts, keys.stats,

@@ -275,8 +275,11 @@ async def test_clicks_per_second_is_exact(settings: Settings) -> None:
     assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict", "Clicks in range by verdict"}
     for p, target in raw_panels:
         got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
-        # One line per verdict (the rollup tier is filtered out), each sample the count of one second.
-        assert got == expected, p["title"]
+        # One line per verdict (the rollup tier is filtered out), each sample the count of one second;
+        # the aggregator writes explicit zeros for the verdicts a busy second did not see.
+        assert set(got) == set(expected), p["title"]
+        assert {v: {t: n for t, n in s.items() if n} for v, s in got.items()} == expected, p["title"]
+        assert all(t in got["clean"] for t in expected["click_spam"]), "zeros are written beside counts"
         assert {v: int(sum(s.values())) for v, s in got.items()} == verdicts
 
 
@@ -288,20 +291,22 @@ async def test_fraud_share_is_exact_per_minute(settings: Settings) -> None:
     assert target["bucket"] == MINUTE_MS
     got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
     per_minute = verdict_cells(settings, MINUTE_MS)
-    # Every minute, the open one included, with every verdict's exact count.
-    assert got == per_minute
-    assert got["click_spam"] == {t0: 4.0, t0 + MINUTE_MS: 3.0}
-    assert got["ip_blacklist"] == {t0: 5.0, t0 + MINUTE_MS: 3.0}
+    # Every minute, the open one included, with every verdict's exact count (zeros where none).
+    assert {v: {t: n for t, n in s.items() if n} for v, s in got.items()} == per_minute
+    assert got["click_spam"] == {t0: 4.0, t0 + MINUTE_MS: 3.0, t0 + 2 * MINUTE_MS: 0.0}
+    assert got["ip_blacklist"] == {t0: 5.0, t0 + MINUTE_MS: 3.0, t0 + 2 * MINUTE_MS: 0.0}
     assert got["clean"] == {t0: 22.0, t0 + MINUTE_MS: 12.0, t0 + 2 * MINUTE_MS: 4.0}
-    # Why not the rollup tier: RedisTimeSeries compacts a minute of a series only once that
-    # series gets a sample of a later minute (and the plugin sends no LATEST). What it does
-    # guarantee: a compacted minute is exact, and every minute but a series' last is compacted.
+    # The rollup tier: RedisTimeSeries compacts a minute of a series once that series gets a
+    # sample of a later minute (the plugin sends no LATEST). The aggregator writes every verdict
+    # in every busy bucket, zeros included, so every series closes the same minutes: all but
+    # the newest, each exact, even for a verdict that stopped (spam stops after t0 + 1 min).
     rollup = frames(run(settings, {**target, "filter": "metric=clicks tier=rollup"},
                         *dashboard_range(FRAUD, now_ms)), target)
+    newest = max(max(minutes) for minutes in per_minute.values())
     for verdict, minutes in per_minute.items():
-        assert all(minutes[m] == n for m, n in rollup[verdict].items()), verdict
-        assert set(minutes) - {max(minutes)} <= set(rollup[verdict]) <= set(minutes), verdict
-    assert t0 + MINUTE_MS not in rollup["click_spam"], "spam's last minute stays open in the rollup"
+        closed = {m: n for m, n in rollup[verdict].items() if n}
+        assert closed == {m: n for m, n in minutes.items() if m != newest}, verdict
+        assert set(rollup[verdict]) == {t0, t0 + MINUTE_MS}, verdict
 
 
 async def test_health_panels_select_the_monitor_series(settings: Settings) -> None:
