@@ -134,10 +134,11 @@ async def run_reset(args: argparse.Namespace, settings: Settings) -> int:
 
 
 HELP = """Move a consumer group's position (last-delivered-id), like Kafka's consumer-groups reset.
-Without --execute, print what would happen. A time maps to the id just before <ms>-0, so entries
-at that time are delivered again. Re-delivered clicks that the detector has seen within
-FRAUD_DEDUP_HORIZON_MS are de-duplicated by its per-device window (by transaction_id, or by
-entry id when a click has none): they give no second verdict."""
+Without --execute, print what would happen. A time is an arrival time (as entry ids are) and maps
+to the id just before <ms>-0, so entries added at that time are delivered again. Note: re-delivered
+clicks that the detector has seen within FRAUD_DEDUP_HORIZON_MS are de-duplicated by its
+per-device window (by transaction_id, or by entry id when a click has none): they give no second
+verdict. Refused while the group has pending entries or active consumers, unless --force."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -148,8 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     reset.add_argument("--stream", choices=("raw", "verdicts"), required=True, help="which stream")
     reset.add_argument("--group", required=True, help="group name (detector on raw, aggregator on verdicts)")
     to = reset.add_mutually_exclusive_group(required=True)
-    to.add_argument("--to-id", type=entry_id, help="deliver what comes after this entry id")
-    to.add_argument("--to-time", type=time_ms, help="deliver from this time on (epoch ms or ISO-8601)")
+    to.add_argument("--to-id", type=entry_id, metavar="ID", help="deliver what comes after this entry id")
+    to.add_argument("--to-time", type=time_ms, metavar="TIME", help="deliver from this time on (epoch ms or ISO-8601)")
     to.add_argument("--to-earliest", action="store_true", help="deliver the whole stream again")
     to.add_argument("--to-latest", action="store_true", help="skip everything in the stream now")
     reset.add_argument("--execute", action="store_true", help="apply (default: dry run)")

@@ -25,7 +25,8 @@ DESCRIPTION = """Three modes:
   fraud replay --from-stream --name NAME  re-process a range of the raw stream through the
                                           current rules in the key space <namespace>:replay:NAME
   fraud replay --drop --name NAME         delete that key space
-Live results are never touched by --from-stream."""
+Live results are never touched by --from-stream. --start/--end select raw entries by
+entry id, i.e. by arrival time, not by the clicks' ts (which the copy keeps as it is)."""
 
 
 def replay_name(text: str) -> str:
@@ -66,16 +67,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("replay", help="replay a click file, or re-process a range of the raw stream",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", type=Path, metavar="FILE", help="JSONL or CSV click trace")
-    parser.add_argument("--speed", type=generate.positive_float, default=None,
+    parser.add_argument("--speed", type=generate.positive_float, default=None, metavar="X",
                         help="pace on event time, X times real time (default: as fast as possible)")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto",
                         help="file format (default auto: by suffix, else by first character)")
     parser.add_argument("--from-stream", action="store_true",
                         help="re-process a range of the raw stream aside, with the current rules and blacklist")
-    parser.add_argument("--start", type=position, default=None,
-                        help="first entry: an id, epoch ms or ISO-8601 (default: the oldest)")
-    parser.add_argument("--end", type=position, default=None,
-                        help="last entry, inclusive: an id, epoch ms or ISO-8601 (default: the newest)")
+    parser.add_argument("--start", type=position, default=None, metavar="ID|TIME",
+                        help="first entry: an id, or an arrival time as epoch ms or ISO-8601 (default: the oldest)")
+    parser.add_argument("--end", type=position, default=None, metavar="ID|TIME",
+                        help="last entry, inclusive: an id, or an arrival time (default: the newest)")
     parser.add_argument("--name", type=replay_name, default=None, help="name of the replay's key space")
     parser.add_argument("--drop", action="store_true", help="delete the replay's key space")
     parser.set_defaults(run=run_replay, parser=parser)

@@ -14,6 +14,7 @@ spam window earlier to be sure.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from collections.abc import Collection
 from typing import Any
@@ -29,8 +30,6 @@ from pipeline.stream_ids import parse_id
 
 PAGE = 1_000
 CONSUMER = "replay"
-# A replay keeps what it copied and made until it is dropped: nothing is trimmed.
-KEEP_FOREVER_MS = 100 * 365 * 24 * 3_600_000
 # Outcomes of a click besides its verdict: dead-lettered by the detector, or no
 # output at all (a duplicate, or not processed yet, or its verdict trimmed).
 DEAD = "dead"
@@ -39,8 +38,13 @@ OUTCOMES = (*VERDICTS, DEAD, NONE)
 
 
 def replay_settings(settings: Settings, name: str) -> Settings:
+    """The live settings, in the replay's key space, keeping everything until the replay is dropped.
+
+    The agents trim below ``now - stream_keep_ms``: keeping "since 1970" trims
+    nothing (a larger value would make that bound a negative, invalid id).
+    """
     replay = Keys(settings.namespace).replay(name)
-    return dataclasses.replace(settings, namespace=replay.namespace, stream_keep_ms=KEEP_FOREVER_MS)
+    return dataclasses.replace(settings, namespace=replay.namespace, stream_keep_ms=int(time.time() * 1000))
 
 
 async def copy_range(client: RespClient, source: str, target: str, start: str, end: str) -> list[bytes]:

@@ -109,7 +109,8 @@ def _read_jsonl(lines: IO[bytes]) -> Iterator[TraceClick | BadLine]:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as err:
-            yield BadLine(number, f"not JSON: {err}", _text(raw))
+            # orjson's own "line 1" would contradict the file's line number.
+            yield BadLine(number, f"not JSON: {err.msg} at column {err.colno}", _text(raw))
             continue
         if not isinstance(obj, dict):
             yield BadLine(number, f"not a JSON object but {type(obj).__name__}", _text(raw))

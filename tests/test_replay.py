@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 import redis
 
 from pipeline.cli import build_parser, main
+from pipeline.id_args import id_before_time, position
 from pipeline.keys import Keys
+from pipeline.progress import Progress
 from pipeline.settings import Settings
 from tests.helpers import stream_entries
 
@@ -165,3 +168,37 @@ def test_missing_file_and_bad_arguments(monkeypatch: pytest.MonkeyPatch, redis_u
         assert exit_info.value.code == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "error:" in err, argv
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_one_line_on_a_terminal_and_logs_lines_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.progress.TTY_INTERVAL_S", 0.0)
+    screen = FakeTerminal()
+    bar = Progress(200, out=screen)
+    bar.update(50)
+    bar.note("line 7: not JSON")
+    bar.update(100)
+    bar.finish()
+    text = screen.getvalue()
+    assert text.startswith("\r[######") and "50/200 lines" in text and "ETA" in text
+    # The note gets a line of its own; the bar is redrawn after it, then cleared for the summary.
+    assert "\r\x1b[Kline 7: not JSON\n\r[############" in text and "100/200 lines" in text
+    assert text.endswith("\r\x1b[K") and "\n" not in text.split("not JSON\n")[1]
+
+    monkeypatch.setattr("pipeline.progress.LOG_INTERVAL_S", 0.0)
+    log = io.StringIO()
+    plain = Progress(4, out=log)
+    plain.update(2)
+    assert log.getvalue().startswith("progress: 50% 2/4 lines") and "\r" not in log.getvalue()
+
+
+def test_times_and_ids_on_the_command_line() -> None:
+    assert position("2023-11-14T22:13:20Z").as_start() == "1700000000000-0"
+    assert position("2023-11-14T22:13:20").as_end() == f"1700000000000-{2**64 - 1}"
+    assert position("1700000000000").as_start() == "1700000000000-0"
+    assert position("5-3").as_end() == "5-3"
+    assert id_before_time(2000) == f"1999-{2**64 - 1}" and id_before_time(0) == "0-0"
