@@ -47,19 +47,16 @@ def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
     if not flat:
         raise InvalidVerdict(
             "deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
-    verdict: int | None = None
-    ts: int | None = None
-    for i in range(0, len(flat) - 1, 2):
-        name = flat[i]
-        if name == b"verdict":
-            verdict = VERDICT_INDEX.get(flat[i + 1])
-            if verdict is None:
-                raise InvalidVerdict(f"invalid_field: unknown verdict {flat[i + 1][:32]!r}")
-        elif name == b"ts":
-            try:
-                ts = int(flat[i + 1])
-            except ValueError:
-                raise InvalidVerdict(f"invalid_field: ts {flat[i + 1][:32]!r}") from None
-    if verdict is None or ts is None:
-        raise InvalidVerdict("missing_field: verdict and ts are required")
-    return verdict, ts
+    names = flat[::2]
+    try:
+        # The detector writes `verdict` first; look further only for entries written otherwise.
+        verdict_raw = flat[1] if flat[0] == b"verdict" else flat[2 * names.index(b"verdict") + 1]
+        ts_raw = flat[2 * names.index(b"ts") + 1]
+    except (ValueError, IndexError):
+        raise InvalidVerdict("missing_field: verdict and ts are required") from None
+    verdict = VERDICT_INDEX.get(verdict_raw)
+    if verdict is None:
+        raise InvalidVerdict(f"invalid_field: unknown verdict {verdict_raw[:32]!r}")
+    if not ts_raw.isdigit():
+        raise InvalidVerdict(f"invalid_field: ts {ts_raw[:32]!r}")
+    return verdict, int(ts_raw)

@@ -1,0 +1,26 @@
+"""fraud bench reports its figures (the figures themselves are for the closing note, not a test)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from pipeline.cli import main
+from pipeline.settings import Settings
+
+
+def test_bench_pushes_every_click_through_and_reports(settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FRAUD_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("FRAUD_HOME", str(settings.home))
+    assert main(["bench", "--use-running", "--clicks", "3000", "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["clicks"] == 3000
+    assert report["clicks_per_s"] > 0
+    assert 0 <= report["latency_ms_p50"] <= report["latency_ms_p99"]
+    assert set(report["cpu_us_per_click"]) == {"detector-0", "aggregator-0", "producer", "redis"}
+    verdicts = report["verdicts"]
+    accepted = sum(verdicts.get(v, 0) for v in ("clean", "ip_blacklist", "click_spam"))
+    # Every click has one outcome, and every verdict was counted.
+    assert accepted + verdicts.get("duplicate", 0) + verdicts.get("dead", 0) == 3000
+    assert report["counted"] == accepted
