@@ -77,7 +77,8 @@ def _check(client: redis.Redis, keys: Keys, aggregated: bool) -> Outcomes:
         out.verdicts[raw_id] = fields
         out.verdict_order.append(raw_id)
     for _, flat in read_stream(client, keys.dead):
-        fields = as_dict(flat)
+        # The header comes first; the original fields after it may repeat its names.
+        fields = as_dict(flat[8:]) | as_dict(flat[:8])
         assert fields[b"reason"], f"dead letter without a reason: {fields!r}"
         if fields[b"stage"] != b"detector":
             continue
