@@ -119,6 +119,9 @@ async def produce(client: RespClient, stream: str, clicks: Iterator[tuple[Click,
     """XADD clicks in pipelined batches, at ``rate`` per second (0: as fast as Redis takes them)."""
     sent = 0
     started = time.monotonic()
+    if rate > 0:
+        # About ten sends a second: smooth at demo rates, still batched at high ones.
+        batch = max(1, min(batch, int(rate / 10)))
     while not stop.is_set() and (total is None or sent < total):
         size = batch if total is None else min(batch, total - sent)
         commands = [("XADD", stream, "*", *next(clicks)[0]) for _ in range(size)]

@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl+C before a command installed its own handling (while starting up).
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -62,8 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FraudError as err:
         print(f"fraud: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        return 130
     return int(outcome or 0)
 
 
