@@ -41,7 +41,9 @@ async def run_agent(agent: StreamAgent) -> int:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await agent.loop_done.wait()
+        # Wait for the stop request, not for the loop: a batch stuck on an unanswering
+        # Redis would otherwise hold the process past the timeout and a second signal.
+        await _first_of(agent.loop_done, agent._stopping)
     finally:
         await _drain(agent, forced)
         for signum in STOP_SIGNALS:
@@ -49,14 +51,17 @@ async def run_agent(agent: StreamAgent) -> int:
     return 0
 
 
-async def _drain(agent: StreamAgent, forced: asyncio.Event) -> None:
-    timeout = agent.settings.shutdown_timeout_ms / 1000
-    waiters = [asyncio.ensure_future(agent.loop_done.wait()), asyncio.ensure_future(forced.wait())]
+async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+async def _drain(agent: StreamAgent, forced: asyncio.Event) -> None:
+    await _first_of(agent.loop_done, forced, timeout=agent.settings.shutdown_timeout_ms / 1000)
     if not agent.loop_done.is_set():
         log.warning("batch not finished in time, cancelling; its entries stay pending")
     await agent.stop()
