@@ -1,7 +1,206 @@
-"""Placeholder while this command is being written; it registers nothing yet."""
+"""``fraud soak``: push many clicks through short retention and watch Redis memory stay flat.
+
+It starts an embedded Redis Stack of its own (as ``fraud bench`` does), runs a
+detector and an aggregator with short retention (streams trimmed after a few
+seconds, device windows forgotten after ``dedup_horizon_ms``), feeds N clicks
+at a steady rate and samples ``INFO memory`` every second. Memory that still
+grows after the warm-up is a leak: the report gives its slope per 100k clicks.
+"""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psutil
+
+from pipeline.bench import _group_done, bench_server
+from pipeline.cli_args import non_negative_float, positive_float, positive_int
+from pipeline.connection import open_fast_client
+from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.resp import RespClient
+from pipeline.settings import Settings
+
+# Short retention, so that a steady state is reached within seconds, not hours.
+RETENTION_ENV: dict[str, str] = {
+    "FRAUD_STREAM_KEEP_MS": "2000",
+    "FRAUD_DEDUP_HORIZON_MS": "20000",
+    "FRAUD_MAINTENANCE_INTERVAL_MS": "1000",
+}
+# Memory before this share of the clicks is warm-up: windows fill, streams reach their trimmed size.
+WARM_UP_SHARE = 0.25
+
+
+@dataclass
+class Sample:
+    at_s: float
+    used_memory: int
+    produced: int
+    raw_len: int
+    verdicts_len: int
+
+
+@dataclass
+class SoakResult:
+    clicks: int
+    seconds: float
+    samples: list[Sample]
+    baseline_memory: int
+    end_memory: int
+    stream_lengths: dict[str, int]
+    window_keys: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def warm(self) -> list[Sample]:
+        return [s for s in self.samples if s.produced >= WARM_UP_SHARE * self.clicks] or self.samples[-1:]
+
+    def slope_per_100k(self) -> float:
+        """Least-squares bytes of used_memory per 100k clicks produced, after the warm-up."""
+        warm = self.warm()
+        if len(warm) < 2:
+            return 0.0
+        xs = [s.produced for s in warm]
+        ys = [s.used_memory for s in warm]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        spread = sum((x - mx) ** 2 for x in xs)
+        return 0.0 if spread == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread * 1e5
+
+    def bytes_per_click_in_flight(self) -> float:
+        """Memory above the empty server per entry held in the streams, averaged after the warm-up."""
+        ratios = [(s.used_memory - self.baseline_memory) / (s.raw_len + s.verdicts_len)
+                  for s in self.warm() if s.raw_len + s.verdicts_len > 0]
+        return sum(ratios) / len(ratios) if ratios else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        warm = self.warm()
+        return {
+            "clicks": self.clicks,
+            "seconds": round(self.seconds, 1),
+            "clicks_per_s": round(self.clicks / self.seconds) if self.seconds else 0,
+            "memory_baseline_bytes": self.baseline_memory,
+            "memory_after_warm_up_bytes": warm[0].used_memory,
+            "memory_end_bytes": self.end_memory,
+            "memory_peak_bytes": max(s.used_memory for s in self.samples),
+            "slope_bytes_per_100k_clicks": round(self.slope_per_100k()),
+            "bytes_per_click_in_flight": round(self.bytes_per_click_in_flight(), 1),
+            "stream_lengths_at_end": self.stream_lengths,
+            "window_keys_at_end": self.window_keys,
+            "stats": self.stats,
+        }
+
+
+def _spawn(settings: Settings, env: Mapping[str, str], name: str, *argv: str) -> psutil.Popen:
+    full_env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
+                    FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
+                    FRAUD_CONSUMER=f"soak-{name}", **env)
+    return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env)
+
+
+async def _info_int(client: RespClient, section: str, name: str) -> int:
+    text = (await client.execute("INFO", section)).decode()
+    for line in text.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split(":", 1)[1])
+    raise KeyError(name)
+
+
+async def _sample(client: RespClient, keys: Keys, started: float) -> Sample:
+    replies = await client.pipeline([("XINFO", "STREAM", keys.raw), ("XLEN", keys.raw), ("XLEN", keys.verdicts)])
+    info = replies[0]
+    produced = 0 if isinstance(info, Exception) else int(dict(zip(info[::2], info[1::2], strict=True))[
+        b"entries-added"])
+    return Sample(time.monotonic() - started, await _info_int(client, "memory", "used_memory"), produced,
+                  int(replies[1]), int(replies[2]))
+
+
+async def _count_keys(client: RespClient, pattern: str) -> int:
+    """Live keys matching a pattern (SCAN skips keys that have expired)."""
+    cursor, total = b"0", 0
+    while True:
+        cursor, found = await client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 10_000)
+        total += len(found)
+        if cursor == b"0":
+            return total
+
+
+async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str, str] = RETENTION_ENV,
+               settle_s: float = 4.0, timeout: float = 1800.0) -> SoakResult:
+    """Run the pipeline over ``clicks`` clicks at ``rate`` and sample memory; ``settle_s`` after the
+    last count lets maintenance trim the tails before the end figures are taken."""
+    keys = Keys(settings.namespace)
+    client = await open_fast_client(settings)
+    processes: list[psutil.Popen] = []
+    try:
+        baseline = await _info_int(client, "memory", "used_memory")
+        processes += [_spawn(settings, env, "detector", "agent", "detector"),
+                      _spawn(settings, env, "aggregator", "agent", "aggregator")]
+        while not (await client.execute("EXISTS", keys.raw) and await client.execute("EXISTS", keys.verdicts)):
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        producer = _spawn(settings, env, "producer", "agent", "generator", "--rate", str(rate),
+                          "--total", str(clicks), "--seed", "7")
+        processes.append(producer)
+        samples: list[Sample] = []
+        while True:
+            samples.append(await _sample(client, keys, started))
+            if (producer.poll() is not None and await _group_done(client, keys.raw, DETECTOR_GROUP)
+                    and await _group_done(client, keys.verdicts, AGGREGATOR_GROUP)):
+                break
+            if time.monotonic() - started > timeout:
+                raise TimeoutError("the soak did not finish in time")
+            if any(p.poll() not in (None, 0) for p in processes):
+                raise RuntimeError("an agent of the soak exited with an error")
+            await asyncio.sleep(1.0)
+        seconds = time.monotonic() - started
+        await asyncio.sleep(settle_s)
+        end = await _sample(client, keys, started)
+        flat = await client.execute("HGETALL", keys.stats)
+        return SoakResult(
+            clicks=clicks, seconds=seconds, samples=samples, baseline_memory=baseline,
+            end_memory=end.used_memory,
+            stream_lengths={"raw": end.raw_len, "verdicts": end.verdicts_len,
+                            "dead": int(await client.execute("XLEN", keys.dead))},
+            window_keys=await _count_keys(client, keys.window_prefix + "*"),
+            stats={k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)})
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait(30)
+        await client.close()
+
+
+async def run_soak(args: argparse.Namespace, settings: Settings) -> int:
+    with bench_server(settings, use_running=False) as soak_settings:
+        result = await soak(soak_settings, args.clicks, args.rate, timeout=args.timeout)
+    summary = result.summary()
+    if args.json:
+        print(orjson.dumps(summary).decode())
+        return 0
+    mib = 2**20
+    print(f"{result.clicks} clicks in {summary['seconds']} s ({summary['clicks_per_s']:,} clicks/s)")
+    print(f"Redis memory: empty {result.baseline_memory / mib:.1f} MiB, after warm-up "
+          f"{summary['memory_after_warm_up_bytes'] / mib:.1f} MiB, peak {summary['memory_peak_bytes'] / mib:.1f} MiB, "
+          f"end {result.end_memory / mib:.1f} MiB")
+    print(f"slope after warm-up: {summary['slope_bytes_per_100k_clicks'] / 1024:+.1f} KiB per 100k clicks")
+    print(f"bytes per click in flight: {summary['bytes_per_click_in_flight']:.0f}")
+    print("stream lengths at the end: " + ", ".join(f"{k} {v}" for k, v in result.stream_lengths.items())
+          + f"; device windows {result.window_keys}")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    del subparsers
+    parser = subparsers.add_parser("soak", help="run many clicks through short retention and watch memory")
+    parser.add_argument("--clicks", type=positive_int, default=1_000_000, help="clicks to push through")
+    parser.add_argument("--rate", type=non_negative_float, default=10_000.0, help="clicks per second, 0 for flat out")
+    parser.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds before giving up")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.set_defaults(run=run_soak)
