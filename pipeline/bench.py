@@ -71,7 +71,7 @@ def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None)
     return StageProcess(name, process)
 
 
-async def _group_done(client: RespClient, stream: str, group: str) -> bool:
+async def group_drained(client: RespClient, stream: str, group: str) -> bool:
     for info in await client.execute("XINFO", "GROUPS", stream):
         fields = dict(zip(info[::2], info[1::2], strict=True))
         if fields[b"name"].decode() == group:
@@ -84,8 +84,8 @@ async def _wait_until_counted(client: RespClient, keys: Keys, producer: StagePro
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (producer.process.poll() is not None
-                and await _group_done(client, keys.raw, DETECTOR_GROUP)
-                and await _group_done(client, keys.verdicts, AGGREGATOR_GROUP)):
+                and await group_drained(client, keys.raw, DETECTOR_GROUP)
+                and await group_drained(client, keys.verdicts, AGGREGATOR_GROUP)):
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("the pipeline did not finish in time")

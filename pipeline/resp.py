@@ -25,6 +25,17 @@ class RespError(Exception):
     """An error reply from the server (the server is fine, the command was not)."""
 
 
+# Error replies that say the server cannot serve now (memory, loading, a long
+# script, a failover, a lost group or function), not that a command was wrong:
+# they must never be taken for a poison entry, only waited out.
+SERVER_STATE_ERRORS = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+                       "MISCONF", "NOGROUP", "NOSCRIPT", "ERR Function not found")
+
+
+def is_server_state_error(err: BaseException) -> bool:
+    return isinstance(err, RespError) and str(err).startswith(SERVER_STATE_ERRORS)
+
+
 class RespConnectionError(ConnectionError):
     """The connection failed or was closed under a command; its outcome is unknown."""
 

@@ -24,7 +24,7 @@ import structlog
 from pipeline.connection import open_fast_client
 from pipeline.functions import load_functions
 from pipeline.keys import Keys
-from pipeline.resp import RespClient, RespConnectionError, RespError
+from pipeline.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.settings import Settings
 from pipeline.stream_ids import id_at, id_bounds
 
@@ -123,6 +123,11 @@ class StreamAgent(mode.Service):
         if self.client is not None:
             await self.client.close()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once a stop was asked for: no batch is read after it."""
+        return self._stopping
+
     def request_stop(self) -> None:
         """Stop reading; the batch in hand is finished and acknowledged."""
         self._stopping.set()
@@ -214,8 +219,10 @@ class StreamAgent(mode.Service):
             await self.process(claimed, redelivered=True)
         if reply[2]:
             self.events.warning("pending entries were trimmed before processing", count=len(reply[2]))
-        keep_from = id_at(int(time.time() * 1000) - s.stream_keep_ms)
-        await self.client.execute("FCALL", "fraud_trim", 1, self.stream, keep_from)
+        now_ms = int(time.time() * 1000)
+        await self.client.execute("FCALL", "fraud_trim", 1, self.stream, id_at(now_ms - s.stream_keep_ms))
+        # Nobody consumes dead letters as a group: they are kept for people, for a while.
+        await self.client.execute("XTRIM", self.keys.dead, "MINID", id_at(now_ms - s.dead_keep_ms))
         removed = await self.client.execute(
             "FCALL", "fraud_forget_idle", 1, self.stream, self.handler.group, s.consumer_idle_delete_ms)
         if removed:
@@ -236,6 +243,8 @@ class StreamAgent(mode.Service):
         except (RespConnectionError, OSError, asyncio.CancelledError):
             raise
         except Exception as err:
+            if is_server_state_error(err):
+                raise
             await self._isolate_poison(ctx, entries, err)
         self.processed += len(entries)
 
@@ -257,6 +266,8 @@ class StreamAgent(mode.Service):
                 except (RespConnectionError, OSError, asyncio.CancelledError):
                     raise
                 except Exception as one_err:
+                    if is_server_state_error(one_err):
+                        raise
                     await self._dead_letter_failure(ctx, entry, one_err)
             return
         await self._dead_letter_failure(ctx, entries[0], err)

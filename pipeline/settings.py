@@ -53,6 +53,7 @@ class Settings:
 
     # Entries older than this are trimmed once every group has acknowledged them.
     stream_keep_ms: int = 3_600_000
+    dead_keep_ms: int = 7 * 24 * 3_600_000
     max_field_count: int = 32
     max_field_bytes: int = 1_024
 

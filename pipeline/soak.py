@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import psutil
 
-from pipeline.bench import _group_done, bench_server
+from pipeline.bench import bench_server, group_drained
 from pipeline.cli_args import non_negative_float, positive_float, positive_int
 from pipeline.connection import open_fast_client
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
@@ -150,8 +150,8 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
         samples: list[Sample] = []
         while True:
             samples.append(await _sample(client, keys, started))
-            if (producer.poll() is not None and await _group_done(client, keys.raw, DETECTOR_GROUP)
-                    and await _group_done(client, keys.verdicts, AGGREGATOR_GROUP)):
+            if (producer.poll() is not None and await group_drained(client, keys.raw, DETECTOR_GROUP)
+                    and await group_drained(client, keys.verdicts, AGGREGATOR_GROUP)):
                 break
             if time.monotonic() - started > timeout:
                 raise TimeoutError("the soak did not finish in time")

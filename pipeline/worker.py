@@ -25,7 +25,7 @@ async def run_agent(agent: StreamAgent) -> int:
     forced = asyncio.Event()
 
     def on_signal(signum: int) -> None:
-        if agent._stopping.is_set():
+        if agent.stopping.is_set():
             log.warning("second signal, stopping at once", signal=signal.Signals(signum).name)
             forced.set()
         else:
@@ -43,12 +43,13 @@ async def run_agent(agent: StreamAgent) -> int:
     try:
         # Wait for the stop request, not for the loop: a batch stuck on an unanswering
         # Redis would otherwise hold the process past the timeout and a second signal.
-        await _first_of(agent.loop_done, agent._stopping)
+        await _first_of(agent.loop_done, agent.stopping)
     finally:
-        await _drain(agent, forced)
+        finished = await _drain(agent, forced)
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
-    return 0
+    # Non-zero tells a supervisor that a batch was cut off (it stays pending, to be recovered).
+    return 0 if finished else 1
 
 
 async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> None:
@@ -60,8 +61,11 @@ async def _first_of(*events: asyncio.Event, timeout: float | None = None) -> Non
             waiter.cancel()
 
 
-async def _drain(agent: StreamAgent, forced: asyncio.Event) -> None:
+async def _drain(agent: StreamAgent, forced: asyncio.Event) -> bool:
+    """Let the batch in hand finish (bounded), then stop; True when it finished."""
     await _first_of(agent.loop_done, forced, timeout=agent.settings.shutdown_timeout_ms / 1000)
-    if not agent.loop_done.is_set():
+    finished = agent.loop_done.is_set()
+    if not finished:
         log.warning("batch not finished in time, cancelling; its entries stay pending")
     await agent.stop()
+    return finished

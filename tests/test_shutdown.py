@@ -99,10 +99,11 @@ def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_pa
         if signals == 2:
             time.sleep(0.2)
             process.send_signal(signal.SIGTERM)
-            _, took = wait_exit(process, SLACK_S)
+            code, took = wait_exit(process, SLACK_S)
         else:
-            _, took = wait_exit(process, SHUTDOWN_TIMEOUT_S + SLACK_S)
+            code, took = wait_exit(process, SHUTDOWN_TIMEOUT_S + SLACK_S)
             assert took >= SHUTDOWN_TIMEOUT_S - 0.5, "it did not wait for the batch in hand"
+        assert code == 1, "a cut-off batch must show in the exit status"
     finally:
         os.kill(pid, signal.SIGCONT)
         stop_all([process])
