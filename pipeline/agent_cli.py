@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         stage.set_defaults(run=run_stage)
     from agents.generator import register_agent
     register_agent(stages)
+    from agents.monitor import register_agent as register_monitor
+    register_monitor(stages)
 
 
 def make_handler(stage: str, settings: Settings) -> Handler:

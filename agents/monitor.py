@@ -1,0 +1,139 @@
+"""The monitor agent: the pipeline's health, recorded as TimeSeries for dashboards.
+
+Grafana's Redis plugin cannot run XINFO GROUPS, so lag and the rest are
+sampled here every ``--interval`` seconds from a status snapshot and written
+as series labelled ``metric=pipeline_health measure=<measure> stage=<stage>``:
+
+- ``lag`` and ``pending`` of each stage's group (``detector``, ``aggregator``),
+- ``throughput`` of each stage, in clicks/s over the last interval,
+- ``dead_letters`` (the dead-letter stream's length) under stage ``dead``.
+
+It is no consumer-group member: it only reads, so any number may run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.connection import open_redis
+from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.settings import Settings
+from pipeline.status import positive_seconds, read_stats, snapshot, wait_or_stop
+
+log = structlog.get_logger()
+
+HEALTH_METRIC = "pipeline_health"
+DEAD_SUBJECT = "dead"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+Sample = tuple[str, str, float]
+
+
+def health_samples(snap: Mapping[str, Any]) -> list[Sample]:
+    """(measure, stage, value) for every health figure a snapshot holds."""
+    samples: list[Sample] = []
+    for stage in (DETECTOR_GROUP, AGGREGATOR_GROUP):
+        group = snap["groups"].get(stage)
+        # A group that does not exist yet has no lag to speak of: its stage never ran.
+        if group is not None:
+            samples += [("lag", stage, group["lag"]), ("pending", stage, group["pending"])]
+    samples.append(("dead_letters", DEAD_SUBJECT, snap["dead_letters"]["count"]))
+    if snap["throughput"] is not None:
+        samples += [("throughput", stage, rate)
+                    for stage, rate in snap["throughput"]["clicks_per_s"].items() if rate is not None]
+    return samples
+
+
+class HealthRecorder:
+    """Writes a tick's samples in one TS.MADD, creating each series on first use."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.keys = Keys(settings.namespace)
+        self.retention_ms = settings.series_retention_ms
+        self.created: set[str] = set()
+
+    async def create(self, measure: str, stage: str) -> None:
+        key = self.keys.health_series(measure, stage)
+        try:
+            await self.client.execute_command(
+                "TS.CREATE", key, "RETENTION", self.retention_ms, "DUPLICATE_POLICY", "LAST",
+                "LABELS", "metric", HEALTH_METRIC, "measure", measure, "stage", stage)
+        except ResponseError as err:
+            if "already exists" not in str(err):
+                raise
+        self.created.add(key)
+
+    async def record(self, samples: list[Sample]) -> None:
+        for measure, stage, _ in samples:
+            if self.keys.health_series(measure, stage) not in self.created:
+                await self.create(measure, stage)
+        failed = await self._madd(samples)
+        if failed:
+            # The series vanished since we made them (a flushed or restarted server): make them again, once.
+            for measure, stage, _ in failed:
+                await self.create(measure, stage)
+            still = await self._madd(failed)
+            if still:
+                raise ResponseError(f"TS.MADD refused {len(still)} health samples")
+
+    async def _madd(self, samples: list[Sample]) -> list[Sample]:
+        args: list[Any] = []
+        for measure, stage, value in samples:
+            # "*": the server's clock, so samples line up whichever host the monitor runs on.
+            args += (self.keys.health_series(measure, stage), "*", value)
+        reply = await self.client.execute_command("TS.MADD", *args)
+        return [sample for sample, outcome in zip(samples, reply, strict=True) if isinstance(outcome, Exception)]
+
+
+async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    client = await open_redis(settings)
+    keys = Keys(settings.namespace)
+    recorder = HealthRecorder(client, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    log.info("monitor started", interval_s=args.interval, once=args.once)
+    ticks = 0
+    try:
+        # The baseline of the first throughput: every tick's rate covers one whole interval.
+        previous: Mapping[str, Any] = await read_stats(client, keys)
+        while not stop.is_set():
+            await wait_or_stop(stop, args.interval)
+            if stop.is_set():
+                break
+            try:
+                snap = await snapshot(client, keys, previous)
+                await recorder.record(health_samples(snap))
+            except (RedisConnectionError, RedisTimeoutError, OSError) as err:
+                log.warning("redis unavailable, retrying next tick", error=str(err))
+                continue
+            previous = snap
+            ticks += 1
+            if args.once:
+                break
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        await client.aclose()
+    log.info("monitor stopped", ticks=ticks)
+    return 0
+
+
+def register_agent(stages: argparse._SubParsersAction) -> None:
+    parser = stages.add_parser("monitor", help="record lag, pending, throughput and dead letters as TimeSeries")
+    parser.add_argument("--interval", type=positive_seconds, default=5.0, metavar="SECONDS",
+                        help="seconds between samples (default 5)")
+    parser.add_argument("--once", action="store_true", help="record one tick (after one interval) and exit")
+    parser.set_defaults(run=run_monitor)
