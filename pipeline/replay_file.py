@@ -36,7 +36,8 @@ class ReplaySummary:
 
     def text(self) -> str:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0
-        return (f"sent {self.sent} clicks, {self.bad_lines} bad lines, in {self.seconds:.2f} s "
+        bad = f"{self.bad_lines} bad line{'' if self.bad_lines == 1 else 's'}"
+        return (f"sent {self.sent} clicks, {bad}, in {self.seconds:.2f} s "
                 f"({rate:,.0f} clicks/s)")
 
 
