@@ -78,6 +78,10 @@ async def plan_reset(client: RespClient, state: GroupState, new_id: str) -> Rese
     stream = _pairs(await client.execute("XINFO", "STREAM", state.stream))
     if new_id == "$":
         new_id = stream["last-generated-id"]
+    if parse_id(new_id) > parse_id(stream["last-generated-id"]):
+        # Entries added later would get lower ids than the group's position and never be delivered.
+        raise FraudError(f"{new_id} is beyond the last id of {state.stream} ({stream['last-generated-id']}): "
+                         "use --to-latest")
     old = state.last_delivered
     redelivered = await count_between(client, state.stream, new_id, old)
     skipped = await count_between(client, state.stream, old, new_id)

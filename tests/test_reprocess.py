@@ -203,5 +203,8 @@ async def test_group_reset_refuses_with_pending_entries(settings: Settings) -> N
     assert await group_info(settings, keys.raw, DETECTOR_GROUP) == before
     with pytest.raises(FraudError, match="no group 'nope'"):
         await run(settings, "group", "reset", "--stream", "raw", "--group", "nope", "--to-earliest")
+    with pytest.raises(FraudError, match="beyond the last id"):
+        await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP, "--force",
+                  "--to-time", "2999-01-01T00:00:00Z")
     assert await run(settings, *argv, "--force") == 0
     assert (await group_info(settings, keys.raw, DETECTOR_GROUP))["last-delivered-id"] == "0-0"
