@@ -6,13 +6,11 @@ import argparse
 import io
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
-import structlog
 
 from pipeline.cli import build_parser, main
 from pipeline.id_args import id_before_time, position
@@ -20,15 +18,6 @@ from pipeline.keys import Keys
 from pipeline.progress import Progress
 from pipeline.settings import Settings
 from tests.helpers import stream_entries
-
-
-@pytest.fixture(autouse=True)
-def default_logging() -> Iterator[None]:
-    """`main()` configures structlog to cache loggers on the stderr of the moment, which pytest
-    closes after the test; back to structlog's uncached defaults so that later tests can log."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def parse(*argv: str) -> argparse.Namespace:

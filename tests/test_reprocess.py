@@ -6,12 +6,10 @@ import argparse
 import asyncio
 import dataclasses
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-import structlog
 
 from agents.detector import ensure_blacklist
 from pipeline.cli import build_parser
@@ -22,16 +20,6 @@ from pipeline.settings import Settings
 from tests.helpers import run_burst, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 
 BASE_MS = 1_700_000_000_000
-
-
-@pytest.fixture(autouse=True)
-def default_logging() -> Iterator[None]:
-    """`main()` configures structlog to cache loggers on the stderr of the moment, which pytest
-    closes after the test; back to structlog's uncached defaults so that later tests can log."""
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
-
 
 
 async def run(settings: Settings, *argv: str) -> int:
