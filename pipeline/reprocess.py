@@ -40,8 +40,7 @@ OUTCOMES = (*VERDICTS, DEAD, NONE)
 def replay_settings(settings: Settings, name: str) -> Settings:
     """The live settings, in the replay's key space, keeping everything until the replay is dropped.
 
-    The agents trim below ``now - stream_keep_ms``: keeping "since 1970" trims
-    nothing (a larger value would make that bound a negative, invalid id).
+    The agents trim below ``now - stream_keep_ms``: keeping "since 1970" trims nothing.
     """
     replay = Keys(settings.namespace).replay(name)
     return dataclasses.replace(settings, namespace=replay.namespace, stream_keep_ms=int(time.time() * 1000))

@@ -18,5 +18,5 @@ def id_bounds(ids: Iterable[bytes | str]) -> tuple[bytes | str, bytes | str]:
 
 
 def id_at(ms: int) -> str:
-    """The first possible entry id at a time, for MINID and range bounds."""
-    return f"{ms}-0"
+    """The first possible entry id at a time, for MINID and range bounds (never before the epoch)."""
+    return f"{max(ms, 0)}-0"
