@@ -29,6 +29,7 @@ from pipeline.errors import FraudError
 from pipeline.keys import Keys
 from pipeline.resp import RespClient
 from pipeline.settings import Settings
+from pipeline.waiting import wait_or_stop
 
 log = structlog.get_logger()
 
@@ -130,10 +131,7 @@ async def produce(client: RespClient, stream: str, clicks: Iterator[tuple[Click,
         if rate > 0:
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), ahead)
-                except TimeoutError:
-                    pass
+                await wait_or_stop(stop, ahead)
     return sent
 
 

@@ -25,10 +25,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline.cli_args import positive_float
 from pipeline.connection import open_redis
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
 from pipeline.settings import Settings
-from pipeline.status import positive_seconds, read_stats, snapshot, wait_or_stop
+from pipeline.status import read_stats, snapshot
+from pipeline.waiting import wait_or_stop
 
 log = structlog.get_logger()
 
@@ -133,7 +135,7 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
 
 def register_agent(stages: argparse._SubParsersAction) -> None:
     parser = stages.add_parser("monitor", help="record lag, pending, throughput and dead letters as TimeSeries")
-    parser.add_argument("--interval", type=positive_seconds, default=5.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=positive_float, default=5.0, metavar="SECONDS",
                         help="seconds between samples (default 5)")
     parser.add_argument("--once", action="store_true", help="record one tick (after one interval) and exit")
     parser.set_defaults(run=run_monitor)

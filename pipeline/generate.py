@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agents.generator import Click, traffic
+from pipeline.cli_args import non_negative_int, positive_float, positive_int
 from pipeline.errors import FraudError
 from pipeline.settings import Settings
 from pipeline.trace_files import FORMATS, csv_columns, csv_row, jsonl_line
@@ -59,47 +60,16 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate", help="write a labelled synthetic click trace (JSONL or CSV) for `fraud replay`",
         description="Write a labelled synthetic click trace. The same seed, --clicks, --rate and "
                     "--start-ms give the same bytes. In CSV an empty cell means the field is absent.")
     parser.add_argument("--out", type=Path, required=True, help="file to write")
-    parser.add_argument("--clicks", type=_positive_int, default=10_000, help="how many clicks (default 10000)")
+    parser.add_argument("--clicks", type=positive_int, default=10_000, help="how many clicks (default 10000)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--format", choices=FORMATS, default="jsonl", help="jsonl (default) or csv")
-    parser.add_argument("--start-ms", type=_non_negative_int, default=None,
+    parser.add_argument("--start-ms", type=non_negative_int, default=None,
                         help="event time of the first click, epoch ms (default: now - clicks/rate)")
     parser.add_argument("--rate", type=positive_float, default=100.0,
                         help="clicks per second of event time, on average (default 100)")

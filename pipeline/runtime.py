@@ -27,6 +27,7 @@ from pipeline.keys import Keys
 from pipeline.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.settings import Settings
 from pipeline.stream_ids import id_at, id_bounds
+from pipeline.waiting import wait_or_stop
 
 Entry = tuple[bytes, list[bytes] | None]
 
@@ -143,8 +144,8 @@ class StreamAgent(mode.Service):
         await self.handler.setup(self.client, self.keys, self.settings)
 
     async def _run(self) -> None:
-        self.events.info("agent started", stream=self.stream, group=self.handler.group)
         try:
+            self.events.info("agent started", stream=self.stream, group=self.handler.group)
             while not self._stopping.is_set():
                 try:
                     done = await self.poll_once()
@@ -167,10 +168,7 @@ class StreamAgent(mode.Service):
         self._backoff = min(5.0, max(0.1, self._backoff * 2))
         delay = self._backoff * random.uniform(0.5, 1.0)
         self.events.warning("redis unavailable, retrying", error=str(err), retry_in_s=round(delay, 2))
-        try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        except TimeoutError:
-            pass
+        await wait_or_stop(self._stopping, delay)
         self._drain_own_pending = True
         if prepare:
             try:

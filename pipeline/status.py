@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline.cli_args import non_negative_float, non_negative_int, positive_float
 from pipeline.connection import open_redis
 from pipeline.errors import RedisUnavailableError
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
@@ -32,6 +33,7 @@ from pipeline.log import redact_url
 from pipeline.settings import Settings
 from pipeline.status_table import render
 from pipeline.stream_ids import parse_id
+from pipeline.waiting import wait_or_stop
 
 # The stream each stage reads, by the stage's (and its group's) name.
 STAGE_STREAMS: dict[str, str] = {DETECTOR_GROUP: "raw", AGGREGATOR_GROUP: "verdicts"}
@@ -122,7 +124,7 @@ async def group_info(client: aioredis.Redis, stream: dict[str, Any], group: Mapp
 
 
 async def dead_letters(client: aioredis.Redis, keys: Keys, length: int, sample: int) -> dict[str, Any]:
-    recent = await client.xrevrange(keys.dead, count=sample) if length else []
+    recent = await client.xrevrange(keys.dead, count=sample) if length and sample else []
     # A reason reads "<kind>: <detail>"; the details (an address, a message) would scatter the counts.
     kinds = Counter(fields.get("reason", "").split(":", 1)[0] or "unknown" for _, fields in recent)
     return {"count": length, "sampled": len(recent), "reasons": dict(kinds.most_common())}
@@ -166,40 +168,15 @@ def breaches(snap: Mapping[str, Any], max_lag: int | None, max_pending: int | No
     return lines
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def seconds(text: str, allow_zero: bool = True) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (value >= 0 if allow_zero else value > 0) or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds {'>=' if allow_zero else '>'} 0, "
-                                         f"got {text!r}")
-    return value
-
-
-def positive_seconds(text: str) -> float:
-    return seconds(text, allow_zero=False)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "status", help="show streams, groups, lag, throughput and dead letters",
         description="Show the pipeline's health as Redis sees it. Exit status: 0 healthy, 1 Redis "
                     f"unreachable, 2 bad arguments, {THRESHOLD_EXIT} a --max-* threshold exceeded.")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    parser.add_argument("--watch", nargs="?", const=2.0, default=None, type=positive_seconds,
+    parser.add_argument("--watch", nargs="?", const=2.0, default=None, type=positive_float,
                         metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
-    parser.add_argument("--interval", type=seconds, default=1.0, metavar="SECONDS",
+    parser.add_argument("--interval", type=non_negative_float, default=1.0, metavar="SECONDS",
                         help="measure throughput over this long (default 1, 0 to skip)")
     parser.add_argument("--max-lag", type=non_negative_int, metavar="N",
                         help=f"exit {THRESHOLD_EXIT} if any group's lag exceeds N")
@@ -208,14 +185,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-dead", type=non_negative_int, metavar="N",
                         help=f"exit {THRESHOLD_EXIT} if there are more than N dead letters")
     parser.set_defaults(run=run_status)
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep, or return early when ``stop`` is set."""
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 async def run_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,6 +25,7 @@ from pipeline.connection import open_redis
 from pipeline.keys import Keys
 from pipeline.live_view import LiveView
 from pipeline.settings import Settings
+from pipeline.waiting import wait_or_stop
 
 log = structlog.get_logger()
 
@@ -109,10 +110,7 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
             for child in children:
                 child.check(env, log_dir)
             await view.refresh()
-            try:
-                await asyncio.wait_for(stop.wait(), args.refresh)
-            except TimeoutError:
-                pass
+            await wait_or_stop(stop, args.refresh)
     finally:
         await _stop_all(children, settings.shutdown_timeout_ms / 1000 + 5)
         await client.aclose()

@@ -32,15 +32,6 @@ def clicks(n: int, first: int = 0) -> list[list[str]]:
 MISSING_DEVICE = ["ip", "198.51.100.7", "ts", "1000000"]
 
 
-@pytest.fixture(autouse=True)
-def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    """main() would bind structlog, cached, to this test's captured stderr, closed after it.
-
-    Agents run in-process by later tests would then fail on their first log line.
-    """
-    monkeypatch.setattr("pipeline.cli.configure_logging", lambda settings: None)
-
-
 @pytest.fixture
 def cli_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("FRAUD_REDIS_URL", settings.redis_url)
