@@ -2,7 +2,7 @@
 
 It starts an embedded Redis Stack of its own (as ``fraud bench`` does), runs a
 detector and an aggregator with short retention (streams trimmed after a few
-seconds, device windows forgotten after ``dedup_horizon_ms``), feeds N clicks
+seconds, device windows forgotten within two ``dedup_horizon_ms``), feeds N clicks
 at a steady rate and samples ``INFO memory`` every second. Memory that still
 grows after the warm-up is a leak: the report gives its slope per 100k clicks.
 """

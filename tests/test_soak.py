@@ -16,7 +16,8 @@ ENV = {
 
 
 async def test_streams_are_trimmed_and_windows_expire(settings: Settings) -> None:
-    result = await soak(settings, CLICKS, 15_000, env=ENV, settle_s=3.5, timeout=120)
+    # A quiet device's window lives between one and two horizons: wait out two.
+    result = await soak(settings, CLICKS, 15_000, env=ENV, settle_s=5.0, timeout=120)
     stats = result.stats
     decided = sum(stats.get(f"detector.{k}", 0) for k in ("clean", "ip_blacklist", "click_spam", "duplicate", "dead"))
     assert decided == CLICKS, stats
@@ -25,5 +26,5 @@ async def test_streams_are_trimmed_and_windows_expire(settings: Settings) -> Non
     # Approximate trimming keeps at most a partly acknowledged node of 100 entries per stream.
     assert result.stream_lengths["raw"] <= 200, result.stream_lengths
     assert result.stream_lengths["verdicts"] <= 200, result.stream_lengths
-    assert result.window_keys == 0, "device windows outlived the de-duplication horizon"
+    assert result.window_keys == 0, "device windows outlived twice the de-duplication horizon"
     assert result.end_memory < max(s.used_memory for s in result.samples)
