@@ -18,7 +18,8 @@ def test_bench_pushes_every_click_through_and_reports(settings: Settings, monkey
     assert report["clicks"] == 3000
     assert report["clicks_per_s"] > 0
     assert 0 <= report["latency_ms_p50"] <= report["latency_ms_p99"]
-    assert set(report["cpu_us_per_click"]) == {"detector-0", "aggregator-0", "producer", "redis"}
+    assert set(report["cpu_us_per_click"]) == {"detector-0", "detector-1", "aggregator-0", "producer", "redis"}
+    assert report["persistence"] == "AOF appendfsync everysec"  # as the suite's server runs
     verdicts = report["verdicts"]
     accepted = sum(verdicts.get(v, 0) for v in ("clean", "ip_blacklist", "click_spam"))
     # Every click has one outcome, and every verdict was counted.
