@@ -27,7 +27,7 @@ import orjson
 import psutil
 import redis
 
-from pipeline.cli_args import positive_int
+from pipeline.cli_args import non_negative_float, positive_float, positive_int
 from pipeline.connection import open_fast_client
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
 from pipeline.resp import RespClient
@@ -143,7 +143,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
     started = time.time()
-    producer = _spawn("producer", settings, "agent", "generator", "--rate", "0", "--pregenerate",
+    producer = _spawn("producer", settings, "agent", "generator", "--rate", str(args.rate), "--pregenerate",
                       "--total", str(args.clicks), "--seed", "7", stdout=subprocess.PIPE)
     stages.append(producer)
     cpu: dict[str, float] = {}
@@ -228,7 +228,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clicks", type=positive_int, default=200_000, help="clicks to push through")
     parser.add_argument("--detectors", type=positive_int, default=2)
     parser.add_argument("--aggregators", type=positive_int, default=1)
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up")
+    parser.add_argument("--rate", type=non_negative_float, default=0.0,
+                        help="offered load in clicks/s (default 0: flat out, which measures throughput; "
+                             "a rate below it measures latency at that load)")
+    parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before giving up")
     parser.add_argument("--use-running", action="store_true",
                         help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")
     parser.add_argument("--no-aof", action="store_true",
