@@ -31,6 +31,7 @@ from pipeline.settings import Settings
 # Short retention, so that a steady state is reached within seconds, not hours.
 RETENTION_ENV: dict[str, str] = {
     "FRAUD_STREAM_KEEP_MS": "2000",
+    "FRAUD_DEAD_KEEP_MS": "10000",
     "FRAUD_DEDUP_HORIZON_MS": "20000",
     "FRAUD_MAINTENANCE_INTERVAL_MS": "1000",
 }
