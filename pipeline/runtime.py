@@ -115,6 +115,8 @@ class StreamAgent(mode.Service):
         self._next_maintenance = 0.0
         self._backoff = 0.0
         self.loop_done = asyncio.Event()
+        # What ended the loop, when it was not a stop request: the process must then fail.
+        self.error: Exception | None = None
         self.events = log.bind(stage=handler.stage, consumer=self.consumer)
         super().__init__(**kwargs)
 
@@ -163,6 +165,9 @@ class StreamAgent(mode.Service):
                     continue
                 if done and self.burst:
                     break
+        except Exception as err:
+            self.error = err
+            self.events.exception("agent failed")
         finally:
             self.events.info("agent stopped", processed=self.processed)
             self.loop_done.set()

@@ -13,6 +13,7 @@ import signal
 
 import structlog
 
+from pipeline.errors import FraudError
 from pipeline.runtime import StreamAgent
 
 log = structlog.get_logger()
@@ -48,6 +49,8 @@ async def run_agent(agent: StreamAgent) -> int:
         finished = await _drain(agent, forced)
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+    if agent.error is not None:
+        raise FraudError(f"{agent.handler.stage} agent failed: {agent.error!r}")
     # Non-zero tells a supervisor that a batch was cut off (it stays pending, to be recovered).
     return 0 if finished else 1
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import redis
 
 from agents.detector import Detector
+from pipeline.errors import FraudError
 from pipeline.keys import Keys
 from pipeline.resp import RespError
 from pipeline.runtime import BatchContext, Entry, StreamAgent
 from pipeline.settings import Settings
+from pipeline.worker import run_agent
 from tests.helpers import verdicts_by_raw_id, xadd_all
 
 
@@ -71,3 +74,15 @@ async def test_dead_letters_are_kept_for_dead_keep_ms_then_trimmed(settings: Set
     await agent.stop()
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
         assert [entry_id for entry_id, _ in client.xrange(keys.dead)] == [recent.decode()]
+
+
+async def test_a_bug_outside_any_batch_fails_the_agent_instead_of_a_quiet_exit(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = StreamAgent(Detector(settings), settings, burst=False, consumer="c")
+
+    async def broken_maintenance() -> int:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(agent, "maintain", broken_maintenance)
+    with pytest.raises(FraudError, match="detector agent failed: KeyError"):
+        await run_agent(agent)
