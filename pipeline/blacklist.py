@@ -25,27 +25,23 @@ from pipeline.keys import Keys
 from pipeline.settings import Settings
 from schemas.click import InvalidClick, canonical_ip
 
-ADD_SCRIPT = """
-local added = 0
+
+def _in_step_script(set_command: str, filter_command: str) -> str:
+    """A script that changes the filter only for addresses the set says really changed."""
+    return f"""
+local changed = 0
 for _, ip in ipairs(ARGV) do
-  if redis.call('SADD', KEYS[2], ip) == 1 then
-    redis.call('CF.ADD', KEYS[1], ip)
-    added = added + 1
+  if redis.call('{set_command}', KEYS[2], ip) == 1 then
+    redis.call('{filter_command}', KEYS[1], ip)
+    changed = changed + 1
   end
 end
-return added
+return changed
 """
 
-REMOVE_SCRIPT = """
-local removed = 0
-for _, ip in ipairs(ARGV) do
-  if redis.call('SREM', KEYS[2], ip) == 1 then
-    redis.call('CF.DEL', KEYS[1], ip)
-    removed = removed + 1
-  end
-end
-return removed
-"""
+
+ADD_SCRIPT = _in_step_script("SADD", "CF.ADD")
+REMOVE_SCRIPT = _in_step_script("SREM", "CF.DEL")
 
 BATCH = 1000
 
