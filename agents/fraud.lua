@@ -19,16 +19,21 @@ local function owned_entries(stream, group, consumer, lo, hi)
   return owned
 end
 
--- Returns nil when all ids are owned, else the list of ids that are not.
-local function fence(owned, ids)
+-- The fence: `owned` (id -> delivery count) when every id is still pending for
+-- `consumer`, else nil and the reply that reports the ids it no longer owns.
+local function fence(stream, group, consumer, lo, hi, ids)
+  local owned = owned_entries(stream, group, consumer, lo, hi)
   local lost = nil
   for _, id in ipairs(ids) do
     if owned[id] == nil then
-      lost = lost or {}
+      lost = lost or {'fenced'}
       lost[#lost + 1] = id
     end
   end
-  return lost
+  if lost then
+    return nil, lost
+  end
+  return owned
 end
 
 -- Runs a variadic command over `items` in slices (unpack is bounded by Lua's
@@ -111,10 +116,9 @@ local function detect(keys, args)
   if #ids == 0 then
     return {'ok', 0, 0, 0, 0, 0}
   end
-  local owned = owned_entries(raw, group, consumer, args[3], args[4])
-  local lost = fence(owned, ids)
-  if lost then
-    return {'fenced', unpack(lost)}
+  local owned, fenced = fence(raw, group, consumer, args[3], args[4], ids)
+  if not owned then
+    return fenced
   end
 
   -- One CF.MEXISTS for the whole batch instead of a module call per click.
@@ -174,9 +178,9 @@ local function aggregate(keys, args)
   if nids == 0 then
     return {'ok', 0, 0}
   end
-  local lost = fence(owned_entries(stream, group, consumer, args[3], args[4]), ids)
-  if lost then
-    return {'fenced', unpack(lost)}
+  local owned, fenced = fence(stream, group, consumer, args[3], args[4], ids)
+  if not owned then
+    return fenced
   end
   local counted, rejected = 0, 0
   for i = 6 + nids, #args, 3 do
@@ -209,10 +213,9 @@ local function reject(keys, args)
   if #ids == 0 then
     return {'ok', 0}
   end
-  local owned = owned_entries(stream, group, consumer, args[4], args[5])
-  local lost = fence(owned, ids)
-  if lost then
-    return {'fenced', unpack(lost)}
+  local owned, fenced = fence(stream, group, consumer, args[4], args[5], ids)
+  if not owned then
+    return fenced
   end
   for _, at in ipairs(starts) do
     dead_letter(dead, stage, args[at], args[at + 1], owned[args[at]], args, at + 3, tonumber(args[at + 2]))
