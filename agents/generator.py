@@ -30,6 +30,7 @@ from pipeline.keys import Keys
 from pipeline.resp import RespClient
 from pipeline.settings import Settings
 from pipeline.waiting import wait_or_stop
+from schemas.click import Click as ClickRecord
 
 log = structlog.get_logger()
 
@@ -101,8 +102,9 @@ def traffic(seed: int, clock: Clock, mix: TrafficMix = TrafficMix()) -> Iterator
 
 
 def _click(device: str, ip: str, transaction_id: str, ts: int) -> Click:
-    return ["device_id", device, "ip", ip, "transaction_id", transaction_id, "ts", str(ts),
-            "campaign", f"c{zlib.crc32(device.encode()) % 17}"]
+    record = ClickRecord(device_id=device, ip=ip, ts=ts, transaction_id=transaction_id,
+                         extra={"campaign": f"c{zlib.crc32(device.encode()) % 17}"})
+    return record.wire_fields()
 
 
 def _random_ip(rng: random.Random) -> str:

@@ -76,7 +76,12 @@ def entry_time_ms(entry_id: bytes | str) -> int:
 
 
 class CheckedClick(NamedTuple):
-    """A raw entry that passed every check, in the shape the detector sends on."""
+    """A raw entry that passed every check, in the shape the detector sends on.
+
+    The detector's hot path stops here rather than building a ``Click`` record:
+    a record costs about 3 us, a third of the whole per-click check. Tools and
+    producers use the record (``to_record``, ``Click.wire_fields``).
+    """
 
     device_id: str
     ip: str

@@ -11,6 +11,7 @@ from pipeline.agent_cli import make_handler
 from pipeline.keys import VERDICTS, Keys
 from pipeline.runtime import StreamAgent
 from pipeline.settings import Settings
+from schemas.verdict import Verdict
 
 
 def xadd_all(settings: Settings, clicks: Iterable[Sequence[str | bytes]]) -> list[str]:
@@ -43,11 +44,13 @@ def stream_entries(settings: Settings, stream: str) -> list[tuple[str, dict[str,
 
 
 def verdicts_by_raw_id(settings: Settings) -> dict[str, str]:
-    """raw id -> verdict; fails on a raw id with two verdicts."""
+    """raw id -> verdict; fails on a raw id with two verdicts, or an entry that is not a Verdict."""
     out: dict[str, str] = {}
     for _, fields in stream_entries(settings, Keys(settings.namespace).verdicts):
-        assert fields["raw_id"] not in out, f"two verdicts for {fields['raw_id']}"
-        out[fields["raw_id"]] = fields["verdict"]
+        verdict = Verdict.from_fields(fields)
+        assert verdict.raw_id not in out, f"two verdicts for {verdict.raw_id}"
+        assert verdict.verdict in VERDICTS, verdict
+        out[verdict.raw_id] = verdict.verdict
     return out
 
 
