@@ -16,6 +16,7 @@ from pipeline.keys import AGGREGATOR_GROUP, VERDICTS, Keys
 from pipeline.resp import RespClient, RespError
 from pipeline.runtime import BatchContext, Entry, Rejection, fenced_ids, reject
 from pipeline.settings import Settings
+from pipeline.stream_ids import batch_bounds
 from schemas.verdict import InvalidVerdict, verdict_index_and_time
 
 # KEYS of fraud_aggregate before the series: the verdict stream and the stats hash.
@@ -75,7 +76,7 @@ class Aggregator:
         lost = await reject(ctx, rejections)
         if not ids:
             return lost
-        lo, hi = ctx.bounds(ids)
+        lo, hi = batch_bounds(ids)
         args: list[Any] = [ctx.group, ctx.consumer, lo, hi, len(ids), *ids]
         # Every verdict gets a sample in every bucket that saw a click, zeros included:
         # a series' rollup closes a minute only when that series gets a later sample,

@@ -15,6 +15,7 @@ from pipeline.keys import DETECTOR_GROUP, Keys
 from pipeline.resp import RespClient, RespError
 from pipeline.runtime import BatchContext, Entry, fenced_ids
 from pipeline.settings import Settings
+from pipeline.stream_ids import batch_bounds
 from schemas.click import FieldLimits, InvalidClick, check_click
 
 
@@ -58,7 +59,7 @@ class Detector:
         return args
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
-        lo, hi = ctx.bounds([e[0] for e in entries])
+        lo, hi = batch_bounds([e[0] for e in entries])
         keys = ctx.keys
         reply = await ctx.client.execute(
             "FCALL", "fraud_detect", 5, keys.raw, keys.verdicts, keys.dead, keys.blacklist, keys.stats,

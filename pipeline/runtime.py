@@ -15,7 +15,7 @@ import asyncio
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import mode
@@ -26,7 +26,7 @@ from pipeline.functions import load_functions
 from pipeline.keys import Keys
 from pipeline.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.settings import Settings
-from pipeline.stream_ids import id_at, id_bounds
+from pipeline.stream_ids import batch_bounds, id_at
 from pipeline.waiting import wait_or_stop
 
 Entry = tuple[bytes, list[bytes] | None]
@@ -52,13 +52,6 @@ class BatchContext:
     settings: Settings
     stage: str
     stream: str
-    rejections: list[Rejection] = field(default_factory=list)
-
-    @staticmethod
-    def bounds(ids: Sequence[bytes]) -> list[bytes]:
-        """First and last id of a batch. Every read (XREADGROUP, XAUTOCLAIM) returns entries in
-        stream order, and handlers keep that order, so no sorting is needed on the hot path."""
-        return [ids[0], ids[-1]]
 
 
 class Handler(Protocol):
@@ -84,7 +77,7 @@ async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[byt
     """Dead-letter entries with their reasons and ack them, atomically and fenced."""
     if not rejections:
         return []
-    lo, hi = id_bounds(r.entry_id for r in rejections)
+    lo, hi = batch_bounds([r.entry_id for r in rejections])
     args: list[Any] = [ctx.group, ctx.consumer, ctx.stage, lo, hi]
     for r in rejections:
         args += (r.entry_id, r.reason, len(r.fields), *r.fields)
@@ -286,7 +279,7 @@ class StreamAgent(mode.Service):
     async def _cap_deliveries(self, ctx: BatchContext, entries: list[Entry]) -> list[Entry]:
         """Dead-letter entries delivered more than max_deliveries times, so a poison entry cannot loop."""
         assert self.client is not None
-        lo, hi = id_bounds(e[0] for e in entries)
+        lo, hi = batch_bounds([e[0] for e in entries])
         rows = await self.client.execute(
             "XPENDING", self.stream, self.handler.group, lo, hi, 1_000_000, self.consumer)
         deliveries = {row[0]: row[3] for row in rows}
