@@ -48,6 +48,18 @@ def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, fl
     return code, time.monotonic() - started
 
 
+def recover_and_check(settings: Settings, consumer: str) -> None:
+    """A detector drains what is left (the stopped one's pending entries included); then every
+    click of the backlog has exactly one verdict."""
+    restarted = spawn_agent(settings.redis_url, "detector", consumer, ENV, "--burst")
+    try:
+        assert wait_exit(restarted, 90)[0] == 0
+    finally:
+        stop_all([restarted])
+    out = check_exactly_once(settings, aggregated=False)
+    assert len(out.verdicts) == BACKLOG
+
+
 def test_sigterm_mid_backlog_exits_zero_and_loses_nothing(settings: Settings, tmp_path: Path) -> None:
     load_backlog(settings.redis_url, BACKLOG)
     process = spawn_agent(settings.redis_url, "detector", "d1", ENV, log=tmp_path / "agent.log")
@@ -63,13 +75,7 @@ def test_sigterm_mid_backlog_exits_zero_and_loses_nothing(settings: Settings, tm
             assert state is not None and state[1] == 0, "the batch in hand was left unacknowledged"
     finally:
         stop_all([process])
-    restarted = spawn_agent(settings.redis_url, "detector", "d2", ENV, "--burst")
-    try:
-        assert wait_exit(restarted, 90)[0] == 0
-    finally:
-        stop_all([restarted])
-    out = check_exactly_once(settings, aggregated=False)
-    assert len(out.verdicts) == BACKLOG
+    recover_and_check(settings, "d2")
 
 
 @pytest.fixture
@@ -114,10 +120,4 @@ def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_pa
     settings = Settings(redis_url=url, home=tmp_path)
     # What it held is pending now, unless Redis, thawed, still ran the step it had been sent
     # (then it was applied and acknowledged together): either way, exactly once below.
-    restarted = spawn_agent(url, "detector", "d1", ENV, "--burst")
-    try:
-        assert wait_exit(restarted, 90)[0] == 0
-    finally:
-        stop_all([restarted])
-    out = check_exactly_once(settings, aggregated=False)
-    assert len(out.verdicts) == BACKLOG
+    recover_and_check(settings, "d1")
