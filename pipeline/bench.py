@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,12 +68,17 @@ def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Ite
             server.stop()
 
 
+def spawn_cli(settings: Settings, consumer: str, *argv: str, env: Mapping[str, str] | None = None,
+              stdout: int | None = None) -> psutil.Popen:
+    """A ``fraud`` command in a process of its own, on these settings, logging only warnings."""
+    full_env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
+                    FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
+                    FRAUD_CONSUMER=consumer, **(env or {}))
+    return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env, stdout=stdout)
+
+
 def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None) -> StageProcess:
-    env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
-               FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
-               FRAUD_CONSUMER=f"bench-{name}")
-    process = psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=env, stdout=stdout)
-    return StageProcess(name, process)
+    return StageProcess(name, spawn_cli(settings, f"bench-{name}", *argv, stdout=stdout))
 
 
 async def group_drained(client: RespClient, stream: str, group: str) -> bool:
@@ -114,13 +119,17 @@ def _percentile(values: list[int], fraction: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]) if ordered else 0.0
 
 
+async def info_fields(client: RespClient, section: str) -> dict[str, str]:
+    info = (await client.execute("INFO", section)).decode()
+    return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+
+
 async def _redis_cpu_s(client: RespClient) -> float:
-    info = (await client.execute("INFO", "cpu")).decode()
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = await info_fields(client, "cpu")
     return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
-async def _stats(client: RespClient, keys: Keys) -> dict[str, int]:
+async def read_counters(client: RespClient, keys: Keys) -> dict[str, int]:
     flat = await client.execute("HGETALL", keys.stats)
     return {k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
@@ -166,7 +175,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     if first_raw:
         started = parse_id(first_raw[0][0])[0] / 1000
     latencies = await _latencies_ms(client, keys.verdicts)
-    stats = await _stats(client, keys)
+    stats = await read_counters(client, keys)
     memory = int((await client.execute("MEMORY", "STATS"))[1])
     persistence = await _persistence(client)
     await client.close()

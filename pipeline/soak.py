@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from typing import Any
 import orjson
 import psutil
 
-from pipeline.bench import bench_server, group_drained
+from pipeline.bench import bench_server, group_drained, info_fields, read_counters, spawn_cli
 from pipeline.cli_args import non_negative_float, positive_float, positive_int
 from pipeline.connection import open_fast_client
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
@@ -98,18 +96,11 @@ class SoakResult:
 
 
 def _spawn(settings: Settings, env: Mapping[str, str], name: str, *argv: str) -> psutil.Popen:
-    full_env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
-                    FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
-                    FRAUD_CONSUMER=f"soak-{name}", **env)
-    return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env)
+    return spawn_cli(settings, f"soak-{name}", *argv, env=env)
 
 
-async def _info_int(client: RespClient, section: str, name: str) -> int:
-    text = (await client.execute("INFO", section)).decode()
-    for line in text.splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split(":", 1)[1])
-    raise KeyError(name)
+async def _used_memory(client: RespClient) -> int:
+    return int((await info_fields(client, "memory"))["used_memory"])
 
 
 async def _sample(client: RespClient, keys: Keys, started: float) -> Sample:
@@ -117,7 +108,7 @@ async def _sample(client: RespClient, keys: Keys, started: float) -> Sample:
     info = replies[0]
     produced = 0 if isinstance(info, Exception) else int(dict(zip(info[::2], info[1::2], strict=True))[
         b"entries-added"])
-    return Sample(time.monotonic() - started, await _info_int(client, "memory", "used_memory"), produced,
+    return Sample(time.monotonic() - started, await _used_memory(client), produced,
                   int(replies[1]), int(replies[2]))
 
 
@@ -139,7 +130,7 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
     client = await open_fast_client(settings)
     processes: list[psutil.Popen] = []
     try:
-        baseline = await _info_int(client, "memory", "used_memory")
+        baseline = await _used_memory(client)
         processes += [_spawn(settings, env, "detector", "agent", "detector"),
                       _spawn(settings, env, "aggregator", "agent", "aggregator")]
         while not (await client.execute("EXISTS", keys.raw) and await client.execute("EXISTS", keys.verdicts)):
@@ -162,14 +153,13 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
         seconds = time.monotonic() - started
         await asyncio.sleep(settle_s)
         end = await _sample(client, keys, started)
-        flat = await client.execute("HGETALL", keys.stats)
         return SoakResult(
             clicks=clicks, seconds=seconds, samples=samples, baseline_memory=baseline,
             end_memory=end.used_memory,
             stream_lengths={"raw": end.raw_len, "verdicts": end.verdicts_len,
                             "dead": int(await client.execute("XLEN", keys.dead))},
             window_keys=await _count_keys(client, keys.window_prefix + "*"),
-            stats={k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)})
+            stats=await read_counters(client, keys))
     finally:
         for process in processes:
             if process.poll() is None:
