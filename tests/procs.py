@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import psutil
 import redis
 
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
@@ -28,7 +29,7 @@ FAST_RECOVERY = {
 def spawn_agent(redis_url: str, stage: str, consumer: str, env: Mapping[str, str] | None = None,
                 *extra: str, log: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``fraud agent <stage> --consumer <consumer>`` against ``redis_url``."""
-    full_env = dict(os.environ, FRAUD_REDIS_URL=redis_url, **FAST_RECOVERY, **(env or {}))
+    full_env = {**os.environ, "FRAUD_REDIS_URL": redis_url, **FAST_RECOVERY, **(env or {})}
     argv = [sys.executable, "-m", "pipeline.cli", "agent", stage, "--consumer", consumer, *extra]
     if log is None:
         return subprocess.Popen(argv, env=full_env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
@@ -70,3 +71,68 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def redis_side_addrs(client: redis.Redis) -> set[str]:
+    """The peer address of every connection Redis has open, as CLIENT LIST shows it."""
+    return {c["addr"] for c in client.client_list()}
+
+
+def tcp_addrs(pid: int) -> set[str]:
+    """The local address of each TCP connection of a process: what Redis sees as its peer."""
+    return {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
+
+
+def entries_held(client: redis.Redis, stream: str, group: str, consumer: str, alive_for_s: float) -> int:
+    """Entries pending for ``consumer`` that were delivered within the last ``alive_for_s`` seconds:
+    those its current process read, not those an earlier process of the same name left behind."""
+    rows = client.xpending_range(stream, group, "-", "+", 100_000, consumername=consumer)
+    return sum(1 for row in rows if row["time_since_delivered"] < alive_for_s * 1000)
+
+
+def freeze(process: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP the process and wait until it is stopped: from then on it sends Redis nothing."""
+    process.send_signal(signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(process.pid).status() == psutil.STATUS_STOPPED, 10,
+               f"process {process.pid} to stop")
+
+
+def kill_and_settle(client: redis.Redis, process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process, then wait until Redis has closed its connections: Redis reads a closed
+    socket to its end first, so whatever the process had sent has been executed by then."""
+    addrs = tcp_addrs(process.pid)
+    process.kill()
+    process.wait()
+    wait_until(lambda: not addrs & redis_side_addrs(client), 10, "Redis to close the killed process's connections")
+
+
+def wait_pending_idle(client: redis.Redis, stream: str, group: str, idle_ms: int) -> None:
+    """Wait until every entry pending in the group has been idle at least ``idle_ms``: from then on,
+    XAUTOCLAIM with that minimum takes them all."""
+    def all_idle() -> bool:
+        rows = client.xpending_range(stream, group, "-", "+", 100_000)
+        return all(row["time_since_delivered"] >= idle_ms for row in rows)
+
+    wait_until(all_idle, 30, f"the pending entries of {group} on {stream} to be idle {idle_ms} ms", interval=0.02)
+
+
+def wait_consumers_idle(client: redis.Redis, stream: str, group: str, names: set[str], idle_ms: int) -> None:
+    """Wait until each named consumer has been idle at least ``idle_ms``."""
+    def all_idle() -> bool:
+        idle = {c["name"] if isinstance(c["name"], str) else c["name"].decode(): c["idle"]
+                for c in client.xinfo_consumers(stream, group)}
+        return all(idle.get(name, -1) >= idle_ms for name in names)
+
+    wait_until(all_idle, 30, f"consumers {sorted(names)} of {group} to be idle {idle_ms} ms", interval=0.02)
+
+
+def bytes_unread_by_server(port: int) -> int:
+    """Bytes that clients sent to the local server on ``port`` and that it has not read yet (from the
+    kernel's socket table): with the server frozen, a client that is waiting on a reply shows here."""
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port:
+            unread += int(fields[4].split(":")[1], 16)
+    return unread

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pipeline.server import EmbeddedRedis
 from pipeline.settings import Settings
 from tests.conftest import LIBSSL_DIR, free_port
 from tests.helpers import verdicts_by_raw_id
+from tests.procs import wait_until
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -114,10 +114,9 @@ def test_up_demo_runs_the_pipeline_and_stops_cleanly_on_ctrl_c(settings: Setting
                            "--refresh", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     keys = Keys(settings.namespace)
     try:
-        deadline = time.monotonic() + 60
         with redis.Redis.from_url(settings.redis_url) as client:
-            while time.monotonic() < deadline and int(client.hget(keys.stats, "aggregator.counted") or 0) < 500:
-                time.sleep(0.2)
+            wait_until(lambda: int(client.hget(keys.stats, "aggregator.counted") or 0) >= 500, 60,
+                       "500 clicks counted by the pipeline under fraud up")
     finally:
         up.send_signal(signal.SIGINT)
         out, err = up.communicate(timeout=60)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import subprocess
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -27,11 +29,28 @@ from pipeline.runtime import BatchContext, Entry, StreamAgent
 from pipeline.settings import Settings
 from tests.accounting import Outcomes, check_exactly_once
 from tests.helpers import run_burst, xadd_all
-from tests.procs import group_state, pipeline_drained, spawn_agent, stop_all, wait_until
+from tests.procs import (
+    entries_held,
+    freeze,
+    group_state,
+    kill_and_settle,
+    pipeline_drained,
+    spawn_agent,
+    stop_all,
+    wait_pending_idle,
+    wait_until,
+)
 
 CLICKS = 100_000
 SEED = 31
-MIN_KILLS = 12
+# Kills that hit an agent holding entries it had read: the test goes on until it has made this many.
+HOLDING_KILLS = 12
+# Every this-many-th kill strikes whatever the agent is doing (blocked in a read, starting up...).
+BLIND_KILL_EVERY = 4
+# The producer's pace: the flow must outlast the kills, so that they fall inside it.
+CLICKS_PER_BATCH = 500
+BATCH_INTERVAL_S = 0.1
+CHAOS_LIMIT_S = 120
 
 
 def load_blacklist(settings: Settings) -> None:
@@ -45,18 +64,29 @@ def load_blacklist(settings: Settings) -> None:
     asyncio.run(load())
 
 
-def produce(settings: Settings, labels: list[str], total: int) -> None:
-    """The generator's traffic, XADDed in pipelined batches by one producer (so raw order = labels order)."""
-    clicks = traffic(SEED, lambda: int(time.time() * 1000))
-    keys = Keys(settings.namespace)
-    with redis.Redis.from_url(settings.redis_url) as client:
-        while len(labels) < total:
-            pipe = client.pipeline(transaction=False)
-            for _ in range(min(1000, total - len(labels))):
-                fields, label = next(clicks)
-                pipe.execute_command("XADD", keys.raw, "*", *fields)
-                labels.append(label)
-            pipe.execute()
+class Producer(threading.Thread):
+    """The generator's traffic, XADDed at a steady pace by one producer (so raw order = labels order),
+    until at least ``total`` clicks are in and the chaos is over."""
+
+    def __init__(self, settings: Settings, total: int) -> None:
+        super().__init__()
+        self.settings = settings
+        self.total = total
+        self.labels: list[str] = []
+        self.chaos_over = threading.Event()
+
+    def run(self) -> None:
+        clicks = traffic(SEED, lambda: int(time.time() * 1000))
+        raw = Keys(self.settings.namespace).raw
+        with redis.Redis.from_url(self.settings.redis_url) as client:
+            while len(self.labels) < self.total or not self.chaos_over.is_set():
+                pipe = client.pipeline(transaction=False)
+                for _ in range(CLICKS_PER_BATCH):
+                    fields, label = next(clicks)
+                    pipe.execute_command("XADD", raw, "*", *fields)
+                    self.labels.append(label)
+                pipe.execute()
+                time.sleep(BATCH_INTERVAL_S)
 
 
 def reference_verdicts(out: Outcomes, settings: Settings) -> dict[bytes, str]:
@@ -79,7 +109,21 @@ def reference_verdicts(out: Outcomes, settings: Settings) -> dict[bytes, str]:
     return expected
 
 
+@dataclass
+class Slot:
+    stage: str
+    consumer: str
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+    def age(self) -> float:
+        return time.monotonic() - self.started
+
+
 def test_random_sigkills_keep_every_click_exactly_once(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILLs while traffic flows, most of them certain to hit an agent holding entries it read:
+    the victim is frozen (SIGSTOP) first and killed only if it then holds some, so it cannot
+    acknowledge them in between; whatever it had already sent, Redis runs before the count is taken."""
     load_blacklist(settings)
     keys = Keys(settings.namespace)
     # Enough deliveries that repeated kills alone never dead-letter a good click.
@@ -87,50 +131,65 @@ def test_random_sigkills_keep_every_click_exactly_once(settings: Settings, tmp_p
     rng = random.Random(SEED)
     names = {"detector": 0, "aggregator": 0}
 
-    def start(stage: str, consumer: str | None = None) -> tuple[str, str, subprocess.Popen[bytes]]:
+    def start(stage: str, consumer: str | None = None) -> Slot:
         if consumer is None:
             names[stage] += 1
             consumer = f"{stage}-{names[stage]}"
-        return stage, consumer, spawn_agent(settings.redis_url, stage, consumer, env, log=tmp_path / "agents.log")
+        return Slot(stage, consumer, spawn_agent(settings.redis_url, stage, consumer, env, log=tmp_path / "agents.log"))
 
     slots = [start("detector"), start("detector"), start("aggregator")]
-    everyone = [slot[2] for slot in slots]
-    labels: list[str] = []
-    producer = threading.Thread(target=produce, args=(settings, labels, CLICKS))
-    kills = kills_holding = 0
+    everyone = [slot.process for slot in slots]
+    producer = Producer(settings, CLICKS)
+    attempts = kills = kills_holding = 0
     started = time.monotonic()
     try:
         with redis.Redis.from_url(settings.redis_url) as client:
             wait_until(lambda: group_state(client, keys.raw, DETECTOR_GROUP) is not None
                        and group_state(client, keys.verdicts, AGGREGATOR_GROUP) is not None, 30, "the groups")
             producer.start()
-            while kills < MIN_KILLS or producer.is_alive():
-                assert time.monotonic() - started < 90, "the chaos phase took too long"
-                time.sleep(rng.uniform(0.3, 1.5))
+            while kills_holding < HOLDING_KILLS:
+                assert time.monotonic() - started < CHAOS_LIMIT_S, \
+                    f"only {kills_holding} of {kills} kills hit an agent holding entries in {CHAOS_LIMIT_S} s"
+                assert producer.is_alive(), "the producer died"
+                time.sleep(rng.uniform(0.05, 0.3))
                 index = rng.randrange(len(slots))
-                stage, consumer, process = slots[index]
-                process.kill()
-                process.wait()
+                slot = slots[index]
+                if slot.age() < 1.0:
+                    continue  # still starting: let it connect and take up its work first
+                attempts += 1
+                stream = keys.raw if slot.stage == "detector" else keys.verdicts
+                blind = attempts % BLIND_KILL_EVERY == 0
+                if not blind:
+                    freeze(slot.process)
+                    if not entries_held(client, stream, slot.stage, slot.consumer, slot.age()):
+                        slot.process.send_signal(signal.SIGCONT)
+                        continue
+                kill_and_settle(client, slot.process)
                 kills += 1
-                stream = keys.raw if stage == "detector" else keys.verdicts
-                held = client.xpending_range(stream, stage, "-", "+", 1, consumername=consumer)
-                kills_holding += bool(held)
+                kills_holding += bool(entries_held(client, stream, slot.stage, slot.consumer, slot.age()))
                 # Half come back under the same name (they re-read their own pending entries first),
                 # half under a new one (their old entries are reclaimed by XAUTOCLAIM).
-                slots[index] = start(stage, consumer if rng.random() < 0.5 else None)
-                everyone.append(slots[index][2])
-            assert all(slot[2].poll() is None for slot in slots), "an agent exited by itself"
+                slots[index] = start(slot.stage, slot.consumer if rng.random() < 0.5 else None)
+                everyone.append(slots[index].process)
+            producer.chaos_over.set()
+            producer.join(60)
+            assert not producer.is_alive(), "the producer did not finish"
+            assert all(slot.process.poll() is None for slot in slots), "an agent exited by itself"
             wait_until(lambda: pipeline_drained(client, keys), 90, "the pipeline to drain")
     finally:
+        producer.chaos_over.set()
+        for slot in slots:
+            if slot.process.poll() is None:
+                slot.process.send_signal(signal.SIGCONT)
         if producer.is_alive():
             producer.join()
         stop_all(everyone)
-    assert len(labels) == CLICKS
-    print(f"chaos: {kills} kills, {kills_holding} holding entries")
-    assert kills_holding >= 3, f"only {kills_holding} of {kills} kills hit an agent holding entries"
+    labels = producer.labels
+    print(f"chaos: {kills} kills, {kills_holding} holding entries, {len(labels)} clicks")
+    assert kills_holding >= HOLDING_KILLS
 
     out = check_exactly_once(settings)
-    assert len(out.raw) == CLICKS
+    assert len(out.raw) == len(labels) >= CLICKS
     raw_ids = [entry_id for entry_id, _ in out.raw]
     malformed = {raw_ids[i] for i, label in enumerate(labels) if label == "malformed"}
     assert set(out.dead) == malformed
@@ -146,9 +205,11 @@ class FailingDetector(Detector):
     def __init__(self, settings: Settings, good_batches: int) -> None:
         super().__init__(settings)
         self.good_batches = good_batches
+        self.failed = asyncio.Event()
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
         if self.good_batches == 0:
+            self.failed.set()
             raise ConnectionResetError("simulated crash between read and commit")
         self.good_batches -= 1
         return await super().handle(ctx, entries)
@@ -162,9 +223,11 @@ def clicks(n: int) -> list[list[str]]:
 async def test_batch_is_committed_only_after_its_step_succeeds(settings: Settings) -> None:
     settings = Settings(redis_url=settings.redis_url, home=settings.home, batch_size=100, claim_min_idle_ms=100)
     ids = xadd_all(settings, clicks(1000))
-    agent = StreamAgent(FailingDetector(settings, good_batches=3), settings, burst=True, consumer="a")
+    handler = FailingDetector(settings, good_batches=3)
+    agent = StreamAgent(handler, settings, burst=True, consumer="a")
     await agent.start()
-    await asyncio.sleep(0.5)  # it fails on its fourth batch and keeps failing (connection-type errors retry)
+    # It fails on its fourth batch and keeps failing (connection-type errors are retried).
+    await asyncio.wait_for(handler.failed.wait(), 30)
     await agent.stop()
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
         pending = client.xpending_range(Keys().raw, DETECTOR_GROUP, "-", "+", 10_000)
@@ -173,7 +236,8 @@ async def test_batch_is_committed_only_after_its_step_succeeds(settings: Setting
     assert [p["message_id"] for p in pending] == ids[300:400], "the failed batch is still pending, unapplied"
     assert {p["consumer"] for p in pending} == {"a"}
 
-    await asyncio.sleep(0.2)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        wait_pending_idle(client, Keys().raw, DETECTOR_GROUP, settings.claim_min_idle_ms)
     await run_burst(settings, "detector", consumer="b")  # reclaims a's batch, then reads the rest
     out = check_exactly_once(settings, aggregated=False)
     assert sorted(out.verdicts) == sorted(i.encode() for i in ids)

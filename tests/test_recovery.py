@@ -3,7 +3,6 @@ forgetting idle consumers, and trimming only what every group is done with."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -17,6 +16,7 @@ from pipeline.runtime import StreamAgent
 from pipeline.settings import Settings
 from tests.accounting import check_exactly_once
 from tests.helpers import run_burst, xadd_all
+from tests.procs import wait_consumers_idle, wait_pending_idle
 
 RAW = Keys().raw
 
@@ -65,7 +65,8 @@ async def test_dead_consumers_entries_are_taken_over_after_min_idle(settings: Se
     assert [p["message_id"] for p in pending] == held, "entries were taken before the min idle time"
     assert {p["consumer"] for p in pending} == {"dead-one"}
 
-    await asyncio.sleep(0.6)
+    with sync_client(settings) as client:
+        wait_pending_idle(client, RAW, DETECTOR_GROUP, settings.claim_min_idle_ms)
     await run_burst(settings, "detector", consumer="alive")
     out = check_exactly_once(settings, aggregated=False)
     assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
@@ -85,7 +86,7 @@ async def test_entry_delivered_too_often_is_dead_lettered_with_its_count(setting
             client.xclaim(RAW, DETECTOR_GROUP, "looping", 0, [ids[0]])
             client.xclaim(RAW, DETECTOR_GROUP, "crashed", 0, [ids[1]])
         client.xclaim(RAW, DETECTOR_GROUP, "looping", 0, [ids[2]])
-    await asyncio.sleep(0.2)
+        wait_pending_idle(client, RAW, DETECTOR_GROUP, settings.claim_min_idle_ms)
     # "looping" restarts: it re-reads its own pending entries, then reclaims "crashed"'s.
     await run_burst(settings, "detector", consumer="looping")
 
@@ -104,9 +105,10 @@ async def test_idle_consumers_go_only_when_they_hold_nothing(settings: Settings,
     with sync_client(settings) as client:
         client.xgroup_createconsumer(RAW, DETECTOR_GROUP, "idle-empty")
     read_as(settings, "idle-holding", 1)
-    janitor.settings = replace(janitor.settings, consumer_idle_delete_ms=300, claim_min_idle_ms=3_600_000)
-    await asyncio.sleep(0.5)
+    janitor.settings = replace(janitor.settings, consumer_idle_delete_ms=1000, claim_min_idle_ms=3_600_000)
     with sync_client(settings) as client:
+        # Strictly more idle than the limit (maintenance removes those idle longer than it).
+        wait_consumers_idle(client, RAW, DETECTOR_GROUP, {"idle-empty", "idle-holding"}, 1001)
         client.xgroup_createconsumer(RAW, DETECTOR_GROUP, "just-joined")
     await janitor.maintain()
     with sync_client(settings) as client:

@@ -65,7 +65,10 @@ def test_agents_ride_out_a_redis_crash(fresh_server: EmbeddedRedis, tmp_path: Pa
         producer.start()
         wait_until(lambda: len(producer.acknowledged) >= CLICKS // 3, 60, "a third of the clicks")
         fresh_server.kill()
-        time.sleep(1.0)
+        # Restart only once both sides have met the dead server, so the test is certain to test that.
+        wait_until(lambda: producer.retried_batches > 0, 30, "the producer to see the crash")
+        wait_until(lambda: (tmp_path / "agents.log").read_text().count("redis unavailable, retrying") >= 2, 30,
+                   "the agents to see the crash")
         fresh_server.start()
         producer.join(120)
         assert not producer.is_alive()

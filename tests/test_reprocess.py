@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 from collections import Counter
 from typing import Any
@@ -18,6 +17,7 @@ from pipeline.errors import FraudError
 from pipeline.keys import DETECTOR_GROUP, Keys
 from pipeline.settings import Settings
 from tests.helpers import run_burst, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
+from tests.procs import wait_consumers_idle
 
 BASE_MS = 1_700_000_000_000
 
@@ -128,7 +128,9 @@ async def test_group_reset_dry_run_execute_and_redelivery(settings: Settings,
     keys = Keys(settings.namespace)
     ids = xadd_all(settings, [click(f"d{i}", "10.2.0.1", i * 1000, f"t{i}") for i in range(6)])
     await run_burst(settings, "detector")
-    await asyncio.sleep(0.3)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        # A reset is refused while a consumer is active (seen within two block times).
+        wait_consumers_idle(client, keys.raw, DETECTOR_GROUP, {"test"}, 2 * settings.block_ms)
     before = await group_info(settings, keys.raw, DETECTOR_GROUP)
     assert before["last-delivered-id"] == ids[-1]
 

@@ -15,12 +15,13 @@ from pipeline.keys import DETECTOR_GROUP, Keys
 from pipeline.server import EmbeddedRedis
 from pipeline.settings import Settings
 from tests.accounting import check_exactly_once
-from tests.procs import group_state, spawn_agent, stop_all, wait_until
+from tests.procs import bytes_unread_by_server, group_state, spawn_agent, stop_all, wait_until
 
 SHUTDOWN_TIMEOUT_S = 2.0
 # Interpreter teardown and the process' own exit, beyond the shutdown timeout.
 SLACK_S = 3.0
-ENV = {"FRAUD_SHUTDOWN_TIMEOUT_MS": str(int(SHUTDOWN_TIMEOUT_S * 1000))}
+# Info level: the tests follow the agent through its log.
+ENV = {"FRAUD_SHUTDOWN_TIMEOUT_MS": str(int(SHUTDOWN_TIMEOUT_S * 1000)), "FRAUD_LOG_LEVEL": "info"}
 BACKLOG = 60_000
 
 
@@ -100,10 +101,13 @@ def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_pa
         with redis.Redis.from_url(url) as client:
             wait_until(lambda: verdict_count(client) > 5000, 60, "the detector to get going")
         os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.3)  # the detector is now waiting on a reply that does not come
+        wait_until(lambda: bytes_unread_by_server(frozen.port) > 0, 30,
+                   "the detector to send a command the frozen Redis cannot answer")
         process.send_signal(signal.SIGTERM)
         if signals == 2:
-            time.sleep(0.2)
+            # Two signals in one instant could reach the handler as one: send the second once the first was seen.
+            wait_until(lambda: "stopping: finishing the batch in hand" in (tmp_path / "agent.log").read_text(), 30,
+                       "the agent to take the first signal")
             process.send_signal(signal.SIGTERM)
             code, took = wait_exit(process, SLACK_S)
         else:
