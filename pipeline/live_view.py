@@ -82,8 +82,10 @@ class LiveView:
             self.figures = [f"live view   failed: {type(err).__name__}: {err}"]
         else:
             self._took(current)
-        if self.previous is not None or self.outage.ongoing:
-            self._draw([*self.figures, f"agents      {'  '.join(self.agents())}"])
+        agents = self.agents()
+        lines = [*self.figures, *([f"agents      {'  '.join(agents)}"] if agents else [])]
+        if lines:
+            self._draw(lines)
 
     async def _read(self) -> dict[str, Any]:
         try:
