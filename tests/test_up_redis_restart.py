@@ -1,9 +1,10 @@
-"""Redis SIGKILLed and started again under the tools that watch the pipeline: `fraud up` (with traffic
+"""Redis SIGKILLed and started again (or stopped dead) under the tools that watch the pipeline: `fraud up`
 through its agents), `fraud status --watch` and the monitor agent say Redis is unreachable, resume by
 themselves and never exit; `fraud up` keeps its agents, and every click has exactly one outcome."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -13,11 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+import pytest
 import redis
 
+from pipeline import live_view
 from pipeline.keys import Keys
 from pipeline.server import EmbeddedRedis
 from pipeline.settings import Settings
+from pipeline.status import open_status_client
 from tests.accounting import check_exactly_once
 from tests.procs import FAST_RECOVERY, PROJECT_ROOT, pipeline_drained, stop_all, wait_until
 from tests.producer import Producer, check_each_click_judged_once
@@ -159,3 +163,30 @@ def test_monitor_rides_out_a_redis_restart(fresh_server: EmbeddedRedis, tmp_path
     finally:
         stop_all([monitor])
     assert not any("Traceback" in line for line in log.lines)
+
+
+async def test_live_view_shows_a_hung_server_as_unreachable(
+        fresh_server: EmbeddedRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live_view, "READ_TIMEOUT_S", 0.5)
+    settings = Settings(redis_url=fresh_server.url, home=tmp_path)
+    client = await open_status_client(settings)
+    out = io.StringIO()
+    view = live_view.LiveView(client, Keys(), agents=lambda: ["detector-1 up"], out=out)
+    pid = fresh_server.pid
+    assert pid is not None
+    try:
+        await view.refresh()
+        # Stopped, the server accepts nothing and answers nothing: a slow server at its slowest.
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await view.refresh()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await view.refresh()
+    finally:
+        await client.aclose()
+    first, hung, back = out.getvalue().splitlines()
+    assert first == "agents      detector-1 up"
+    assert hung.startswith("redis       unreachable since ") and hung.endswith(
+        "): no answer within 0.5 s | agents      detector-1 up"), hung
+    assert back.startswith("clicks in   0 "), back
