@@ -1,6 +1,7 @@
-"""Redis SIGKILLed and started again (or stopped dead) under the tools that watch the pipeline: `fraud up`
-through its agents), `fraud status --watch` and the monitor agent say Redis is unreachable, resume by
-themselves and never exit; `fraud up` keeps its agents, and every click has exactly one outcome."""
+"""Redis SIGKILLed and started again (or stopped dead) under the tools that watch the pipeline:
+`fraud up` (with traffic through its agents), `fraud status --watch` and the monitor agent say Redis
+is unreachable, resume by themselves and never exit; `fraud up` keeps its agents, and every click
+has exactly one outcome."""
 
 from __future__ import annotations
 
