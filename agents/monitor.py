@@ -16,20 +16,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.cli_args import positive_float
-from pipeline.connection import open_redis
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.outage import Outage, T
 from pipeline.settings import Settings
-from pipeline.status import read_stats, snapshot
+from pipeline.status import open_status_client, read_stats, snapshot
+from pipeline.status_table import clock, duration
 from pipeline.waiting import wait_or_stop
 
 log = structlog.get_logger()
@@ -99,7 +98,7 @@ class HealthRecorder:
 
 
 async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_redis(settings)
+    client = await open_status_client(settings)
     keys = Keys(settings.namespace)
     recorder = HealthRecorder(client, settings)
     stop = asyncio.Event()
@@ -107,19 +106,17 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     log.info("monitor started", interval_s=args.interval, once=args.once)
+    outage = Outage()
     ticks = 0
     try:
         # The baseline of the first throughput: every tick's rate covers one whole interval.
-        previous: Mapping[str, Any] = await read_stats(client, keys)
+        previous: Mapping[str, Any] | None = await _read_or_log(outage, read_stats(client, keys))
         while not stop.is_set():
             await wait_or_stop(stop, args.interval)
             if stop.is_set():
                 break
-            try:
-                snap = await snapshot(client, keys, previous)
-                await recorder.record(health_samples(snap))
-            except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-                log.warning("redis unavailable, retrying next tick", error=str(err))
+            snap = await _read_or_log(outage, _tick(client, keys, recorder, previous))
+            if snap is None:
                 continue
             previous = snap
             ticks += 1
@@ -131,6 +128,23 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
         await client.aclose()
     log.info("monitor stopped", ticks=ticks)
     return 0
+
+
+async def _tick(client: aioredis.Redis, keys: Keys, recorder: HealthRecorder,
+                previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    snap = await snapshot(client, keys, previous)
+    await recorder.record(health_samples(snap))
+    return snap
+
+
+async def _read_or_log(outage: Outage, reading: Awaitable[T]) -> T | None:
+    """The reading, or None and a log line while Redis is unavailable (the monitor outlives restarts)."""
+    result = await outage.read(reading)
+    if result is None:
+        log.warning("redis unavailable, retrying next tick", error=outage.reason, since=clock(outage.since_ms))
+    elif outage.ended_after_ms is not None:
+        log.info("redis reachable again", after=duration(outage.ended_after_ms))
+    return result
 
 
 def register_agent(stages: argparse._SubParsersAction) -> None:

@@ -55,9 +55,13 @@ async def open_fast_client(settings: Settings) -> RespClient:
     return client
 
 
-async def open_redis(settings: Settings) -> aioredis.Redis:
-    """A redis-py asyncio client for tools, connected and checked for the modules."""
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+async def open_redis(settings: Settings, encoding_errors: str = "strict") -> aioredis.Redis:
+    """A redis-py asyncio client for tools, connected and checked for the modules.
+
+    Replies are decoded as UTF-8; ``encoding_errors`` is the codec's error handler for bytes that
+    are not (``backslashreplace`` for tools that only show what they read).
+    """
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, encoding_errors=encoding_errors)
     try:
         modules = await client.execute_command("MODULE", "LIST")
     except (RedisConnectionError, OSError) as err:

@@ -16,22 +16,21 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.cli_args import non_negative_float, non_negative_int, positive_float
 from pipeline.connection import open_redis
 from pipeline.errors import RedisUnavailableError
 from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
 from pipeline.log import redact_url
+from pipeline.outage import Outage, error_text, is_unavailable
 from pipeline.settings import Settings
-from pipeline.status_table import render
+from pipeline.status_table import duration, render
 from pipeline.stream_ids import parse_id
 from pipeline.waiting import wait_or_stop
 
@@ -43,6 +42,13 @@ STREAM_NAMES: tuple[str, ...] = ("raw", "verdicts", "dead")
 LAG_SCAN_LIMIT = 10_000
 DEAD_SAMPLE = 100
 THRESHOLD_EXIT = 3
+# Entries may hold any bytes: one that is not UTF-8 is shown backslash-escaped (b"\\xff"), never a crash.
+UNDECODABLE = "backslashreplace"
+
+
+async def open_status_client(settings: Settings) -> aioredis.Redis:
+    """The client of the tools that read and show the pipeline (status, live view, monitor)."""
+    return await open_redis(settings, encoding_errors=UNDECODABLE)
 
 
 def stage_processed(stats: Mapping[str, int]) -> dict[str, int]:
@@ -188,7 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 async def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_redis(settings)
+    client = await open_status_client(settings)
     keys = Keys(settings.namespace)
     try:
         if args.watch is None:
@@ -217,8 +223,10 @@ async def _report_once(client: aioredis.Redis, keys: Keys, args: argparse.Namesp
             previous = await read_stats(client, keys)
             await asyncio.sleep(args.interval)
         snap = await snapshot(client, keys, previous)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-        raise RedisUnavailableError(f"lost Redis at {redact_url(settings.redis_url)}: {err}") from err
+    except Exception as err:
+        if not is_unavailable(err):
+            raise
+        raise RedisUnavailableError(f"lost Redis at {redact_url(settings.redis_url)}: {error_text(err)}") from err
     return THRESHOLD_EXIT if _show(snap, args, settings) else 0
 
 
@@ -229,19 +237,27 @@ async def _watch(client: aioredis.Redis, keys: Keys, args: argparse.Namespace, s
         loop.add_signal_handler(signum, stop.set)
     # Clear and redraw on a terminal; a log file or pipe gets one block per refresh instead.
     redraw = sys.stdout.isatty() and not args.json
+    outage = Outage()
+    where = redact_url(settings.redis_url)
+
+    async def attempt(reading: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+        """The reading, or None (and a line on stderr) while Redis is unavailable: a watch outlives a restart."""
+        result = await outage.read(reading)
+        if result is None:
+            print(f"fraud status: Redis at {where} {outage.describe()}", file=sys.stderr, flush=True)
+        elif outage.ended_after_ms is not None:
+            print(f"fraud status: Redis at {where} reachable again after {duration(outage.ended_after_ms)}",
+                  file=sys.stderr, flush=True)
+        return result
+
     previous: dict[str, Any] | None = None
     try:
         if args.interval > 0:
-            previous = await read_stats(client, keys)
+            previous = await attempt(read_stats(client, keys))
             await wait_or_stop(stop, args.interval)
         while not stop.is_set():
-            try:
-                snap = await snapshot(client, keys, previous)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as err:
-                # A watch outlives a Redis restart: say so and try again next refresh.
-                print(f"fraud status: cannot reach Redis at {redact_url(settings.redis_url)}: {err}",
-                      file=sys.stderr)
-            else:
+            snap = await attempt(snapshot(client, keys, previous))
+            if snap is not None:
                 if redraw:
                     sys.stdout.write("\x1b[2J\x1b[H")
                 _show(snap, args, settings)

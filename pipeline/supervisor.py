@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,11 +26,14 @@ from pipeline.connection import open_redis
 from pipeline.keys import Keys
 from pipeline.live_view import LiveView
 from pipeline.settings import Settings
+from pipeline.status import open_status_client
 from pipeline.waiting import wait_or_stop
 
 log = structlog.get_logger()
 
 MAX_RESTART_DELAY_S = 30.0
+# How often the supervisor looks for agents that exited.
+SUPERVISE_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Child:
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    last_exit: int | None = None
     next_start: float = 0.0
     started_at: float = 0.0
     delay: float = field(default=1.0)
@@ -50,7 +55,7 @@ class Child:
             self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.argv], env=env,
                                             stdout=log_file, stderr=log_file, start_new_session=True)
         self.started_at = time.monotonic()
-        log.info("agent process started", agent=self.name, pid=self.process.pid)
+        log.info("agent process started", agent=self.name, pid=self.process.pid, restarts=self.restarts)
 
     def check(self, env: dict[str, str], log_dir: Path) -> None:
         """Restart the agent if it died, backing off while it keeps dying young."""
@@ -65,9 +70,22 @@ class Child:
         # A process that ran a while before dying starts over from a short delay.
         self.delay = 1.0 if now - self.started_at > 60 else min(MAX_RESTART_DELAY_S, self.delay * 2)
         self.restarts += 1
+        self.last_exit = code
         self.process = None
         self.next_start = now + self.delay
-        log.warning("agent process exited, restarting", agent=self.name, code=code, retry_in_s=self.delay)
+        # The count, in the log and the live view, is what makes a crash loop visible.
+        log.warning("agent process exited, restarting", agent=self.name, code=code, retry_in_s=self.delay,
+                    restarts=self.restarts)
+
+    def describe(self) -> str:
+        """One phrase for the live view: up or waiting to restart, and how often it was restarted."""
+        restarted = f" (restarted {self.restarts}x)" if self.restarts else ""
+        if self.process is not None:
+            return f"{self.name} up{restarted}"
+        if self.last_exit is None:
+            return f"{self.name} starting"
+        wait = max(0.0, self.next_start - time.monotonic())
+        return f"{self.name} exited {self.last_exit}, restart in {wait:.0f}s{restarted}"
 
 
 def plan(args: argparse.Namespace) -> list[Child]:
@@ -91,7 +109,7 @@ async def load_demo_blacklist(settings: Settings) -> int:
 
 
 async def run_up(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_redis(settings)  # fails early, in one line, when Redis is not there
+    client = await open_status_client(settings)  # fails early, in one line, when Redis is not there
     if args.demo:
         added = await load_demo_blacklist(settings)
         log.info("demo blacklist loaded", addresses=added)
@@ -104,14 +122,19 @@ async def run_up(args: argparse.Namespace, settings: Settings) -> int:
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log.info("agents log to files", folder=str(log_dir))
-    view = LiveView(client, Keys(settings.namespace))
+    view = LiveView(client, Keys(settings.namespace), agents=lambda: [c.describe() for c in children])
+    # The view runs beside the supervision, never in its way: a reading that hangs on a slow
+    # server or fails on a restarted one cannot delay a restart, nor end the agents.
+    view_task = asyncio.create_task(view.run(stop, args.refresh))
     try:
         while not stop.is_set():
             for child in children:
                 child.check(env, log_dir)
-            await view.refresh()
-            await wait_or_stop(stop, args.refresh)
+            await wait_or_stop(stop, SUPERVISE_INTERVAL_S)
     finally:
+        view_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await view_task
         await _stop_all(children, settings.shutdown_timeout_ms / 1000 + 5)
         await client.aclose()
     return 0
