@@ -3,7 +3,6 @@ whose XADD Redis acknowledged has exactly one outcome (``appendfsync always``)."
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import redis
