@@ -19,6 +19,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import structlog
@@ -27,7 +28,7 @@ from pipeline.cli_args import non_negative_float, positive_int
 from pipeline.connection import open_fast_client
 from pipeline.errors import FraudError
 from pipeline.keys import Keys
-from pipeline.resp import RespClient
+from pipeline.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.settings import Settings
 from pipeline.waiting import wait_or_stop
 from schemas.click import Click as ClickRecord
@@ -125,16 +126,38 @@ async def produce(client: RespClient, stream: str, clicks: Iterator[tuple[Click,
     if rate > 0:
         # About ten sends a second: smooth at demo rates, still batched at high ones.
         batch = max(1, min(batch, int(rate / 10)))
+    backoff = 0.0
     while not stop.is_set() and (total is None or sent < total):
         size = batch if total is None else min(batch, total - sent)
         commands = [("XADD", stream, "*", *next(clicks)[0]) for _ in range(size)]
-        await client.pipeline(commands)
+        while not await _sent(client, commands):
+            # Redis is away (restarting, loading): send the batch again once it is back. Clicks that
+            # had landed come twice with their transaction ids, and the detector keeps one of each.
+            backoff = min(5.0, max(0.1, backoff * 2))
+            log.warning("redis unavailable, resending the batch", retry_in_s=backoff)
+            await wait_or_stop(stop, backoff)
+            if stop.is_set():
+                return sent
+        backoff = 0.0
         sent += size
         if rate > 0:
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:
                 await wait_or_stop(stop, ahead)
     return sent
+
+
+async def _sent(client: RespClient, commands: list[tuple[Any, ...]]) -> bool:
+    """True once every command of the batch was taken; False when the server was unreachable or refused
+    for its state (the batch's outcome is then unknown)."""
+    try:
+        replies = await client.pipeline(commands)
+    except (RespConnectionError, OSError):
+        return False
+    refused = [r for r in replies if isinstance(r, RespError)]
+    if any(not is_server_state_error(r) for r in refused):
+        raise refused[0]
+    return not refused
 
 
 async def run_generator(args: argparse.Namespace, settings: Settings) -> int:
