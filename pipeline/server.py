@@ -52,9 +52,11 @@ class EmbeddedRedis:
 
     def __init__(self, home: Path, port: int, appendfsync: str = "everysec", host: str = "127.0.0.1",
                  libssl_dir: Path | None = None, modules: tuple[str, ...] = MODULES,
-                 password: str | None = None, acl_users: Sequence[str] = ()) -> None:
+                 password: str | None = None, acl_users: Sequence[str] = (),
+                 extra_args: Sequence[str] = ()) -> None:
         """``password`` is the default user's (``requirepass``); ``acl_users`` are ACL rules, one
-        user each (``"alice on >secret ~* &* +@all"``), as the ``user`` directive takes them."""
+        user each (``"alice on >secret ~* &* +@all"``), as the ``user`` directive takes them;
+        ``extra_args`` more redis-server arguments (``--name value``), for tests."""
         # Absolute, because redis-server changes into its data folder before opening files.
         self.home = Path(home).resolve()
         self.port = port
@@ -67,6 +69,7 @@ class EmbeddedRedis:
         self.module_files = modules
         self.password = password
         self.acl_users = tuple(acl_users)
+        self.extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:
@@ -149,7 +152,7 @@ class EmbeddedRedis:
         for rules in self.acl_users:
             # One argument per rule: redis-server would quote a single one as one word.
             command += ["--user", *rules.split()]
-        return command
+        return command + list(self.extra_args)
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -173,7 +176,9 @@ class EmbeddedRedis:
                     raise ServerError(self._failure("redis-server stopped while starting"))
             if time.monotonic() >= deadline:
                 if pid is not None:
+                    # A failed start leaves nothing running behind it.
                     _signal(pid, signal.SIGKILL)
+                    _wait_gone(pid, 10)
                 raise ServerError(self._failure(f"{state} in time"))
             time.sleep(0.05)
 
