@@ -26,7 +26,7 @@ SERIES_KEY_OFFSET = 3
 async def ensure_series(client: RespClient, keys: Keys, settings: Settings) -> None:
     """One raw series per verdict, summing duplicates, with a downsampled rollup rule."""
     for verdict in VERDICTS:
-        labels = ("LABELS", *keys.series_labels, "metric", "clicks", "verdict", verdict)
+        labels = ("LABELS", *keys.series_labels(), "metric", "clicks", "verdict", verdict)
         await _create(client, keys.series(verdict), "RETENTION", settings.series_retention_ms,
                       "DUPLICATE_POLICY", "SUM", *labels, "tier", "raw")
         await _create(client, keys.rollup(verdict), "RETENTION", settings.rollup_retention_ms,

@@ -67,7 +67,7 @@ class HealthRecorder:
 
     async def create(self, measure: str, stage: str) -> None:
         key = self.keys.health_series(measure, stage)
-        labels = ("LABELS", *self.keys.series_labels, "metric", HEALTH_METRIC, "measure", measure, "stage", stage)
+        labels = ("LABELS", *self.keys.series_labels(), "metric", HEALTH_METRIC, "measure", measure, "stage", stage)
         try:
             await self.client.execute_command(
                 "TS.CREATE", key, "RETENTION", self.retention_ms, "DUPLICATE_POLICY", "LAST", *labels)

@@ -381,18 +381,18 @@ async def test_health_panels_select_the_monitor_series(settings: Settings) -> No
                 values = [n * 10 + len(stage), n * 10 + len(stage) + 5, 1]
                 written[measure, stage] = values
                 key = keys.health_series(measure, stage)
-                client.execute_command("TS.CREATE", key, "LABELS", *keys.series_labels, "metric",
+                client.execute_command("TS.CREATE", key, "LABELS", *keys.series_labels(), "metric",
                                        "pipeline_health", "measure", measure, "stage", stage)
                 for i, value in enumerate(values):  # three samples in one 5 s bucket
                     client.execute_command("TS.ADD", key, at + i * 1_000, value)
         # Look-alikes that no health panel may pick up.
-        client.execute_command("TS.CREATE", "decoy", "LABELS", *keys.series_labels, "metric", "clicks",
+        client.execute_command("TS.CREATE", "decoy", "LABELS", *keys.series_labels(), "metric", "clicks",
                                "measure", "lag", "stage", "detector")
         client.execute_command("TS.ADD", "decoy", at, 999)
         # The same series of another namespace (another pipeline, or a replay) on the same server.
         other = Keys("elsewhere")
         client.execute_command("TS.CREATE", other.health_series("lag", "detector"), "LABELS",
-                               *other.series_labels, "metric", "pipeline_health", "measure", "lag",
+                               *other.series_labels(), "metric", "pipeline_health", "measure", "lag",
                                "stage", "detector")
         client.execute_command("TS.ADD", other.health_series("lag", "detector"), at, 999)
     health = [(p, t) for p, t in targets(FRAUD) if "metric=pipeline_health" in t.get("filter", "")]
