@@ -26,7 +26,7 @@ SERIES_KEY_OFFSET = 3
 async def ensure_series(client: RespClient, keys: Keys, settings: Settings) -> None:
     """One raw series per verdict, summing duplicates, with a downsampled rollup rule."""
     for verdict in VERDICTS:
-        labels = ("LABELS", "metric", "clicks", "verdict", verdict)
+        labels = ("LABELS", *keys.series_labels(), "metric", "clicks", "verdict", verdict)
         await _create(client, keys.series(verdict), "RETENTION", settings.series_retention_ms,
                       "DUPLICATE_POLICY", "SUM", *labels, "tier", "raw")
         await _create(client, keys.rollup(verdict), "RETENTION", settings.rollup_retention_ms,
@@ -45,6 +45,8 @@ async def _create(client: RespClient, key: str, *args: Any) -> None:
     except RespError as err:
         if "already exists" not in str(err):
             raise
+        # A series made by an older version may lack a label (the namespace): set them all.
+        await client.execute("TS.ALTER", key, *args[args.index("LABELS"):])
 
 
 class Aggregator:

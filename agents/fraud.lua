@@ -295,3 +295,30 @@ redis.register_function('fraud_aggregate', aggregate)
 redis.register_function('fraud_reject', reject)
 redis.register_function('fraud_trim', trim)
 redis.register_function('fraud_forget_idle', forget_idle)
+
+-- KEYS: stream, dead-letter stream, stats hash
+-- ARGV: group, consumer, stage, min idle ms, start id, count
+-- XAUTOCLAIM, and in the same step a `deleted` dead letter for each pending id whose entry
+-- is gone from the stream (XAUTOCLAIM drops those from the PEL itself): a click trimmed or
+-- deleted while pending still gets its one outcome. Returns XAUTOCLAIM's reply.
+local function claim(keys, args)
+  local stream, dead, stats = keys[1], keys[2], keys[3]
+  local group, consumer, stage = args[1], args[2], args[3]
+  local count = tonumber(args[6])
+  -- XAUTOCLAIM looks at most count * 10 PEL entries from start: read their delivery counts
+  -- first, since those of deleted entries are gone with them afterwards.
+  local deliveries = {}
+  for _, row in ipairs(redis.call('XPENDING', stream, group, args[5], '+', count * 10)) do
+    deliveries[row[1]] = row[4]
+  end
+  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, args[4], args[5], 'COUNT', count)
+  local deleted = reply[3] or {}
+  for _, id in ipairs(deleted) do
+    dead_letter(dead, stage, id, 'deleted: gone from the stream while pending', deliveries[id] or 0,
+                args, 1, 0)
+  end
+  count_stats(stats, stage, {dead = #deleted})
+  return reply
+end
+
+redis.register_function('fraud_claim', claim)

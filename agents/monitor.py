@@ -2,7 +2,7 @@
 
 Grafana's Redis plugin cannot run XINFO GROUPS, so lag and the rest are
 sampled here every ``--interval`` seconds from a status snapshot and written
-as series labelled ``metric=pipeline_health measure=<measure> stage=<stage>``:
+as series labelled ``namespace=<ns> metric=pipeline_health measure=<measure> stage=<stage>``:
 
 - ``lag`` and ``pending`` of each stage's group (``detector``, ``aggregator``),
 - ``throughput`` of each stage, in clicks/s over the last interval,
@@ -66,13 +66,15 @@ class HealthRecorder:
 
     async def create(self, measure: str, stage: str) -> None:
         key = self.keys.health_series(measure, stage)
+        labels = ("LABELS", *self.keys.series_labels(), "metric", HEALTH_METRIC, "measure", measure, "stage", stage)
         try:
             await self.client.execute_command(
-                "TS.CREATE", key, "RETENTION", self.retention_ms, "DUPLICATE_POLICY", "LAST",
-                "LABELS", "metric", HEALTH_METRIC, "measure", measure, "stage", stage)
+                "TS.CREATE", key, "RETENTION", self.retention_ms, "DUPLICATE_POLICY", "LAST", *labels)
         except ResponseError as err:
             if "already exists" not in str(err):
                 raise
+            # A series made by an older version may lack a label (the namespace): set them all.
+            await self.client.execute_command("TS.ALTER", key, *labels)
         self.created.add(key)
 
     async def record(self, samples: list[Sample]) -> None:

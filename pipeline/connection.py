@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 
 from pipeline.errors import MissingModulesError, RedisUnavailableError
 from pipeline.log import redact_url
-from pipeline.resp import RespClient, RespConnectionError
+from pipeline.resp import RespAuthError, RespClient, RespConnectionError, RespError
 from pipeline.settings import Settings
 
 # Module name as MODULE LIST reports it, and what a user would call it.
@@ -48,6 +48,9 @@ async def open_fast_client(settings: Settings) -> RespClient:
         modules = await client.execute("MODULE", "LIST")
     except RespConnectionError as err:
         raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
+    except (RespAuthError, RespError) as err:
+        await client.close()
+        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused MODULE LIST: {err}") from err
     missing = missing_modules(modules)
     if missing:
         await client.close()

@@ -66,6 +66,13 @@ class Keys:
     def rollup(self, verdict: str) -> str:
         return self._key("series", verdict, "rollup")
 
+    def series_labels(self) -> tuple[str, str]:
+        """The label pair every series of this namespace carries. Labels are global to the server
+        (``TS.QUERYINDEX``/``TS.MRANGE`` filters see every key prefix), so a filter names the
+        namespace to see only its own series, and not a replay's or another pipeline's.
+        A method, not a property: the properties of Keys are key names."""
+        return ("namespace", self.namespace)
+
     def health_series(self, metric: str, subject: str) -> str:
         return self._key("health", metric, subject)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
@@ -44,11 +45,19 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+# Query parameters that carry a secret (redis-py's from_url reads ``password`` from the query).
+SECRET_QUERY_PARAMETER = re.compile(r"(?i)((?:^|[&;])(?:password|passwd|pass|pwd|auth|secret|token)=)[^&;#]*")
+
+
 def redact_url(url: str) -> str:
-    """The Redis URL without its password, fit for a log line."""
+    """The Redis URL without its passwords (user-info and query string), fit for a log line."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user + ':' if user else ''}***@{host}"
+    if not sep:
+        scheme, rest = "", url
+    address, qmark, query = rest.partition("?")
+    if "@" in address:
+        credentials, _, host = address.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        address = f"{user + ':' if user else ''}***@{host}"
+    query = SECRET_QUERY_PARAMETER.sub(r"\1***", query)
+    return f"{scheme}{sep}{address}{qmark}{query}"

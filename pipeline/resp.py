@@ -12,7 +12,7 @@ import asyncio
 import ssl
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
@@ -40,6 +40,10 @@ class RespConnectionError(ConnectionError):
     """The connection failed or was closed under a command; its outcome is unknown."""
 
 
+class RespAuthError(FraudError):
+    """The server refused the URL's credentials or database: retrying will not help."""
+
+
 class RespClient:
     def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
         parts = urlsplit(url)
@@ -47,9 +51,15 @@ class RespClient:
             raise FraudError(f"FRAUD_REDIS_URL must start with redis:// or rediss://, got {parts.scheme!r}")
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
-        self.db = int(parts.path.lstrip("/") or 0)
+        # The same precedence as redis-py's from_url, which the tools use on the same URL:
+        # user-info credentials over query ones, a query ``db`` over the path's.
+        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        self.username = unquote(parts.username) if parts.username else query.get("username")
+        self.password = unquote(parts.password) if parts.password else query.get("password")
+        try:
+            self.db = int(query.get("db") or parts.path.lstrip("/") or 0)
+        except ValueError:
+            raise FraudError("the database in FRAUD_REDIS_URL must be a number") from None
         self.tls = parts.scheme == "rediss"
         self.connect_timeout = connect_timeout
         self._reader: asyncio.StreamReader | None = None
@@ -71,12 +81,26 @@ class RespClient:
         except (OSError, TimeoutError) as err:
             raise RespConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {err}") from err
         self._parser = hiredis.Reader(replyError=RespError)
+        handshake: list[list[Arg]] = []
         if self.password is not None:
-            auth: list[Arg] = ["AUTH", self.password] if self.username is None else [
-                "AUTH", self.username, self.password]
-            await self.execute(*auth)
+            handshake.append(["AUTH", self.password] if self.username is None else [
+                "AUTH", self.username, self.password])
         if self.db:
-            await self.execute("SELECT", self.db)
+            handshake.append(["SELECT", self.db])
+        if not handshake:
+            return
+        # Straight on the new connection: the caller may hold the lock already (pipeline()
+        # connects under it), so going through execute() would wait on itself forever.
+        try:
+            replies = await self._exchange(handshake)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError) as err:
+            await self.close()
+            raise RespConnectionError(f"connection to Redis lost while logging in: {err}") from err
+        for reply in replies:
+            if isinstance(reply, RespError):
+                await self.close()
+                # The reply names no secret (WRONGPASS, NOAUTH, DB index out of range).
+                raise RespAuthError(f"Redis at {self.host}:{self.port} refused the login: {reply}")
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -98,10 +122,8 @@ class RespClient:
         async with self._lock:
             if not self.connected:
                 await self.connect()
-            assert self._writer is not None and self._reader is not None
             try:
-                self._writer.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
-                return await self._read_replies(len(commands))
+                return await self._exchange(commands)
             except (OSError, ConnectionError, asyncio.IncompleteReadError) as err:
                 await self.close()
                 raise RespConnectionError(f"connection to Redis lost: {err}") from err
@@ -109,6 +131,11 @@ class RespClient:
                 # A reply may still be on its way: the stream would be out of step.
                 await self.close()
                 raise
+
+    async def _exchange(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        assert self._writer is not None and self._reader is not None
+        self._writer.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))
+        return await self._read_replies(len(commands))
 
     async def _read_replies(self, count: int) -> list[Any]:
         assert self._reader is not None

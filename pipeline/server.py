@@ -15,19 +15,22 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psutil
 import redis
 
 from pipeline.errors import FraudError
 from pipeline.libssl import ensure_libssl, system_has_libssl11
+from pipeline.log import redact_url
 from pipeline.settings import Settings
 
 MODULES: tuple[str, ...] = ("redisbloom.so", "redistimeseries.so")
 DEFAULT_PORT = 6379
 NOT_RUNNING_EXIT = 3
+READY = "ready"
 
 
 class ServerError(FraudError):
@@ -48,7 +51,12 @@ class EmbeddedRedis:
     """One redis-server daemon owned through its pid file, so that any process can stop it."""
 
     def __init__(self, home: Path, port: int, appendfsync: str = "everysec", host: str = "127.0.0.1",
-                 libssl_dir: Path | None = None, modules: tuple[str, ...] = MODULES) -> None:
+                 libssl_dir: Path | None = None, modules: tuple[str, ...] = MODULES,
+                 password: str | None = None, acl_users: Sequence[str] = (),
+                 extra_args: Sequence[str] = ()) -> None:
+        """``password`` is the default user's (``requirepass``); ``acl_users`` are ACL rules, one
+        user each (``"alice on >secret ~* &* +@all"``), as the ``user`` directive takes them;
+        ``extra_args`` more redis-server arguments (``--name value``), for tests."""
         # Absolute, because redis-server changes into its data folder before opening files.
         self.home = Path(home).resolve()
         self.port = port
@@ -59,11 +67,19 @@ class EmbeddedRedis:
         self.pidfile = self.data_dir / "redis.pid"
         self.logfile = self.data_dir / "redis.log"
         self.module_files = modules
+        self.password = password
+        self.acl_users = tuple(acl_users)
+        self.extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:
+        """The URL of the default user, its password included when it has one."""
+        return self.url_for(None, self.password)
+
+    def url_for(self, user: str | None, password: str | None, db: int = 0) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"redis://{host}:{self.port}"
+        credentials = "" if password is None else f"{quote(user or '', safe='')}:{quote(password, safe='')}@"
+        return f"redis://{credentials}{host}:{self.port}" + (f"/{db}" if db else "")
 
     @property
     def pid(self) -> int | None:
@@ -131,7 +147,12 @@ class EmbeddedRedis:
         ]
         for module in modules:
             command += ["--loadmodule", str(module)]
-        return command
+        if self.password is not None:
+            command += ["--requirepass", self.password]
+        for rules in self.acl_users:
+            # One argument per rule: redis-server would quote a single one as one word.
+            command += ["--user", *rules.split()]
+        return command + list(self.extra_args)
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -143,29 +164,46 @@ class EmbeddedRedis:
         return env
 
     def _wait_until_ready(self, deadline: float) -> None:
+        """Return once the server is ours and serves commands; fail saying which of those it never did."""
+        state = "redis-server did not answer"
         while True:
             pid = self._pidfile_pid()
-            # Ask the server for its pid: another server already on the port must not pass
-            # for ours.
-            if pid is not None and self._answers_as(pid):
-                return
-            if pid is not None and not _is_redis_alive(pid):
-                raise ServerError(self._failure("redis-server stopped while starting"))
+            if pid is not None:
+                state = self._readiness(pid)
+                if state == READY:
+                    return
+                if not _is_redis_alive(pid):
+                    raise ServerError(self._failure("redis-server stopped while starting"))
             if time.monotonic() >= deadline:
                 if pid is not None:
+                    # A failed start leaves nothing running behind it.
                     _signal(pid, signal.SIGKILL)
-                raise ServerError(self._failure("redis-server did not answer in time"))
+                    _wait_gone(pid, 10)
+                raise ServerError(self._failure(f"{state} in time"))
             time.sleep(0.05)
 
-    def _answers_as(self, pid: int) -> bool:
+    def _readiness(self, pid: int) -> str:
+        """READY, or what the server at our port has not done yet."""
         try:
             with self._client() as client:
-                return int(client.info("server")["process_id"]) == pid
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-            return False
+                # Ask the server for its pid: another server already on the port must not pass
+                # for ours. INFO is served while loading, so it cannot say "ready" on its own.
+                info = client.info("server")
+                if int(info["process_id"]) != pid:
+                    return "another server holds the port; ours did not answer"
+                if client.info("persistence").get("loading"):
+                    return "redis-server did not finish loading its data"
+                # PING is refused while loading: it is the first thing a client would send.
+                client.ping()
+                return READY
+        except redis.BusyLoadingError:
+            return "redis-server did not finish loading its data"
+        except (redis.ConnectionError, redis.TimeoutError):
+            return "redis-server did not answer"
 
     def _client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, socket_connect_timeout=1)
+        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=2,
+                           socket_connect_timeout=1)
 
     def _pidfile_pid(self) -> int | None:
         try:
@@ -257,7 +295,7 @@ def server_for(settings: Settings) -> EmbeddedRedis:
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ServerError(f"bad port in FRAUD_REDIS_URL {settings.redis_url!r}") from None
+        raise ServerError(f"bad port in FRAUD_REDIS_URL {redact_url(settings.redis_url)!r}") from None
     bind = "127.0.0.1" if host == "localhost" else host
     return EmbeddedRedis(settings.home, port, appendfsync=settings.appendfsync, host=bind)
 

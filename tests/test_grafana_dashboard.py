@@ -13,6 +13,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ KNOWN_PANEL_TYPES = frozenset((
 ))
 HEALTH_MEASURES = ("lag", "pending", "dead_letters", "throughput")
 MINUTE_MS = 60_000
+RAW_CLICKS = "namespace=${namespace} metric=clicks tier=raw"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -61,8 +63,42 @@ def panel(title: str) -> dict[str, Any]:
     return next(p for p in all_panels(FRAUD) if p["title"] == title)
 
 
-def plugin_command(target: dict[str, Any], from_ms: int, to_ms: int) -> list[str]:
+# Grafana's template variable syntax (public/app/features/templating/template_srv.ts):
+# $name, [[name]] or [[name:format]], ${name}, ${name.field} or ${name:format}.
+VARIABLE = re.compile(r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\${(\w+)(?:\.([^:^\}]+))?(?::([^\}]+))?}")
+# The target fields the plugin's frontend runs through templateSrv.replace before a query goes
+# to its backend (src/datasource/datasource.ts, applyTemplateVariables); no other field is.
+TEMPLATED_FIELDS = ("keyName", "query", "field", "filter", "legend", "value", "path", "cypher")
+
+
+def dashboard_variables(dashboard: dict[str, Any]) -> dict[str, str]:
+    """Each dashboard variable's default value, as Grafana starts with it."""
+    return {v["name"]: v["current"]["value"] for v in dashboard["templating"]["list"]}
+
+
+def substitute(text: str, variables: dict[str, str]) -> str:
+    """templateSrv.replace for single-valued variables: the value as is (a single string gets no
+    format by default); an unknown variable stays as written."""
+    def value(match: re.Match[str]) -> str:
+        name = match[1] or match[2] or match[4]
+        assert not (match[3] or match[5] or match[6]), f"no mirror of variable formats/fields: {match[0]}"
+        return variables.get(name, match[0])
+    return VARIABLE.sub(value, text)
+
+
+def apply_template_variables(target: dict[str, Any], variables: dict[str, str]) -> dict[str, Any]:
+    """The target as the plugin's frontend hands it to its backend: variables replaced, absent
+    templated fields sent as empty strings."""
+    return {**target, **{name: substitute(target[name], variables) if target.get(name) else ""
+                         for name in TEMPLATED_FIELDS}}
+
+
+def plugin_command(target: dict[str, Any], from_ms: int, to_ms: int,
+                   variables: dict[str, str] | None = None) -> list[str]:
     """The Redis command redis-datasource 2.2 sends for one target, argument for argument.
+
+    Template variables first (the dashboard's defaults unless ``variables`` are given), as the
+    plugin's frontend replaces them in the fields it lists, then the backend's command:
 
     Mirrors RedisGrafana/grafana-redis-datasource: pkg/query.go (dispatch on ``command``,
     from/to = the dashboard range in ms), pkg/redis-time-series.go (queryTsMRange,
@@ -71,6 +107,7 @@ def plugin_command(target: dict[str, Any], from_ms: int, to_ms: int) -> list[str
     queryXRevRange, which default start/end to ``<from>-0``/``<to>-0`` since 2.0 and add
     COUNT only when count > 0). The command name goes out as written in the target.
     """
+    target = apply_template_variables(target, dashboard_variables(FRAUD) if variables is None else variables)
     command = target["command"]
     aggregation = ["AGGREGATION", target["aggregation"], str(target.get("bucket", 0))] \
         if target.get("aggregation") else []
@@ -202,6 +239,27 @@ def test_plugin_command_shapes() -> None:
         "ts.mrange", "10", "20", "WITHLABELS", "FILTER", "metric=clicks", "tier=raw"]
     stream = {"type": "command", "command": "xrevrange", "keyName": "s", "count": 5}
     assert plugin_command(stream, 10, 20) == ["XREVRANGE", "s", "20-0", "10-0", "COUNT", "5"]
+    # Variables, in every syntax Grafana reads, in the fields the plugin templates, and only there.
+    assert plugin_command({**stream, "keyName": "${namespace}:dead", "start": "$namespace"}, 10, 20,
+                          {"namespace": "{clicks}"}) == ["XREVRANGE", "{clicks}:dead", "20-0", "$namespace",
+                                                          "COUNT", "5"]
+    assert plugin_command({**target, "filter": "namespace=$namespace tier=[[tier]] x=$other"}, 10, 20,
+                          {"namespace": "clicks:replay:a", "tier": "raw"})[-3:] == [
+        "namespace=clicks:replay:a", "tier=raw", "x=$other"]
+    assert plugin_command({**stream, "keyName": "${namespace}:dead"}, 10, 20)[1] == "clicks:dead", \
+        "the dashboard's default namespace is the default FRAUD_NAMESPACE"
+
+
+def test_every_query_follows_the_namespace_variable() -> None:
+    (variable,) = FRAUD["templating"]["list"]
+    assert variable["name"] == "namespace" and variable["current"]["value"] == Keys().namespace
+    for p, target in targets(FRAUD):
+        if "filter" in target:
+            assert target["filter"].split()[0] == "namespace=${namespace}", p["title"]
+        if "keyName" in target:
+            assert target["keyName"].startswith("${namespace}:"), p["title"]
+        # Nothing names a key or a namespace outright.
+        assert "clicks:" not in json.dumps(target), p["title"]
 
 
 # --- live data through the real pipeline -----------------------------------------------------
@@ -250,9 +308,10 @@ async def feed(settings: Settings) -> tuple[int, int, list[str]]:
 
 
 def run(settings: Settings, target: dict[str, Any], from_ms: int, to_ms: int) -> Any:
+    """The target's command, with the dashboard's namespace variable set to the pipeline's."""
     # RESP2, as the plugin's client (radix v3) speaks: TS.MRANGE replies a list, not a map.
     with redis.Redis.from_url(settings.redis_url, decode_responses=True, protocol=2) as client:
-        return client.execute_command(*plugin_command(target, from_ms, to_ms))
+        return client.execute_command(*plugin_command(target, from_ms, to_ms, {"namespace": settings.namespace}))
 
 
 def verdict_cells(settings: Settings, bucket_ms: int) -> dict[str, dict[int, float]]:
@@ -270,8 +329,7 @@ async def test_clicks_per_second_is_exact(settings: Settings) -> None:
     verdicts = Counter(verdicts_by_raw_id(settings).values())
     assert set(verdicts) == set(VERDICTS), "the crafted traffic must produce every verdict"
     expected = verdict_cells(settings, 1_000)
-    raw_panels = [(p, t) for p, t in targets(FRAUD) if t.get("filter") == "metric=clicks tier=raw"
-                  and t["bucket"] == 1_000]
+    raw_panels = [(p, t) for p, t in targets(FRAUD) if t.get("filter") == RAW_CLICKS and t["bucket"] == 1_000]
     assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict", "Clicks in range by verdict"}
     for p, target in raw_panels:
         got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
@@ -300,7 +358,7 @@ async def test_fraud_share_is_exact_per_minute(settings: Settings) -> None:
     # sample of a later minute (the plugin sends no LATEST). The aggregator writes every verdict
     # in every busy bucket, zeros included, so every series closes the same minutes: all but
     # the newest, each exact, even for a verdict that stopped (spam stops after t0 + 1 min).
-    rollup = frames(run(settings, {**target, "filter": "metric=clicks tier=rollup"},
+    rollup = frames(run(settings, {**target, "filter": target["filter"].replace("tier=raw", "tier=rollup")},
                         *dashboard_range(FRAUD, now_ms)), target)
     newest = max(max(minutes) for minutes in per_minute.values())
     for verdict, minutes in per_minute.items():
@@ -323,14 +381,20 @@ async def test_health_panels_select_the_monitor_series(settings: Settings) -> No
                 values = [n * 10 + len(stage), n * 10 + len(stage) + 5, 1]
                 written[measure, stage] = values
                 key = keys.health_series(measure, stage)
-                client.execute_command("TS.CREATE", key, "LABELS", "metric", "pipeline_health",
-                                       "measure", measure, "stage", stage)
+                client.execute_command("TS.CREATE", key, "LABELS", *keys.series_labels(), "metric",
+                                       "pipeline_health", "measure", measure, "stage", stage)
                 for i, value in enumerate(values):  # three samples in one 5 s bucket
                     client.execute_command("TS.ADD", key, at + i * 1_000, value)
         # Look-alikes that no health panel may pick up.
-        client.execute_command("TS.CREATE", "decoy", "LABELS", "metric", "clicks", "measure", "lag",
-                               "stage", "detector")
+        client.execute_command("TS.CREATE", "decoy", "LABELS", *keys.series_labels(), "metric", "clicks",
+                               "measure", "lag", "stage", "detector")
         client.execute_command("TS.ADD", "decoy", at, 999)
+        # The same series of another namespace (another pipeline, or a replay) on the same server.
+        other = Keys("elsewhere")
+        client.execute_command("TS.CREATE", other.health_series("lag", "detector"), "LABELS",
+                               *other.series_labels(), "metric", "pipeline_health", "measure", "lag",
+                               "stage", "detector")
+        client.execute_command("TS.ADD", other.health_series("lag", "detector"), at, 999)
     health = [(p, t) for p, t in targets(FRAUD) if "metric=pipeline_health" in t.get("filter", "")]
     assert sorted(t["filter"].split("measure=")[1] for _, t in health) == sorted(HEALTH_MEASURES)
     for p, target in health:
@@ -344,7 +408,7 @@ async def test_dead_letter_panels_show_the_rejected_entries(settings: Settings) 
     now_ms, _, invalid_ids = await feed(settings)
     from_ms, to_ms = dashboard_range(FRAUD, now_ms)
     (info_target,) = panel("Dead-letter stream")["targets"]
-    assert info_target["keyName"] == Keys(settings.namespace).dead
+    assert substitute(info_target["keyName"], {"namespace": settings.namespace}) == Keys(settings.namespace).dead
     info = run(settings, info_target, from_ms, to_ms)
     info = pairs(info)
     assert info["length"] == len(invalid_ids)
@@ -380,7 +444,6 @@ async def test_offender_tables_rank_the_flagged_verdicts(settings: Settings) -> 
 
 
 async def test_health_panels_plot_what_the_real_monitor_records(settings: Settings) -> None:
-    pytest.importorskip("agents.monitor", reason="`fraud agent monitor` (agents/monitor.py) is not there yet")
     _, _, invalid_ids = await feed(settings)
     # The real agent through the real CLI: one tick, then exit.
     args = build_parser().parse_args(["agent", "monitor", "--interval", "0.2", "--once"])
@@ -395,3 +458,22 @@ async def test_health_panels_plot_what_the_real_monitor_records(settings: Settin
     assert {stage: list(s.values()) for stage, s in got["dead_letters"].items()} == {"dead": [len(invalid_ids)]}
     assert set(got["throughput"]) <= {"detector", "aggregator"}
     assert all(v >= 0 for s in got["throughput"].values() for v in s.values())
+
+
+@pytest.mark.parametrize("namespace", ["{clicks}", "clicks:replay:whatif"])
+async def test_panels_show_only_the_namespace_chosen(settings: Settings, namespace: str) -> None:
+    # The live pipeline and another one (a cluster namespace, or a replay's key space) on one server.
+    now_ms, t0, _ = await feed(settings)
+    other = replace(settings, namespace=namespace)
+    xadd_all(other, [["device_id", f"o{i}", "ip", "10.3.0.1", "ts", str(t0 + i)] for i in range(7)]
+             + [["device_id", "no-ip", "ts", str(t0)]])
+    await run_pipeline(other)
+    for shown in (settings, other):
+        for p, target in targets(FRAUD):
+            if target.get("filter") == RAW_CLICKS:
+                got = frames(run(shown, target, *dashboard_range(FRAUD, now_ms)), target)
+                nonzero = {v: {t: n for t, n in s.items() if n} for v, s in got.items()}
+                assert {v: s for v, s in nonzero.items() if s} == verdict_cells(shown, target["bucket"]), \
+                    (shown.namespace, p["title"])
+        (info_target,) = panel("Dead-letter stream")["targets"]
+        assert pairs(run(shown, info_target, 0, now_ms))["length"] == (3 if shown is settings else 1)

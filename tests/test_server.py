@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +12,11 @@ import pytest
 import redis
 
 from pipeline import cli
+from pipeline import server as server_module
 from pipeline.cli import main
 from pipeline.libssl import LibsslError, security_uri
 from pipeline.server import EmbeddedRedis, ServerError
+from tests.procs import wait_until
 
 
 def test_only_bloom_and_timeseries_are_loaded(redis_stack: EmbeddedRedis, redis_url: str) -> None:
@@ -22,8 +27,11 @@ def test_only_bloom_and_timeseries_are_loaded(redis_stack: EmbeddedRedis, redis_
 
 
 def test_server_command_is_wired_into_the_cli() -> None:
-    # The other CLI tests isolate `fraud server`; this one keeps it reachable for real.
-    assert "pipeline.server" in cli.COMMAND_MODULES
+    # The other CLI tests isolate `fraud server`; this one keeps it reachable through the full CLI.
+    for action, handler in (("start", server_module._start), ("stop", server_module._stop),
+                            ("status", server_module._status)):
+        args = cli.build_parser().parse_args(["server", action])
+        assert (args.command, args.action, args.run) == ("server", action, handler)
 
 
 def _only_server_commands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,6 +109,48 @@ def test_data_survives_sigkill(fresh_server: EmbeddedRedis) -> None:
         timestamp, value = client.execute_command("TS.GET", "clicks")
         assert (int(timestamp), float(value)) == (1_000, 7.0)
         assert client.xlen("stream") == 1
+
+
+LOADING_ENTRIES = 1_500_000
+LOADED_IN = re.compile(r"DB loaded from (?:append only file|disk): ([\d.]+) seconds")
+
+
+def test_start_returns_only_once_the_data_is_loaded(fresh_server: EmbeddedRedis) -> None:
+    # Enough data that loading the append-only file takes measurable time after a restart.
+    with redis.Redis.from_url(fresh_server.url) as client:
+        for first in range(0, LOADING_ENTRIES, 250_000):
+            client.eval("for i = ARGV[1], ARGV[2] do redis.call('SET', 'k' .. i, i) end", 0,
+                        first, first + 249_999)
+        assert client.dbsize() == LOADING_ENTRIES
+    fresh_server.stop()
+    fresh_server.start(timeout=120)
+    # The very first command after start(): refused with LOADING if start returned too early.
+    with redis.Redis.from_url(fresh_server.url) as client:
+        assert client.ping()
+        assert client.dbsize() == LOADING_ENTRIES
+    loaded = [float(m[1]) for m in LOADED_IN.finditer(fresh_server.logfile.read_text())]
+    assert loaded and loaded[-1] >= 0.3, f"loading took {loaded}: too short to show the wait"
+
+
+def test_start_that_never_gets_ready_says_what_it_waited_for(fresh_server: EmbeddedRedis,
+                                                              libssl_dir: Path) -> None:
+    with redis.Redis.from_url(fresh_server.url) as client:
+        # Incompressible values over 1 KiB: the loading server serves clients after every key.
+        client.mset({f"k{i}": os.urandom(1100) for i in range(300)})
+        # Rewritten, the append-only file starts with an RDB image, whose loading obeys key-load-delay.
+        client.bgrewriteaof()
+        wait_until(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0
+                   and client.info("persistence")["aof_rewrite_scheduled"] == 0, 30, "the AOF rewrite")
+    fresh_server.stop()
+    # 0.1 s per key: loading lasts 30 s, far beyond the timeout; the server answers LOADING
+    # meanwhile (it serves clients every 1 KiB loaded).
+    slow = EmbeddedRedis(fresh_server.home, fresh_server.port, libssl_dir=libssl_dir,
+                         extra_args=("--key-load-delay", "100000", "--loading-process-events-interval-bytes", "1024"))
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="did not finish loading its data in time"):
+        slow.start(timeout=3)
+    assert time.monotonic() - started < 10
+    assert not slow.is_running()
 
 
 def test_stop_and_kill_are_no_ops_when_not_running(tmp_path: Path, unused_port: int) -> None:

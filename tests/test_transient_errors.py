@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,36 +15,65 @@ from pipeline.errors import FraudError
 from pipeline.keys import Keys
 from pipeline.resp import RespError
 from pipeline.runtime import BatchContext, Entry, StreamAgent
+from pipeline.server import EmbeddedRedis
 from pipeline.settings import Settings
 from pipeline.worker import run_agent
-from tests.helpers import verdicts_by_raw_id, xadd_all
+from tests.accounting import check_exactly_once
+from tests.helpers import xadd_all
+
+BALLAST = "ballast"
 
 
-class RefusedTwice(Detector):
-    """A detector whose first two steps meet a server out of memory."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.refusals = 0
-
-    async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
-        if self.refusals < 2:
-            self.refusals += 1
-            raise RespError("OOM command not allowed when used memory > 'maxmemory'.")
-        return await super().handle(ctx, entries)
+def oom_refusals(client: redis.Redis) -> int:
+    return int(client.info("errorstats").get("errorstat_OOM", {}).get("count", 0))
 
 
-async def test_out_of_memory_is_retried_not_dead_lettered(settings: Settings) -> None:
-    ids = xadd_all(settings, [["device_id", f"d{i}", "ip", "192.0.2.1"] for i in range(20)])
-    handler = RefusedTwice(settings)
-    agent = StreamAgent(handler, settings, burst=True, consumer="c")
-    await agent.start()
-    await agent.loop_done.wait()
-    await agent.stop()
-    assert handler.refusals == 2
+async def test_a_server_out_of_memory_is_waited_out_never_dead_lettered(fresh_server: EmbeddedRedis,
+                                                                        tmp_path: Path) -> None:
+    settings = Settings(redis_url=fresh_server.url, home=tmp_path)
+    ids = xadd_all(settings, [["device_id", f"d{i}", "ip", "192.0.2.1"] for i in range(50)])
     with redis.Redis.from_url(settings.redis_url) as client:
-        assert client.xlen(Keys(settings.namespace).dead) == 0
-    assert set(verdicts_by_raw_id(settings)) == set(ids)
+        agent = StreamAgent(Detector(settings), settings, burst=True, consumer="c")
+        read = agent.read
+        filled: list[int] = []
+
+        async def read_then_fill_memory(from_id: str, block: bool) -> list[Entry]:
+            # Memory runs out between the read of a batch and its step, for certain: the real
+            # thing, filled past maxmemory (noeviction), so the server refuses every write step.
+            entries = await read(from_id, block)
+            if entries and not filled:
+                client.setrange(BALLAST, 8 << 20, "x")
+                client.config_set("maxmemory-policy", "noeviction")
+                client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - (4 << 20))
+                with pytest.raises(redis.exceptions.OutOfMemoryError):
+                    client.xadd("probe", {"f": "v"})
+                filled.append(oom_refusals(client))
+            return entries
+
+        agent.read = read_then_fill_memory  # type: ignore[method-assign]
+        await agent.start()
+        try:
+            # The agent keeps trying, and keeps being refused, while memory stays full.
+            await wait_async(lambda: bool(filled) and oom_refusals(client) >= filled[0] + 3, 30,
+                             "three OOM refusals of the agent's steps")
+            assert not agent.loop_done.is_set()
+            assert client.xlen(Keys().dead) == 0 and client.xlen(Keys().verdicts) == 0
+            client.delete(BALLAST)
+            await asyncio.wait_for(agent.loop_done.wait(), 60)
+        finally:
+            await agent.stop()
+    assert agent.error is None
+    outcomes = check_exactly_once(settings, aggregated=False)
+    assert set(outcomes.verdicts) == {i.encode() for i in ids} and not outcomes.dead
+
+
+async def wait_async(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """wait_until for a test whose agent runs in the same event loop: it yields while it waits."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 class Broken(Detector):
