@@ -54,7 +54,8 @@ async def test_once_records_health_series_with_the_dashboard_labels(settings: Se
         expected[keys.health_series("dead_letters", "dead")] = ("dead_letters", "dead")
         assert sorted(everything) == sorted(expected)
         for key, (measure, stage) in expected.items():
-            assert labels(client, key) == {"metric": "pipeline_health", "measure": measure, "stage": stage}
+            assert labels(client, key) == {"namespace": settings.namespace, "metric": "pipeline_health",
+                                           "measure": measure, "stage": stage}
         info: Any = client.execute_command("TS.INFO", keys.health_series("lag", "detector"))
         assert info["retentionTime"] == settings.series_retention_ms
         assert str(info["duplicatePolicy"]).lower() == "last"
