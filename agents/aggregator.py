@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.keys import AGGREGATOR_GROUP, VERDICTS, Keys
-from pipeline.resp import RespClient, RespError
-from pipeline.runtime import BatchContext, Entry, Rejection, fenced_ids, reject
-from pipeline.settings import Settings
-from pipeline.stream_ids import batch_bounds
+from pipeline.client.resp import RespClient, RespError
+from pipeline.core.keys import AGGREGATOR_GROUP, VERDICTS, Keys
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import batch_bounds
+from pipeline.runtime.agent import BatchContext, Entry, Rejection, fenced_ids, reject
 from schemas.verdict import InvalidVerdict, verdict_index_and_time
 
 # KEYS of fraud_aggregate before the series: the verdict stream and the stats hash.

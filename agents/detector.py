@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.blacklist import is_exists_error, reserve_args
-from pipeline.keys import DETECTOR_GROUP, Keys
-from pipeline.resp import RespClient, RespError
-from pipeline.runtime import BatchContext, Entry, fenced_ids
-from pipeline.settings import Settings
-from pipeline.stream_ids import batch_bounds
+from pipeline.client.resp import RespClient, RespError
+from pipeline.core.keys import DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import batch_bounds
+from pipeline.ops.blacklist import is_exists_error, reserve_args
+from pipeline.runtime.agent import BatchContext, Entry, fenced_ids
 from schemas.click import FieldLimits, InvalidClick, check_click
 
 

@@ -24,13 +24,13 @@ from typing import Any
 import orjson
 import structlog
 
-from pipeline.cli_args import non_negative_float, positive_int
-from pipeline.connection import open_fast_client
-from pipeline.errors import FraudError
-from pipeline.keys import Keys
-from pipeline.resp import RespClient, RespConnectionError, RespError, is_server_state_error
-from pipeline.settings import Settings
-from pipeline.waiting import wait_or_stop
+from pipeline.cli.args import non_negative_float, positive_int
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.core.waiting import wait_or_stop
 from schemas.click import Click as ClickRecord
 
 log = structlog.get_logger()

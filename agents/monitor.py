@@ -23,13 +23,13 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from pipeline.cli_args import positive_float
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.outage import Outage, T
-from pipeline.settings import Settings
-from pipeline.status import open_status_client, read_stats, snapshot
-from pipeline.status_table import clock, duration
-from pipeline.waiting import wait_or_stop
+from pipeline.cli.args import positive_float
+from pipeline.client.outage import Outage, T
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.core.waiting import wait_or_stop
+from pipeline.ops.status import open_status_client, read_stats, snapshot
+from pipeline.ops.status_table import clock, duration
 
 log = structlog.get_logger()
 

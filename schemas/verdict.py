@@ -12,7 +12,7 @@ from typing import Any
 
 import faust
 
-from pipeline.keys import VERDICTS
+from pipeline.core.keys import VERDICTS
 
 VERDICT_INDEX: dict[bytes, int] = {v.encode(): i for i, v in enumerate(VERDICTS)}
 DEAD_LETTER_HEADER = ("reason", "stage", "raw_id", "deliveries")

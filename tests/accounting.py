@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, VERDICTS, Keys
-from pipeline.settings import Settings
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, VERDICTS, Keys
+from pipeline.core.settings import Settings
 from tests.helpers import series_totals
 from tests.procs import group_state
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.server import EmbeddedRedis
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
+from pipeline.dev.server import EmbeddedRedis
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # One libssl1.1 download serves every test session (and `fraud server start` in this tree).

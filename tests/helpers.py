@@ -7,10 +7,10 @@ from typing import Any
 
 import redis
 
-from pipeline.agent_cli import make_handler
-from pipeline.keys import VERDICTS, Keys
-from pipeline.runtime import StreamAgent
-from pipeline.settings import Settings
+from pipeline.cli.agent import make_handler
+from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.settings import Settings
+from pipeline.runtime.agent import StreamAgent
 from schemas.verdict import Verdict
 
 

@@ -1,4 +1,4 @@
-"""Agents as real subprocesses (``python -m pipeline.cli agent ...``), for fault-injection tests."""
+"""Agents as real subprocesses (``python -m pipeline.cli.main agent ...``), for fault-injection tests."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import redis
 
-from pipeline.keys import Keys
+from pipeline.core.keys import Keys
 from tests.accounting import Outcomes
 
 BATCH = 500

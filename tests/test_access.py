@@ -1,7 +1,7 @@
 """Credentials and databases in FRAUD_REDIS_URL: every path works with them, none leaks a password.
 
 A server of its own with a default-user password and an ACL user; each command of the pipeline
-runs as a real process (``python -m pipeline.cli``) with a time limit, so a hang fails the test.
+runs as a real process (``python -m pipeline.cli.main``) with a time limit, so a hang fails the test.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.keys import Keys
-from pipeline.log import redact_url
-from pipeline.server import EmbeddedRedis
+from pipeline.core.keys import Keys
+from pipeline.core.log import redact_url
+from pipeline.dev.server import EmbeddedRedis
 from tests.conftest import LIBSSL_DIR, PROJECT_ROOT, free_port
 
 ADMIN_PASSWORD = "adm1n-Pa55"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from pipeline.cli import main
-from pipeline.settings import Settings
+from pipeline.cli.main import main
+from pipeline.core.settings import Settings
 
 
 def test_bench_pushes_every_click_through_and_reports(settings: Settings, monkeypatch: pytest.MonkeyPatch,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.cli import main
-from pipeline.keys import Keys
-from pipeline.server import EmbeddedRedis
-from pipeline.settings import Settings
+from pipeline.cli.main import main
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.server import EmbeddedRedis
 from tests.conftest import LIBSSL_DIR, free_port
 from tests.helpers import verdicts_by_raw_id
 from tests.procs import wait_until

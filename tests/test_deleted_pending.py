@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import redis
 
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.settings import Settings
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
 from tests.helpers import run_burst, verdicts_by_raw_id, xadd_all
 from tests.procs import group_state
 

@@ -22,11 +22,11 @@ import redis
 
 from agents.detector import Detector
 from agents.generator import blacklisted_ips, traffic
-from pipeline.blacklist import add_ips
-from pipeline.connection import open_fast_client, open_redis
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.runtime import BatchContext, Entry, StreamAgent
-from pipeline.settings import Settings
+from pipeline.client.connection import open_fast_client, open_redis
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.ops.blacklist import add_ips
+from pipeline.runtime.agent import BatchContext, Entry, StreamAgent
 from tests.accounting import Outcomes, check_exactly_once
 from tests.helpers import run_burst, xadd_all
 from tests.procs import (

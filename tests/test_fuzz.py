@@ -16,9 +16,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from agents.detector import Detector
-from pipeline.keys import Keys
-from pipeline.runtime import BatchContext, Entry, StreamAgent
-from pipeline.settings import Settings
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.runtime.agent import BatchContext, Entry, StreamAgent
 from schemas.click import canonical_ip
 from tests.accounting import check_exactly_once
 from tests.helpers import run_pipeline, xadd_all

@@ -21,9 +21,9 @@ import pytest
 import redis
 import yaml
 
-from pipeline.cli import build_parser
-from pipeline.keys import VERDICTS, Keys
-from pipeline.settings import Settings
+from pipeline.cli.main import build_parser
+from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.settings import Settings
 from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id, xadd_all
 
 ROOT = Path(__file__).resolve().parent.parent

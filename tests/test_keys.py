@@ -7,8 +7,8 @@ import inspect
 import pytest
 from redis.crc import key_slot
 
-from pipeline.keys import VERDICTS, Keys
-from pipeline.settings import Settings, SettingsError
+from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.settings import Settings, SettingsError
 
 
 def every_key(keys: Keys) -> list[str]:

@@ -6,9 +6,9 @@ from typing import Any
 
 import redis
 
-from pipeline.cli import build_parser
-from pipeline.keys import Keys
-from pipeline.settings import Settings
+from pipeline.cli.main import build_parser
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
 from tests.helpers import run_burst, xadd_all
 from tests.test_status import MISSING_DEVICE, clicks
 

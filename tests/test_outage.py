@@ -7,7 +7,7 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline.outage import Outage, error_text, is_unavailable
+from pipeline.client.outage import Outage, error_text, is_unavailable
 
 
 @pytest.mark.parametrize("err", [

@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from agents.detector import Detector
-from pipeline.connection import open_fast_client
-from pipeline.keys import DETECTOR_GROUP, Keys
-from pipeline.runtime import StreamAgent
-from pipeline.settings import Settings
+from pipeline.client.connection import open_fast_client
+from pipeline.core.keys import DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.runtime.agent import StreamAgent
 from tests.accounting import check_exactly_once
 from tests.helpers import run_burst, xadd_all
 from tests.procs import wait_consumers_idle, wait_pending_idle

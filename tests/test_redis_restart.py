@@ -7,9 +7,9 @@ from pathlib import Path
 
 import redis
 
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.server import EmbeddedRedis
-from pipeline.settings import Settings
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
 from tests.procs import group_state, pipeline_drained, spawn_agent, stop_all, wait_until
 from tests.producer import Producer, check_each_click_judged_once

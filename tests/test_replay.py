@@ -12,11 +12,11 @@ import orjson
 import pytest
 import redis
 
-from pipeline.cli import build_parser, main
-from pipeline.id_args import id_before_time, position
-from pipeline.keys import Keys
-from pipeline.progress import Progress
-from pipeline.settings import Settings
+from pipeline.cli.main import build_parser, main
+from pipeline.cli.positions import id_before_time, position
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.ops.progress import Progress
 from tests.helpers import stream_entries
 
 
@@ -176,7 +176,7 @@ class FakeTerminal(io.StringIO):
 
 
 def test_progress_redraws_one_line_on_a_terminal_and_logs_lines_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pipeline.progress.TTY_INTERVAL_S", 0.0)
+    monkeypatch.setattr("pipeline.ops.progress.TTY_INTERVAL_S", 0.0)
     screen = FakeTerminal()
     bar = Progress(200, out=screen)
     bar.update(50)
@@ -189,7 +189,7 @@ def test_progress_redraws_one_line_on_a_terminal_and_logs_lines_otherwise(monkey
     assert "\r\x1b[Kline 7: not JSON\n\r[############" in text and "100/200 lines" in text
     assert text.endswith("\r\x1b[K") and "\n" not in text.split("not JSON\n")[1]
 
-    monkeypatch.setattr("pipeline.progress.LOG_INTERVAL_S", 0.0)
+    monkeypatch.setattr("pipeline.ops.progress.LOG_INTERVAL_S", 0.0)
     log = io.StringIO()
     plain = Progress(4, out=log)
     plain.update(2)

@@ -11,11 +11,11 @@ import pytest
 import redis
 
 from agents.detector import ensure_blacklist
-from pipeline.cli import build_parser
-from pipeline.connection import open_fast_client
-from pipeline.errors import FraudError
-from pipeline.keys import DETECTOR_GROUP, Keys
-from pipeline.settings import Settings
+from pipeline.cli.main import build_parser
+from pipeline.client.connection import open_fast_client
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
 from tests.helpers import run_burst, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 from tests.procs import wait_consumers_idle
 

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import redis
 
-from pipeline.keys import Keys
-from pipeline.resp import RespClient
-from pipeline.settings import Settings
+from pipeline.client.resp import RespClient
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
 from tests.helpers import run_pipeline, series_totals, stream_entries, verdicts_by_raw_id, xadd_all
 
 T0 = 1_700_000_000_000

@@ -9,10 +9,10 @@ import redis
 
 from agents.aggregator import ensure_series
 from agents.monitor import HealthRecorder
-from pipeline.connection import open_fast_client, open_redis
-from pipeline.keys import VERDICTS, Keys
-from pipeline.reprocess import reprocess
-from pipeline.settings import Settings
+from pipeline.client.connection import open_fast_client, open_redis
+from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.settings import Settings
+from pipeline.ops.reprocess import reprocess
 from tests.helpers import run_pipeline, xadd_all
 
 

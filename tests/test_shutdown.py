@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.keys import DETECTOR_GROUP, Keys
-from pipeline.server import EmbeddedRedis
-from pipeline.settings import Settings
+from pipeline.core.keys import DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
 from tests.procs import bytes_unread_by_server, group_state, spawn_agent, stop_all, wait_until
 

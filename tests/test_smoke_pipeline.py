@@ -1,6 +1,6 @@
 from collections import Counter
 
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 from tests.helpers import run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 
 

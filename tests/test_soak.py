@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.settings import Settings
-from pipeline.soak import soak
+from pipeline.core.settings import Settings
+from pipeline.dev.soak import soak
 
 CLICKS = 30_000
 # Shorter still than the soak's defaults, so that windows expire within the test.

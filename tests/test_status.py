@@ -14,11 +14,11 @@ import orjson
 import pytest
 import redis
 
-from pipeline import status
-from pipeline.cli import main
-from pipeline.connection import open_redis
-from pipeline.keys import Keys
-from pipeline.settings import Settings
+from pipeline.cli.main import main
+from pipeline.client.connection import open_redis
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.ops import status
 from tests.conftest import PROJECT_ROOT, free_port
 from tests.helpers import run_burst, xadd_all
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.log import configure_logging
-from pipeline.settings import Settings
-from pipeline.supervisor import Child
+from pipeline.core.log import configure_logging
+from pipeline.core.settings import Settings
+from pipeline.runtime.supervisor import Child
 from tests.conftest import free_port
 from tests.procs import wait_until
 

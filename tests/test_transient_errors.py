@@ -11,13 +11,13 @@ import pytest
 import redis
 
 from agents.detector import Detector
-from pipeline.errors import FraudError
-from pipeline.keys import Keys
-from pipeline.resp import RespError
-from pipeline.runtime import BatchContext, Entry, StreamAgent
-from pipeline.server import EmbeddedRedis
-from pipeline.settings import Settings
-from pipeline.worker import run_agent
+from pipeline.client.resp import RespError
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.server import EmbeddedRedis
+from pipeline.runtime.agent import BatchContext, Entry, StreamAgent
+from pipeline.runtime.worker import run_agent
 from tests.accounting import check_exactly_once
 from tests.helpers import xadd_all
 

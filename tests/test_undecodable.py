@@ -10,11 +10,11 @@ import io
 import pytest
 import redis
 
-from pipeline.cli import main
-from pipeline.keys import Keys
-from pipeline.live_view import LiveView
-from pipeline.settings import Settings
-from pipeline.status import THRESHOLD_EXIT, open_status_client
+from pipeline.cli.main import main
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.ops.live_view import LiveView
+from pipeline.ops.status import THRESHOLD_EXIT, open_status_client
 from tests.test_monitor import last_value, monitor_once
 from tests.test_status import clicks, status_json
 

@@ -18,11 +18,11 @@ from typing import IO
 import pytest
 import redis
 
-from pipeline import live_view
-from pipeline.keys import Keys
-from pipeline.server import EmbeddedRedis
-from pipeline.settings import Settings
-from pipeline.status import open_status_client
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.server import EmbeddedRedis
+from pipeline.ops import live_view
+from pipeline.ops.status import open_status_client
 from tests.accounting import check_exactly_once
 from tests.procs import FAST_RECOVERY, PROJECT_ROOT, pipeline_drained, stop_all, wait_until
 from tests.producer import Producer, check_each_click_judged_once

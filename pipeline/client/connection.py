@@ -9,10 +9,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from pipeline.errors import MissingModulesError, RedisUnavailableError
-from pipeline.log import redact_url
-from pipeline.resp import RespAuthError, RespClient, RespConnectionError, RespError
-from pipeline.settings import Settings
+from pipeline.client.resp import RespAuthError, RespClient, RespConnectionError, RespError
+from pipeline.core.errors import MissingModulesError, RedisUnavailableError
+from pipeline.core.log import redact_url
+from pipeline.core.settings import Settings
 
 # Module name as MODULE LIST reports it, and what a user would call it.
 REQUIRED_MODULES: dict[str, str] = {"bf": "RedisBloom", "timeseries": "RedisTimeSeries"}

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pipeline.stream_ids import id_at, parse_id
+from pipeline.core.stream_ids import id_at, parse_id
 
 # The highest sequence number of an entry id (an unsigned 64-bit integer).
 MAX_SEQ = 2**64 - 1

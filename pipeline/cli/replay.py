@@ -11,11 +11,11 @@ import argparse
 import re
 from pathlib import Path
 
-from pipeline import generate, groups
-from pipeline.id_args import position
-from pipeline.replay_file import print_summary, replay_file
-from pipeline.reprocess import check_order, drop, reprocess
-from pipeline.settings import Settings
+from pipeline.cli.positions import position
+from pipeline.core.settings import Settings
+from pipeline.ops import generate, groups
+from pipeline.ops.replay_file import print_summary, replay_file
+from pipeline.ops.reprocess import check_order, drop, reprocess
 
 # Replay names become part of key names and a SCAN pattern: keep them plain.
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from pipeline.errors import FraudError
+from pipeline.core.errors import FraudError
 
 Arg = bytes | str | int | float
 

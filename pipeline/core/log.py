@@ -8,7 +8,7 @@ import sys
 
 import structlog
 
-from pipeline.settings import Settings
+from pipeline.core.settings import Settings
 
 
 class StderrLogger:

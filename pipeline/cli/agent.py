@@ -6,9 +6,9 @@ import argparse
 
 from agents.aggregator import Aggregator
 from agents.detector import Detector
-from pipeline.runtime import Handler, StreamAgent
-from pipeline.settings import Settings
-from pipeline.worker import run_agent
+from pipeline.core.settings import Settings
+from pipeline.runtime.agent import Handler, StreamAgent
+from pipeline.runtime.worker import run_agent
 
 HANDLERS: dict[str, type[Detector] | type[Aggregator]] = {"detector": Detector, "aggregator": Aggregator}
 

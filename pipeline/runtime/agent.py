@@ -21,13 +21,13 @@ from typing import Any, Protocol
 import mode
 import structlog
 
-from pipeline.connection import open_fast_client
-from pipeline.functions import load_functions
-from pipeline.keys import Keys
-from pipeline.resp import RespClient, RespConnectionError, RespError, is_server_state_error
-from pipeline.settings import Settings
-from pipeline.stream_ids import batch_bounds, id_at
-from pipeline.waiting import wait_or_stop
+from pipeline.client.connection import open_fast_client
+from pipeline.client.functions import load_functions
+from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import batch_bounds, id_at
+from pipeline.core.waiting import wait_or_stop
 
 Entry = tuple[bytes, list[bytes] | None]
 

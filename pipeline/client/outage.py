@@ -17,8 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline.resp import SERVER_STATE_ERRORS
-from pipeline.status_table import clock, duration
+from pipeline.client.resp import SERVER_STATE_ERRORS
+from pipeline.ops.status_table import clock, duration
 
 # BusyLoadingError (LOADING) is a ConnectionError in redis-py; the builtin TimeoutError is what
 # asyncio.timeout raises when a slow server does not answer in time.

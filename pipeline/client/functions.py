@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from pipeline.resp import RespClient
+from pipeline.client.resp import RespClient
 
 LIBRARY_NAME = "fraud"
 

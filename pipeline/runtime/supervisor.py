@@ -21,13 +21,13 @@ from pathlib import Path
 
 import structlog
 
-from pipeline.cli_args import positive_float, positive_int
-from pipeline.connection import open_redis
-from pipeline.keys import Keys
-from pipeline.live_view import LiveView
-from pipeline.settings import Settings
-from pipeline.status import open_status_client
-from pipeline.waiting import wait_or_stop
+from pipeline.cli.args import positive_float, positive_int
+from pipeline.client.connection import open_redis
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.core.waiting import wait_or_stop
+from pipeline.ops.live_view import LiveView
+from pipeline.ops.status import open_status_client
 
 log = structlog.get_logger()
 
@@ -99,7 +99,7 @@ def plan(args: argparse.Namespace) -> list[Child]:
 
 async def load_demo_blacklist(settings: Settings) -> int:
     from agents.generator import blacklisted_ips
-    from pipeline.blacklist import add_ips
+    from pipeline.ops.blacklist import add_ips
 
     client = await open_redis(settings)
     try:

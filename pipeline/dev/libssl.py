@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import FraudError
+from pipeline.core.errors import FraudError
 
 LIBRARIES: tuple[str, ...] = ("libssl.so.1.1", "libcrypto.so.1.1")
 PACKAGE = "libssl1.1"

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agents.generator import Click, traffic
-from pipeline.cli_args import non_negative_int, positive_float, positive_int
-from pipeline.errors import FraudError
-from pipeline.settings import Settings
-from pipeline.trace_files import FORMATS, csv_columns, csv_row, jsonl_line
+from pipeline.cli.args import non_negative_int, positive_float, positive_int
+from pipeline.core.errors import FraudError
+from pipeline.core.settings import Settings
+from pipeline.ops.trace_files import FORMATS, csv_columns, csv_row, jsonl_line
 
 
 def labelled_trace(seed: int, count: int, start_ms: int, rate: float) -> Iterator[tuple[Click, str]]:

@@ -26,7 +26,7 @@ from typing import IO
 
 import orjson
 
-from pipeline.errors import FraudError
+from pipeline.core.errors import FraudError
 
 LABEL = "label"
 FORMATS = ("jsonl", "csv")

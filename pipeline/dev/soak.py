@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 import psutil
 
-from pipeline.bench import bench_server, group_drained, info_fields, read_counters, spawn_cli
-from pipeline.cli_args import non_negative_float, positive_float, positive_int
-from pipeline.connection import open_fast_client
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.resp import RespClient
-from pipeline.settings import Settings
+from pipeline.cli.args import non_negative_float, positive_float, positive_int
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.bench import bench_server, group_drained, info_fields, read_counters, spawn_cli
 
 # Short retention, so that a steady state is reached within seconds, not hours.
 RETENTION_ENV: dict[str, str] = {

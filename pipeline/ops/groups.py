@@ -12,13 +12,13 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.connection import open_fast_client
-from pipeline.errors import FraudError
-from pipeline.id_args import entry_id, id_before_time, time_ms
-from pipeline.keys import Keys
-from pipeline.resp import RespClient, RespError
-from pipeline.settings import Settings
-from pipeline.stream_ids import parse_id
+from pipeline.cli.positions import entry_id, id_before_time, time_ms
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient, RespError
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import parse_id
 
 PAGE = 10_000
 

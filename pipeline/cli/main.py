@@ -15,19 +15,19 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from pipeline.errors import FraudError
-from pipeline.log import configure_logging
-from pipeline.settings import Settings, SettingsError
+from pipeline.core.errors import FraudError
+from pipeline.core.log import configure_logging
+from pipeline.core.settings import Settings, SettingsError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "pipeline.server",
-    "pipeline.agent_cli",
-    "pipeline.supervisor",
-    "pipeline.blacklist",
-    "pipeline.bench",
-    "pipeline.status",
-    "pipeline.replay",
-    "pipeline.soak",
+    "pipeline.dev.server",
+    "pipeline.cli.agent",
+    "pipeline.runtime.supervisor",
+    "pipeline.ops.blacklist",
+    "pipeline.dev.bench",
+    "pipeline.ops.status",
+    "pipeline.cli.replay",
+    "pipeline.dev.soak",
 )
 
 

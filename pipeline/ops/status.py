@@ -23,16 +23,16 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from pipeline.cli_args import non_negative_float, non_negative_int, positive_float
-from pipeline.connection import open_redis
-from pipeline.errors import RedisUnavailableError
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.log import redact_url
-from pipeline.outage import Outage, error_text, is_unavailable
-from pipeline.settings import Settings
-from pipeline.status_table import duration, render
-from pipeline.stream_ids import parse_id
-from pipeline.waiting import wait_or_stop
+from pipeline.cli.args import non_negative_float, non_negative_int, positive_float
+from pipeline.client.connection import open_redis
+from pipeline.client.outage import Outage, error_text, is_unavailable
+from pipeline.core.errors import RedisUnavailableError
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.log import redact_url
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import parse_id
+from pipeline.core.waiting import wait_or_stop
+from pipeline.ops.status_table import duration, render
 
 # The stream each stage reads, by the stage's (and its group's) name.
 STAGE_STREAMS: dict[str, str] = {DETECTOR_GROUP: "raw", AGGREGATOR_GROUP: "verdicts"}

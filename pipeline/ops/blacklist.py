@@ -19,10 +19,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from pipeline.connection import open_redis
-from pipeline.errors import FraudError
-from pipeline.keys import Keys
-from pipeline.settings import Settings
+from pipeline.client.connection import open_redis
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
 from schemas.click import InvalidClick, canonical_ip
 
 

@@ -17,11 +17,11 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 import structlog
 
-from pipeline.keys import VERDICTS, Keys
-from pipeline.outage import Outage
-from pipeline.status import snapshot
-from pipeline.status_table import duration
-from pipeline.waiting import wait_or_stop
+from pipeline.client.outage import Outage
+from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.waiting import wait_or_stop
+from pipeline.ops.status import snapshot
+from pipeline.ops.status_table import duration
 
 log = structlog.get_logger()
 

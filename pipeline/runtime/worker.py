@@ -13,8 +13,8 @@ import signal
 
 import structlog
 
-from pipeline.errors import FraudError
-from pipeline.runtime import StreamAgent
+from pipeline.core.errors import FraudError
+from pipeline.runtime.agent import StreamAgent
 
 log = structlog.get_logger()
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.connection import open_fast_client
-from pipeline.errors import FraudError
-from pipeline.keys import Keys
-from pipeline.progress import Progress
-from pipeline.resp import RespClient, RespError
-from pipeline.settings import Settings
-from pipeline.trace_files import BadLine, TraceClick, count_lines, read_trace, resolve_format
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient, RespError
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.ops.progress import Progress
+from pipeline.ops.trace_files import BadLine, TraceClick, count_lines, read_trace, resolve_format
 
 STAGE = "replay"
 # Waits shorter than this are not worth a flush and a sleep: the next one catches up.

@@ -19,14 +19,14 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from pipeline.agent_cli import make_handler
-from pipeline.connection import open_fast_client
-from pipeline.errors import FraudError
-from pipeline.keys import VERDICTS, Keys
-from pipeline.resp import RespClient, RespError
-from pipeline.runtime import StreamAgent
-from pipeline.settings import Settings
-from pipeline.stream_ids import parse_id
+from pipeline.cli.agent import make_handler
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient, RespError
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import parse_id
+from pipeline.runtime.agent import StreamAgent
 
 PAGE = 1_000
 CONSUMER = "replay"

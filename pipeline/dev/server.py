@@ -22,10 +22,10 @@ from urllib.parse import quote, urlsplit
 import psutil
 import redis
 
-from pipeline.errors import FraudError
-from pipeline.libssl import ensure_libssl, system_has_libssl11
-from pipeline.log import redact_url
-from pipeline.settings import Settings
+from pipeline.core.errors import FraudError
+from pipeline.core.log import redact_url
+from pipeline.core.settings import Settings
+from pipeline.dev.libssl import ensure_libssl, system_has_libssl11
 
 MODULES: tuple[str, ...] = ("redisbloom.so", "redistimeseries.so")
 DEFAULT_PORT = 6379

@@ -27,12 +27,12 @@ import orjson
 import psutil
 import redis
 
-from pipeline.cli_args import non_negative_float, positive_float, positive_int
-from pipeline.connection import open_fast_client
-from pipeline.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.resp import RespClient
-from pipeline.settings import Settings
-from pipeline.stream_ids import parse_id
+from pipeline.cli.args import non_negative_float, positive_float, positive_int
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient
+from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.settings import Settings
+from pipeline.core.stream_ids import parse_id
 
 
 @dataclass
@@ -53,7 +53,7 @@ def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Ite
     if use_running:
         yield settings
         return
-    from pipeline.server import EmbeddedRedis
+    from pipeline.dev.server import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="fraud-bench-") as home:
         server = EmbeddedRedis(Path(home), _free_port(), appendfsync=settings.appendfsync,

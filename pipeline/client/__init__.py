@@ -1,0 +1,1 @@
+"""Reaching Redis: the hot-path client, the tools' opener, the Function library, and outage classification."""

@@ -1,0 +1,1 @@
+"""Development and measurement: the embedded Redis Stack (and its libssl), bench, soak."""

@@ -1,0 +1,1 @@
+"""Operating a live pipeline: status, live view, blacklist, replay and re-processing, group positions."""

@@ -1,0 +1,1 @@
+"""Running stages: the consumer-group agent loop, one agent per process, and the supervisor of them all."""
