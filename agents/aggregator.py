@@ -12,8 +12,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.client.resp import RespClient, RespError
-from pipeline.core.keys import AGGREGATOR_GROUP, VERDICTS, Keys
+from pipeline.client.create import create_once, ensure_series
+from pipeline.client.resp import RespClient
+from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds
 from pipeline.runtime.agent import BatchContext, Entry, Rejection, fenced_ids, reject
@@ -23,44 +24,24 @@ from schemas.verdict import InvalidVerdict, verdict_index_and_time
 SERIES_KEY_OFFSET = 3
 
 
-async def ensure_series(client: RespClient, keys: Keys, settings: Settings) -> None:
+async def ensure_verdict_series(client: RespClient, keys: Keys, settings: Settings) -> None:
     """One raw series per verdict, summing duplicates, with a downsampled rollup rule."""
     for verdict in VERDICTS:
-        labels = ("LABELS", *keys.series_labels(), "metric", "clicks", "verdict", verdict)
-        await _create(client, keys.series(verdict), "RETENTION", settings.series_retention_ms,
-                      "DUPLICATE_POLICY", "SUM", *labels, "tier", "raw")
-        await _create(client, keys.rollup(verdict), "RETENTION", settings.rollup_retention_ms,
-                      "DUPLICATE_POLICY", "SUM", *labels, "tier", "rollup")
-        try:
-            await client.execute("TS.CREATERULE", keys.series(verdict), keys.rollup(verdict),
-                                 "AGGREGATION", "sum", settings.rollup_bucket_ms)
-        except RespError as err:
-            if "already has" not in str(err) and "exists" not in str(err):
-                raise
-
-
-async def _create(client: RespClient, key: str, *args: Any) -> None:
-    try:
-        await client.execute("TS.CREATE", key, *args)
-    except RespError as err:
-        if "already exists" not in str(err):
-            raise
-        # A series made by an older version may lack a label (the namespace): set them all.
-        await client.execute("TS.ALTER", key, *args[args.index("LABELS"):])
+        labels = (*keys.series_labels(), "metric", "clicks", "verdict", verdict)
+        await ensure_series(client.execute, keys.series(verdict), retention_ms=settings.series_retention_ms,
+                            duplicate_policy="SUM", labels=(*labels, "tier", "raw"))
+        await ensure_series(client.execute, keys.rollup(verdict), retention_ms=settings.rollup_retention_ms,
+                            duplicate_policy="SUM", labels=(*labels, "tier", "rollup"))
+        await create_once(client.execute, "TS.CREATERULE", keys.series(verdict), keys.rollup(verdict),
+                          "AGGREGATION", "sum", settings.rollup_bucket_ms)
 
 
 class Aggregator:
-    stage = "aggregator"
-    group = AGGREGATOR_GROUP
-
     def __init__(self, settings: Settings) -> None:
         self.bucket_ms = settings.bucket_ms
 
-    def input_stream(self, keys: Keys) -> str:
-        return keys.verdicts
-
     async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
-        await ensure_series(client, keys, settings)
+        await ensure_verdict_series(client, keys, settings)
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
         cells: Counter[tuple[int, int]] = Counter()

@@ -10,37 +10,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.client.resp import RespClient, RespError
-from pipeline.core.keys import DETECTOR_GROUP, Keys
+from agents.blacklist import ensure_filter
+from pipeline.client.resp import RespClient
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds
-from pipeline.ops.blacklist import is_exists_error, reserve_args
 from pipeline.runtime.agent import BatchContext, Entry, fenced_ids
 from schemas.click import FieldLimits, InvalidClick, check_click
 
 
-async def ensure_blacklist(client: RespClient, keys: Keys, settings: Settings) -> None:
-    try:
-        await client.execute(*reserve_args(keys, settings))
-    except RespError as err:
-        if not is_exists_error(err):
-            raise
-
-
 class Detector:
-    stage = "detector"
-    group = DETECTOR_GROUP
-
     def __init__(self, settings: Settings) -> None:
         self.limits = FieldLimits(settings.max_field_count, settings.max_field_bytes)
         self.rule_args = (settings.click_spam_window_ms, settings.click_spam_threshold,
                           settings.dedup_horizon_ms)
 
-    def input_stream(self, keys: Keys) -> str:
-        return keys.raw
-
     async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
-        await ensure_blacklist(client, keys, settings)
+        await ensure_filter(client.execute, keys, settings)
 
     def records(self, entries: Sequence[Entry]) -> list[Any]:
         """The per-entry arguments of ``fraud_detect``: 'v' records for clicks, 'd' for rejects."""

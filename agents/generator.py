@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import itertools
 import random
-import signal
 import time
 import zlib
 from collections import deque
@@ -24,12 +23,12 @@ from typing import Any
 import orjson
 import structlog
 
-from pipeline.cli.args import non_negative_float, positive_int
-from pipeline.client.connection import open_fast_client
+from pipeline.client.connection import open_fast_client, open_patiently
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from pipeline.core.signals import stop_on_signals
 from pipeline.core.waiting import wait_or_stop
 from schemas.click import Click as ClickRecord
 
@@ -161,11 +160,8 @@ async def _sent(client: RespClient, commands: list[tuple[Any, ...]]) -> bool:
 
 
 async def run_generator(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_fast_client(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    client = await open_patiently(lambda: open_fast_client(settings), log)
+    stop = stop_on_signals()
     keys = Keys(settings.namespace)
     clicks = traffic(args.seed, wall_clock_ms)
     if args.pregenerate:
@@ -193,13 +189,3 @@ def pregenerated(seed: int, total: int | None, event_rate: float = 20_000.0) -> 
     clock: Clock = lambda: start + int(next(ticks) * 1000 / event_rate)  # noqa: E731
     # A large pool of humans, so that the flat-out rate does not make every human a spammer.
     return iter(list(itertools.islice(traffic(seed, clock, TrafficMix(humans=500_000)), total)))
-
-
-def register_agent(stages: argparse._SubParsersAction) -> None:
-    parser = stages.add_parser("generator", help="write synthetic demo clicks to the raw stream")
-    parser.add_argument("--rate", type=non_negative_float, default=500.0, help="clicks per second, 0 for flat out")
-    parser.add_argument("--total", type=positive_int, default=None, help="stop after this many clicks")
-    parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
-    parser.add_argument("--pregenerate", action="store_true",
-                        help="make all --total clicks before sending (benchmarks measure sending alone)")
-    parser.set_defaults(run=run_generator)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, VERDICTS, Keys
+from agents.pipeline import AGGREGATOR, DETECTOR
+from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from tests.helpers import series_totals
 from tests.procs import group_state
@@ -105,7 +106,7 @@ def _check(client: redis.Redis, keys: Keys, aggregated: bool) -> Outcomes:
         out.duplicates |= set(ids) - set(with_verdict)
 
     assert len(out.verdicts) + len(out.dead) + len(out.duplicates) == len(raw)
-    assert group_state(client, keys.raw, DETECTOR_GROUP) == (0, 0), "detector group not drained"
+    assert group_state(client, keys.raw, DETECTOR.name) == (0, 0), "detector group not drained"
 
     stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
     counts = out.verdict_counts()
@@ -114,7 +115,7 @@ def _check(client: redis.Redis, keys: Keys, aggregated: bool) -> Outcomes:
     assert stats.get("detector.duplicate", 0) == len(out.duplicates)
     assert stats.get("detector.dead", 0) == len(out.dead)
     if aggregated:
-        assert group_state(client, keys.verdicts, AGGREGATOR_GROUP) == (0, 0), "aggregator group not drained"
+        assert group_state(client, keys.verdicts, AGGREGATOR.name) == (0, 0), "aggregator group not drained"
         assert stats.get("aggregator.counted", 0) == len(out.verdicts)
         assert stats.get("aggregator.dead", 0) == 0
     return out

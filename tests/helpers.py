@@ -7,10 +7,11 @@ from typing import Any
 
 import redis
 
-from pipeline.cli.agent import make_handler
+from agents.pipeline import stage as stage_named
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from pipeline.runtime.agent import StreamAgent
+from pipeline.runtime.agent import run_burst as burst
 from schemas.verdict import Verdict
 
 
@@ -26,11 +27,7 @@ def xadd_all(settings: Settings, clicks: Iterable[Sequence[str | bytes]]) -> lis
 
 async def run_burst(settings: Settings, stage: str, consumer: str = "test") -> StreamAgent:
     """Run one stage until its stream holds nothing more for it."""
-    agent = StreamAgent(make_handler(stage, settings), settings, burst=True, consumer=consumer)
-    await agent.start()
-    await agent.loop_done.wait()
-    await agent.stop()
-    return agent
+    return await burst(stage_named(stage), settings, consumer)
 
 
 async def run_pipeline(settings: Settings) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import redis
 
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from agents.pipeline import AGGREGATOR, DETECTOR
+from pipeline.core.keys import Keys
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,8 +62,8 @@ def group_state(client: redis.Redis, stream: str, group: str) -> tuple[int | Non
 
 
 def pipeline_drained(client: redis.Redis, keys: Keys) -> bool:
-    return (group_state(client, keys.raw, DETECTOR_GROUP) == (0, 0)
-            and group_state(client, keys.verdicts, AGGREGATOR_GROUP) == (0, 0))
+    return (group_state(client, keys.raw, DETECTOR.name) == (0, 0)
+            and group_state(client, keys.verdicts, AGGREGATOR.name) == (0, 0))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import redis
 
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from agents.pipeline import AGGREGATOR, DETECTOR
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from tests.helpers import run_burst, verdicts_by_raw_id, xadd_all
 from tests.procs import group_state
@@ -22,9 +23,9 @@ async def test_entries_deleted_while_pending_are_dead_lettered_once(settings: Se
     keys = Keys(settings.namespace)
     ids = xadd_all(settings, [["device_id", f"d{i}", "ip", f"192.0.2.{i}"] for i in range(10)])
     with redis.Redis.from_url(settings.redis_url) as client:
-        client.xgroup_create(keys.raw, DETECTOR_GROUP, "0")
+        client.xgroup_create(keys.raw, DETECTOR.name, "0")
         # Another consumer holds every entry, pending.
-        client.xreadgroup(DETECTOR_GROUP, HOLDER, {keys.raw: ">"})
+        client.xreadgroup(DETECTOR.name, HOLDER, {keys.raw: ">"})
         # Gone while pending: the oldest by a trim, one in the middle by XDEL.
         assert client.xtrim(keys.raw, minid=ids[1], approximate=False) == 1
         assert client.xdel(keys.raw, ids[5]) == 1
@@ -41,7 +42,7 @@ async def test_entries_deleted_while_pending_are_dead_lettered_once(settings: Se
             assert letter["reason"].startswith("deleted")
             assert (letter["stage"], letter["deliveries"]) == ("detector", "1")
         assert client.hget(keys.stats, "detector.dead") == "2"
-        assert client.xpending(keys.raw, DETECTOR_GROUP)["pending"] == 8, "the deleted ids left the PEL"
+        assert client.xpending(keys.raw, DETECTOR.name)["pending"] == 8, "the deleted ids left the PEL"
 
     # The holder comes back and does the rest: every click has exactly one outcome.
     await run_burst(settings, "detector", consumer=HOLDER)
@@ -55,5 +56,5 @@ async def test_entries_deleted_while_pending_are_dead_lettered_once(settings: Se
         assert int(stats["detector.dead"]) == 2
         assert sum(int(stats.get(f"detector.{v}", 0)) for v in ("clean", "ip_blacklist", "click_spam")) == 8
         assert int(stats["aggregator.counted"]) == 8
-        assert group_state(client, keys.raw, DETECTOR_GROUP)[1] == 0
-        assert group_state(client, keys.verdicts, AGGREGATOR_GROUP) == (0, 0)
+        assert group_state(client, keys.raw, DETECTOR.name)[1] == 0
+        assert group_state(client, keys.verdicts, AGGREGATOR.name) == (0, 0)

@@ -22,11 +22,13 @@ import redis
 
 from agents.detector import Detector
 from agents.generator import blacklisted_ips, traffic
+from agents.pipeline import AGGREGATOR, DETECTOR
 from pipeline.client.connection import open_fast_client, open_redis
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.ops.blacklist import add_ips
-from pipeline.runtime.agent import BatchContext, Entry, StreamAgent
+from pipeline.runtime.agent import StreamAgent
+from pipeline.runtime.stage import BatchContext, Entry
 from tests.accounting import Outcomes, check_exactly_once
 from tests.helpers import run_burst, xadd_all
 from tests.procs import (
@@ -144,8 +146,8 @@ def test_random_sigkills_keep_every_click_exactly_once(settings: Settings, tmp_p
     started = time.monotonic()
     try:
         with redis.Redis.from_url(settings.redis_url) as client:
-            wait_until(lambda: group_state(client, keys.raw, DETECTOR_GROUP) is not None
-                       and group_state(client, keys.verdicts, AGGREGATOR_GROUP) is not None, 30, "the groups")
+            wait_until(lambda: group_state(client, keys.raw, DETECTOR.name) is not None
+                       and group_state(client, keys.verdicts, AGGREGATOR.name) is not None, 30, "the groups")
             producer.start()
             while kills_holding < HOLDING_KILLS:
                 assert time.monotonic() - started < CHAOS_LIMIT_S, \
@@ -224,20 +226,20 @@ async def test_batch_is_committed_only_after_its_step_succeeds(settings: Setting
     settings = Settings(redis_url=settings.redis_url, home=settings.home, batch_size=100, claim_min_idle_ms=100)
     ids = xadd_all(settings, clicks(1000))
     handler = FailingDetector(settings, good_batches=3)
-    agent = StreamAgent(handler, settings, burst=True, consumer="a")
+    agent = StreamAgent(DETECTOR, settings, handler=handler, burst=True, consumer="a")
     await agent.start()
     # It fails on its fourth batch and keeps failing (connection-type errors are retried).
     await asyncio.wait_for(handler.failed.wait(), 30)
     await agent.stop()
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        pending = client.xpending_range(Keys().raw, DETECTOR_GROUP, "-", "+", 10_000)
+        pending = client.xpending_range(Keys().raw, DETECTOR.name, "-", "+", 10_000)
         done = client.xlen(Keys().verdicts)
     assert done == 300, "exactly the three good batches were applied"
     assert [p["message_id"] for p in pending] == ids[300:400], "the failed batch is still pending, unapplied"
     assert {p["consumer"] for p in pending} == {"a"}
 
     with redis.Redis.from_url(settings.redis_url) as client:
-        wait_pending_idle(client, Keys().raw, DETECTOR_GROUP, settings.claim_min_idle_ms)
+        wait_pending_idle(client, Keys().raw, DETECTOR.name, settings.claim_min_idle_ms)
     await run_burst(settings, "detector", consumer="b")  # reclaims a's batch, then reads the rest
     out = check_exactly_once(settings, aggregated=False)
     assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
@@ -247,26 +249,26 @@ async def test_fence_refuses_entries_claimed_by_another_consumer(settings: Setti
     keys = Keys(settings.namespace)
     ids = xadd_all(settings, clicks(10))
     client = await open_fast_client(settings)
-    agent = StreamAgent(Detector(settings), settings, consumer="a")
+    agent = StreamAgent(DETECTOR, settings, consumer="a")
     agent.client = client
     try:
         await agent.prepare()
         entries = await agent.read(">", block=False)
         assert [e[0].decode() for e in entries] == ids
         with redis.Redis.from_url(settings.redis_url, decode_responses=True) as sync:
-            sync.xclaim(keys.raw, DETECTOR_GROUP, "b", 0, ids[3:6])
+            sync.xclaim(keys.raw, DETECTOR.name, "b", 0, ids[3:6])
         fenced = await agent.handler.handle(agent.context(), entries)
         assert sorted(fenced) == sorted(i.encode() for i in ids[3:6])
         with redis.Redis.from_url(settings.redis_url, decode_responses=True) as sync:
             assert sync.xlen(keys.verdicts) == 0, "a fenced step wrote verdicts"
             assert sync.exists(keys.stats) == 0
-            assert sync.xpending(keys.raw, DETECTOR_GROUP)["pending"] == 10, "a fenced step acknowledged entries"
+            assert sync.xpending(keys.raw, DETECTOR.name)["pending"] == 10, "a fenced step acknowledged entries"
         # The runtime drops the fenced entries and applies its own; b's stay b's.
         await agent.process(entries, redelivered=False)
         with redis.Redis.from_url(settings.redis_url, decode_responses=True) as sync:
             verdicts = [fields for _, fields in sync.xrange(keys.verdicts)]
             assert sorted(v["raw_id"] for v in verdicts) == sorted(ids[:3] + ids[6:])
-            assert [p["message_id"] for p in sync.xpending_range(keys.raw, DETECTOR_GROUP, "-", "+", 100)] \
+            assert [p["message_id"] for p in sync.xpending_range(keys.raw, DETECTOR.name, "-", "+", 100)] \
                 == ids[3:6]
     finally:
         await client.close()

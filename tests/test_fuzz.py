@@ -16,9 +16,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from agents.detector import Detector
+from agents.pipeline import DETECTOR
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.runtime.agent import BatchContext, Entry, StreamAgent
+from pipeline.runtime.agent import StreamAgent
+from pipeline.runtime.stage import BatchContext, Entry
 from schemas.click import canonical_ip
 from tests.accounting import check_exactly_once
 from tests.helpers import run_pipeline, xadd_all
@@ -88,7 +90,7 @@ async def test_poison_entry_is_dead_lettered_and_the_rest_flow(settings: Setting
     clicks = [["device_id", "poison" if i == 7 else f"dev-{i}", "ip", "192.0.2.1", "ts", str(1000 + i)]
               for i in range(20)]
     ids = xadd_all(settings, clicks)
-    agent = StreamAgent(PoisonedDetector(settings), settings, burst=True, consumer="p")
+    agent = StreamAgent(DETECTOR, settings, handler=PoisonedDetector(settings), burst=True, consumer="p")
     await agent.start()
     await agent.loop_done.wait()
     await agent.stop()

@@ -9,9 +9,9 @@ from dataclasses import replace
 import pytest
 import redis
 
-from agents.detector import Detector
+from agents.pipeline import DETECTOR
 from pipeline.client.connection import open_fast_client
-from pipeline.core.keys import DETECTOR_GROUP, Keys
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.runtime.agent import StreamAgent
 from tests.accounting import check_exactly_once
@@ -29,12 +29,12 @@ def sync_client(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url, decode_responses=True)
 
 
-def create_group(settings: Settings, group: str = DETECTOR_GROUP) -> None:
+def create_group(settings: Settings, group: str = DETECTOR.name) -> None:
     with sync_client(settings) as client:
         client.xgroup_create(RAW, group, "0", mkstream=True)
 
 
-def read_as(settings: Settings, consumer: str, count: int, group: str = DETECTOR_GROUP) -> list[str]:
+def read_as(settings: Settings, consumer: str, count: int, group: str = DETECTOR.name) -> list[str]:
     with sync_client(settings) as client:
         reply = client.xreadgroup(group, consumer, {RAW: ">"}, count=count)
     return [entry_id for entry_id, _ in reply[0][1]] if reply else []
@@ -43,7 +43,7 @@ def read_as(settings: Settings, consumer: str, count: int, group: str = DETECTOR
 @pytest.fixture
 async def janitor(settings: Settings) -> AsyncIterator[StreamAgent]:
     """A detector agent that is connected and prepared but not running, to call maintain() on."""
-    agent = StreamAgent(Detector(settings), settings, consumer="janitor")
+    agent = StreamAgent(DETECTOR, settings, consumer="janitor")
     agent.client = await open_fast_client(settings)
     try:
         await agent.prepare()
@@ -61,17 +61,17 @@ async def test_dead_consumers_entries_are_taken_over_after_min_idle(settings: Se
 
     await run_burst(settings, "detector", consumer="alive")
     with sync_client(settings) as client:
-        pending = client.xpending_range(RAW, DETECTOR_GROUP, "-", "+", 100)
+        pending = client.xpending_range(RAW, DETECTOR.name, "-", "+", 100)
     assert [p["message_id"] for p in pending] == held, "entries were taken before the min idle time"
     assert {p["consumer"] for p in pending} == {"dead-one"}
 
     with sync_client(settings) as client:
-        wait_pending_idle(client, RAW, DETECTOR_GROUP, settings.claim_min_idle_ms)
+        wait_pending_idle(client, RAW, DETECTOR.name, settings.claim_min_idle_ms)
     await run_burst(settings, "detector", consumer="alive")
     out = check_exactly_once(settings, aggregated=False)
     assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
     with sync_client(settings) as client:
-        assert client.xpending_range(RAW, DETECTOR_GROUP, "-", "+", 100, consumername="dead-one") == []
+        assert client.xpending_range(RAW, DETECTOR.name, "-", "+", 100, consumername="dead-one") == []
 
 
 async def test_entry_delivered_too_often_is_dead_lettered_with_its_count(settings: Settings) -> None:
@@ -83,10 +83,10 @@ async def test_entry_delivered_too_often_is_dead_lettered_with_its_count(setting
         # Entry 0 came back to its own consumer (restarts), entry 1 went round several consumers;
         # the others were delivered once or twice and are fine.
         for _ in range(4):
-            client.xclaim(RAW, DETECTOR_GROUP, "looping", 0, [ids[0]])
-            client.xclaim(RAW, DETECTOR_GROUP, "crashed", 0, [ids[1]])
-        client.xclaim(RAW, DETECTOR_GROUP, "looping", 0, [ids[2]])
-        wait_pending_idle(client, RAW, DETECTOR_GROUP, settings.claim_min_idle_ms)
+            client.xclaim(RAW, DETECTOR.name, "looping", 0, [ids[0]])
+            client.xclaim(RAW, DETECTOR.name, "crashed", 0, [ids[1]])
+        client.xclaim(RAW, DETECTOR.name, "looping", 0, [ids[2]])
+        wait_pending_idle(client, RAW, DETECTOR.name, settings.claim_min_idle_ms)
     # "looping" restarts: it re-reads its own pending entries, then reclaims "crashed"'s.
     await run_burst(settings, "detector", consumer="looping")
 
@@ -103,16 +103,16 @@ async def test_entry_delivered_too_often_is_dead_lettered_with_its_count(setting
 async def test_idle_consumers_go_only_when_they_hold_nothing(settings: Settings, janitor: StreamAgent) -> None:
     xadd_all(settings, clicks(3))
     with sync_client(settings) as client:
-        client.xgroup_createconsumer(RAW, DETECTOR_GROUP, "idle-empty")
+        client.xgroup_createconsumer(RAW, DETECTOR.name, "idle-empty")
     read_as(settings, "idle-holding", 1)
     janitor.settings = replace(janitor.settings, consumer_idle_delete_ms=1000, claim_min_idle_ms=3_600_000)
     with sync_client(settings) as client:
         # Strictly more idle than the limit (maintenance removes those idle longer than it).
-        wait_consumers_idle(client, RAW, DETECTOR_GROUP, {"idle-empty", "idle-holding"}, 1001)
-        client.xgroup_createconsumer(RAW, DETECTOR_GROUP, "just-joined")
+        wait_consumers_idle(client, RAW, DETECTOR.name, {"idle-empty", "idle-holding"}, 1001)
+        client.xgroup_createconsumer(RAW, DETECTOR.name, "just-joined")
     await janitor.maintain()
     with sync_client(settings) as client:
-        consumers = {c["name"]: c for c in client.xinfo_consumers(RAW, DETECTOR_GROUP)}
+        consumers = {c["name"]: c for c in client.xinfo_consumers(RAW, DETECTOR.name)}
     assert "idle-empty" not in consumers
     assert "just-joined" in consumers, "a consumer idle less than the limit was removed"
     assert consumers["idle-holding"]["pending"] == 1, "a consumer holding entries was removed"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import redis
 
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from agents.pipeline import AGGREGATOR, DETECTOR
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
@@ -25,8 +26,8 @@ def test_agents_ride_out_a_redis_crash(fresh_server: EmbeddedRedis, tmp_path: Pa
     producer = Producer(url, CLICKS)
     try:
         with redis.Redis.from_url(url) as client:
-            wait_until(lambda: group_state(client, keys.raw, DETECTOR_GROUP) is not None
-                       and group_state(client, keys.verdicts, AGGREGATOR_GROUP) is not None, 30, "the groups")
+            wait_until(lambda: group_state(client, keys.raw, DETECTOR.name) is not None
+                       and group_state(client, keys.verdicts, AGGREGATOR.name) is not None, 30, "the groups")
         producer.start()
         wait_until(lambda: len(producer.acknowledged) >= CLICKS // 3, 60, "a third of the clicks")
         fresh_server.kill()

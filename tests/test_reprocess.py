@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import redis
 
-from agents.detector import ensure_blacklist
+from agents.blacklist import ensure_filter
+from agents.pipeline import DETECTOR
 from pipeline.cli.main import build_parser
 from pipeline.client.connection import open_fast_client
 from pipeline.core.errors import FraudError
-from pipeline.core.keys import DETECTOR_GROUP, Keys
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from tests.helpers import run_burst, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 from tests.procs import wait_consumers_idle
@@ -41,7 +42,7 @@ def click(device: str, ip: str, ts: int, tx: str | None = None) -> list[str]:
 async def blacklist_add(settings: Settings, ip: str) -> None:
     client = await open_fast_client(settings)
     try:
-        await ensure_blacklist(client, Keys(settings.namespace), settings)
+        await ensure_filter(client.execute, Keys(settings.namespace), settings)
         await client.execute("CF.ADD", Keys(settings.namespace).blacklist, ip)
     finally:
         await client.close()
@@ -130,19 +131,19 @@ async def test_group_reset_dry_run_execute_and_redelivery(settings: Settings,
     await run_burst(settings, "detector")
     with redis.Redis.from_url(settings.redis_url) as client:
         # A reset is refused while a consumer is active (seen within two block times).
-        wait_consumers_idle(client, keys.raw, DETECTOR_GROUP, {"test"}, 2 * settings.block_ms)
-    before = await group_info(settings, keys.raw, DETECTOR_GROUP)
+        wait_consumers_idle(client, keys.raw, DETECTOR.name, {"test"}, 2 * settings.block_ms)
+    before = await group_info(settings, keys.raw, DETECTOR.name)
     assert before["last-delivered-id"] == ids[-1]
 
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP,
+    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
                      "--to-id", ids[2]) == 0
     out = capsys.readouterr().out
     assert "would re-deliver 3 entries" in out and "dry run" in out
-    assert await group_info(settings, keys.raw, DETECTOR_GROUP) == before
+    assert await group_info(settings, keys.raw, DETECTOR.name) == before
 
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP,
+    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
                      "--to-id", ids[2], "--execute") == 0
-    after = await group_info(settings, keys.raw, DETECTOR_GROUP)
+    after = await group_info(settings, keys.raw, DETECTOR.name)
     assert after["last-delivered-id"] == ids[2]
     assert after["entries-read"] == 3 and after["lag"] == 3
 
@@ -161,20 +162,20 @@ async def test_group_reset_by_time_to_earliest_and_latest(settings: Settings,
     with redis.Redis.from_url(settings.redis_url) as client:
         for ms in (1000, 2000, 2000, 3000):
             client.xadd(keys.raw, {"device_id": "d", "ip": "10.0.0.1"}, id=f"{ms}-*")
-        client.xgroup_create(keys.raw, DETECTOR_GROUP, id="0")
+        client.xgroup_create(keys.raw, DETECTOR.name, id="0")
     # Entries at the time itself are delivered again: 2 at 2000 ms, 1 at 3000 ms.
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP,
+    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
                      "--to-latest", "--execute") == 0
-    assert (await group_info(settings, keys.raw, DETECTOR_GROUP))["last-delivered-id"] == "3000-0"
+    assert (await group_info(settings, keys.raw, DETECTOR.name))["last-delivered-id"] == "3000-0"
     assert "skips 4 entries" in capsys.readouterr().out
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP,
+    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
                      "--to-time", "2000", "--execute") == 0
-    info = await group_info(settings, keys.raw, DETECTOR_GROUP)
+    info = await group_info(settings, keys.raw, DETECTOR.name)
     assert info["last-delivered-id"] == f"1999-{2**64 - 1}" and info["lag"] == 3
     assert "re-delivers 3 entries" in capsys.readouterr().out
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP,
+    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
                      "--to-earliest", "--execute") == 0
-    info = await group_info(settings, keys.raw, DETECTOR_GROUP)
+    info = await group_info(settings, keys.raw, DETECTOR.name)
     assert info["last-delivered-id"] == "0-0" and info["lag"] == 4
 
 
@@ -182,19 +183,19 @@ async def test_group_reset_refuses_with_pending_entries(settings: Settings) -> N
     keys = Keys(settings.namespace)
     xadd_all(settings, [click("a", "10.0.0.1", 0, "t1")])
     with redis.Redis.from_url(settings.redis_url) as client:
-        client.xgroup_create(keys.raw, DETECTOR_GROUP, id="0")
-        client.xreadgroup(DETECTOR_GROUP, "worker-1", {keys.raw: ">"})
-    before = await group_info(settings, keys.raw, DETECTOR_GROUP)
-    argv = ("group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP, "--to-earliest", "--execute")
+        client.xgroup_create(keys.raw, DETECTOR.name, id="0")
+        client.xreadgroup(DETECTOR.name, "worker-1", {keys.raw: ">"})
+    before = await group_info(settings, keys.raw, DETECTOR.name)
+    argv = ("group", "reset", "--stream", "raw", "--group", DETECTOR.name, "--to-earliest", "--execute")
     with pytest.raises(FraudError, match="1 pending entries and active consumers worker-1"):
         await run(settings, *argv)
     with pytest.raises(FraudError, match="no stream clicks:verdicts"):
         await run(settings, "group", "reset", "--stream", "verdicts", "--group", "aggregator", "--to-earliest")
-    assert await group_info(settings, keys.raw, DETECTOR_GROUP) == before
+    assert await group_info(settings, keys.raw, DETECTOR.name) == before
     with pytest.raises(FraudError, match="no group 'nope'"):
         await run(settings, "group", "reset", "--stream", "raw", "--group", "nope", "--to-earliest")
     with pytest.raises(FraudError, match="beyond the last id"):
-        await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR_GROUP, "--force",
+        await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name, "--force",
                   "--to-time", "2999-01-01T00:00:00Z")
     assert await run(settings, *argv, "--force") == 0
-    assert (await group_info(settings, keys.raw, DETECTOR_GROUP))["last-delivered-id"] == "0-0"
+    assert (await group_info(settings, keys.raw, DETECTOR.name))["last-delivered-id"] == "0-0"

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import redis
 
-from agents.aggregator import ensure_series
-from agents.monitor import HealthRecorder
+from agents.aggregator import ensure_verdict_series
 from pipeline.client.connection import open_fast_client, open_redis
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
+from pipeline.ops.monitor import HealthRecorder
 from pipeline.ops.reprocess import reprocess
 from tests.helpers import run_pipeline, xadd_all
 
@@ -64,7 +64,7 @@ async def test_series_made_without_the_label_get_it_on_the_next_start(settings: 
                                "stage", "detector")
     fast = await open_fast_client(settings)
     try:
-        await ensure_series(fast, keys, settings)
+        await ensure_verdict_series(fast, keys, settings)
     finally:
         await fast.close()
     monitor_client = await open_redis(settings)

@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from pipeline.cli import main as cli
+from pipeline.cli import server as server_module
 from pipeline.cli.main import main
-from pipeline.dev import server as server_module
 from pipeline.dev.libssl import LibsslError, security_uri
 from pipeline.dev.server import EmbeddedRedis, ServerError
 from tests.procs import wait_until
@@ -37,7 +37,7 @@ def test_server_command_is_wired_into_the_cli() -> None:
 def _only_server_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     # These tests are about `fraud server`; a sibling command module that fails to import
     # has tests of its own to say so.
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.dev.server",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.cli.server",))
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline.core.keys import DETECTOR_GROUP, Keys
+from agents.pipeline import DETECTOR
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
@@ -72,7 +73,7 @@ def test_sigterm_mid_backlog_exits_zero_and_loses_nothing(settings: Settings, tm
             assert code == 0
             done = verdict_count(client)
             assert done < BACKLOG, "the backlog was finished before the signal: nothing was tested"
-            state = group_state(client, Keys().raw, DETECTOR_GROUP)
+            state = group_state(client, Keys().raw, DETECTOR.name)
             assert state is not None and state[1] == 0, "the batch in hand was left unacknowledged"
     finally:
         stop_all([process])

@@ -11,12 +11,14 @@ import pytest
 import redis
 
 from agents.detector import Detector
+from agents.pipeline import DETECTOR
 from pipeline.client.resp import RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
-from pipeline.runtime.agent import BatchContext, Entry, StreamAgent
+from pipeline.runtime.agent import StreamAgent
+from pipeline.runtime.stage import BatchContext, Entry
 from pipeline.runtime.worker import run_agent
 from tests.accounting import check_exactly_once
 from tests.helpers import xadd_all
@@ -33,7 +35,7 @@ async def test_a_server_out_of_memory_is_waited_out_never_dead_lettered(fresh_se
     settings = Settings(redis_url=fresh_server.url, home=tmp_path)
     ids = xadd_all(settings, [["device_id", f"d{i}", "ip", "192.0.2.1"] for i in range(50)])
     with redis.Redis.from_url(settings.redis_url) as client:
-        agent = StreamAgent(Detector(settings), settings, burst=True, consumer="c")
+        agent = StreamAgent(DETECTOR, settings, burst=True, consumer="c")
         read = agent.read
         filled: list[int] = []
 
@@ -84,7 +86,7 @@ class Broken(Detector):
 async def test_a_step_that_fails_for_its_input_dead_letters_it(settings: Settings) -> None:
     # The counterpart: an error about the command itself is the entry's, so it is dead-lettered.
     ids = xadd_all(settings, [["device_id", "d", "ip", "192.0.2.1"]])
-    agent = StreamAgent(Broken(settings), settings, burst=True, consumer="c")
+    agent = StreamAgent(DETECTOR, settings, handler=Broken(settings), burst=True, consumer="c")
     await agent.start()
     await agent.loop_done.wait()
     await agent.stop()
@@ -100,7 +102,7 @@ async def test_dead_letters_are_kept_for_dead_keep_ms_then_trimmed(settings: Set
         for second in (1, 2, 3):
             client.xadd(keys.dead, {"reason": "old"}, id=f"{second * 1000}-0")
         recent = client.xadd(keys.dead, {"reason": "recent"})
-    agent = StreamAgent(Detector(settings), settings, burst=True, consumer="c")
+    agent = StreamAgent(DETECTOR, settings, burst=True, consumer="c")
     await agent.start()
     await agent.loop_done.wait()
     await agent.stop()
@@ -110,7 +112,7 @@ async def test_dead_letters_are_kept_for_dead_keep_ms_then_trimmed(settings: Set
 
 async def test_a_bug_outside_any_batch_fails_the_agent_instead_of_a_quiet_exit(
         settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    agent = StreamAgent(Detector(settings), settings, burst=False, consumer="c")
+    agent = StreamAgent(DETECTOR, settings, burst=False, consumer="c")
 
     async def broken_maintenance() -> int:
         raise KeyError("a bug")

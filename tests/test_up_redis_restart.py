@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -214,3 +215,24 @@ def test_generator_resends_across_a_redis_restart(fresh_server: EmbeddedRedis, t
     with redis.Redis.from_url(fresh_server.url) as client:
         # appendfsync always: every acknowledged XADD survived; a resent batch may add some twice.
         assert client.xlen(Keys().raw) >= total
+
+
+def test_an_agent_started_before_its_redis_waits_for_it(fresh_server: EmbeddedRedis, tmp_path: Path) -> None:
+    """Agents started while Redis is down (a restart, compose starting everything at once) wait for it
+    and then work: the supervisor is not left to restart them in a loop."""
+    fresh_server.kill()
+    detector = fraud(fresh_server.url, tmp_path, "agent", "detector")
+    assert detector.stderr is not None
+    log = Lines(detector.stderr)
+    log.start()
+    try:
+        log.wait_for(lambda line: "waiting for redis" in line, 0, 30, "the detector to wait for Redis")
+        assert detector.poll() is None, "the detector gave up"
+        fresh_server.start()
+        with redis.Redis.from_url(fresh_server.url) as client:
+            client.xadd(Keys().raw, {"device_id": "d", "ip": "192.0.2.1", "ts": str(int(time.time() * 1000))})
+            wait_until(lambda: client.xlen(Keys().verdicts) == 1, 30, "the detector to judge a click")
+        detector.send_signal(signal.SIGTERM)
+        assert detector.wait(30) == 0
+    finally:
+        stop_all([detector])

@@ -19,15 +19,18 @@ from pipeline.core.errors import FraudError
 from pipeline.core.log import configure_logging
 from pipeline.core.settings import Settings, SettingsError
 
+# Every command, in the order ``fraud --help`` lists them: one module each, with its ``register``.
 COMMAND_MODULES: tuple[str, ...] = (
-    "pipeline.dev.server",
+    "pipeline.cli.server",
+    "pipeline.cli.up",
     "pipeline.cli.agent",
-    "pipeline.runtime.supervisor",
-    "pipeline.ops.blacklist",
-    "pipeline.dev.bench",
-    "pipeline.ops.status",
+    "pipeline.cli.status",
+    "pipeline.cli.blacklist",
+    "pipeline.cli.generate",
     "pipeline.cli.replay",
-    "pipeline.dev.soak",
+    "pipeline.cli.group",
+    "pipeline.cli.bench",
+    "pipeline.cli.soak",
 )
 
 

@@ -1,4 +1,4 @@
-"""``fraud replay``, ``fraud generate`` and ``fraud group``: traffic from files, re-processing, group positions.
+"""``fraud replay``: send a click file to the raw stream, re-process a range of it aside, or drop such a replay.
 
 ``fraud replay FILE`` sends a click trace to the raw stream (pipeline/replay_file.py);
 ``fraud replay --from-stream`` re-runs a range of it aside (pipeline/reprocess.py);
@@ -11,9 +11,9 @@ import argparse
 import re
 from pathlib import Path
 
+from pipeline.cli.args import positive_float
 from pipeline.cli.positions import position
 from pipeline.core.settings import Settings
-from pipeline.ops import generate, groups
 from pipeline.ops.replay_file import print_summary, replay_file
 from pipeline.ops.reprocess import check_order, drop, reprocess
 
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("replay", help="replay a click file, or re-process a range of the raw stream",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", nargs="?", type=Path, metavar="FILE", help="JSONL or CSV click trace")
-    parser.add_argument("--speed", type=generate.positive_float, default=None, metavar="X",
+    parser.add_argument("--speed", type=positive_float, default=None, metavar="X",
                         help="pace on event time, X times real time (default: as fast as possible)")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto",
                         help="file format (default auto: by suffix, else by first character)")
@@ -80,5 +80,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", type=replay_name, default=None, help="name of the replay's key space")
     parser.add_argument("--drop", action="store_true", help="delete the replay's key space")
     parser.set_defaults(run=run_replay, parser=parser)
-    generate.register(subparsers)
-    groups.register(subparsers)

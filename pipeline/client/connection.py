@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
-from pipeline.client.resp import RespAuthError, RespClient, RespConnectionError, RespError
+from pipeline.client.resp import RespAuthError, RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.errors import MissingModulesError, RedisUnavailableError
 from pipeline.core.log import redact_url
 from pipeline.core.settings import Settings
+
+T = TypeVar("T")
+MAX_WAIT_S = 5.0
 
 # Module name as MODULE LIST reports it, and what a user would call it.
 REQUIRED_MODULES: dict[str, str] = {"bf": "RedisBloom", "timeseries": "RedisTimeSeries"}
@@ -50,7 +54,8 @@ async def open_fast_client(settings: Settings) -> RespClient:
         raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
     except (RespAuthError, RespError) as err:
         await client.close()
-        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused MODULE LIST: {err}") from err
+        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused MODULE LIST: {err}",
+                                    transient=is_server_state_error(err)) from err
     missing = missing_modules(modules)
     if missing:
         await client.close()
@@ -69,12 +74,30 @@ async def open_redis(settings: Settings, encoding_errors: str = "strict") -> aio
         modules = await client.execute_command("MODULE", "LIST")
     except (RedisConnectionError, OSError) as err:
         await client.aclose()
-        raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
+        raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}",
+                                    transient=not isinstance(err, AuthenticationError | AuthorizationError)) from err
     except ResponseError as err:
         await client.aclose()
-        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused MODULE LIST: {err}") from err
+        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused MODULE LIST: {err}",
+                                    transient=False) from err
     missing = missing_modules(modules)
     if missing:
         await client.aclose()
         raise _missing_error(settings.redis_url, missing)
     return client
+
+
+async def open_patiently(opener: Callable[[], Awaitable[T]], events: Any) -> T:
+    """``opener()``, tried again with back-off while Redis is away for a while (down, restarting,
+    loading its data): an agent started before its Redis, or during a restart, waits for it
+    instead of exiting. A refused password or a missing module fails at once."""
+    delay = 0.0
+    while True:
+        try:
+            return await opener()
+        except RedisUnavailableError as err:
+            if not err.transient:
+                raise
+            delay = min(MAX_WAIT_S, max(0.1, delay * 2))
+            events.warning("waiting for redis", error=str(err), retry_in_s=delay)
+            await asyncio.sleep(delay)

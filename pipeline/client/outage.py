@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.client.resp import SERVER_STATE_ERRORS
-from pipeline.ops.status_table import clock, duration
+from pipeline.core.units import clock, duration
 
 # BusyLoadingError (LOADING) is a ConnectionError in redis-py; the builtin TimeoutError is what
 # asyncio.timeout raises when a slow server does not answer in time.

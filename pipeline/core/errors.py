@@ -12,4 +12,9 @@ class MissingModulesError(FraudError):
 
 
 class RedisUnavailableError(FraudError):
-    pass
+    """Redis cannot serve us: ``transient`` when waiting may help (down, restarting, loading), not
+    when it never will by itself (a refused password, a missing permission)."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient

@@ -12,9 +12,6 @@ from dataclasses import dataclass
 
 VERDICTS: tuple[str, ...] = ("clean", "ip_blacklist", "click_spam")
 
-DETECTOR_GROUP = "detector"
-AGGREGATOR_GROUP = "aggregator"
-
 # Prefix of per-device window keys, relative to the namespace; the server-side
 # detector step builds ``<namespace>:window:<device_id>`` itself.
 WINDOW_INFIX = "window"

@@ -27,10 +27,10 @@ import orjson
 import psutil
 import redis
 
-from pipeline.cli.args import non_negative_float, positive_float, positive_int
+from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 
@@ -89,13 +89,19 @@ async def group_drained(client: RespClient, stream: str, group: str) -> bool:
     return False
 
 
+async def pipeline_drained(client: RespClient, keys: Keys) -> bool:
+    """Every stage's group has read and acknowledged everything on its input stream."""
+    for stage in PIPELINE:
+        if not await group_drained(client, stage.input_stream(keys), stage.name):
+            return False
+    return True
+
+
 async def _wait_until_counted(client: RespClient, keys: Keys, producer: StageProcess,
                               timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (producer.process.poll() is not None
-                and await group_drained(client, keys.raw, DETECTOR_GROUP)
-                and await group_drained(client, keys.verdicts, AGGREGATOR_GROUP)):
+        if producer.process.poll() is not None and await pipeline_drained(client, keys):
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("the pipeline did not finish in time")
@@ -134,19 +140,14 @@ async def read_counters(client: RespClient, keys: Keys) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
-async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    with bench_server(settings, args.use_running, aof=not args.no_aof) as bench_settings:
-        return await _bench(args, bench_settings)
-
-
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(settings.namespace)
     client = await open_fast_client(settings)
     await client.execute("DEL", keys.raw, keys.verdicts, keys.dead, keys.stats)
     stages = [_spawn(f"detector-{i}", settings, "agent", "detector") for i in range(args.detectors)]
     stages += [_spawn(f"aggregator-{i}", settings, "agent", "aggregator") for i in range(args.aggregators)]
-    for stream, group in ((keys.raw, DETECTOR_GROUP), (keys.verdicts, AGGREGATOR_GROUP)):
-        while not await _group_exists(client, stream, group):
+    for stage in PIPELINE:
+        while not await _group_exists(client, stage.input_stream(keys), stage.name):
             await asyncio.sleep(0.05)
     redis_cpu = await _redis_cpu_s(client)
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
@@ -230,20 +231,3 @@ def _report(args: argparse.Namespace, started: float, finished: float, latencies
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
           + f"; counted {result['counted']}")
     print(f"Redis memory: {memory / 2**20:.1f} MiB")
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="measure end-to-end throughput, latency and CPU")
-    parser.add_argument("--clicks", type=positive_int, default=200_000, help="clicks to push through")
-    parser.add_argument("--detectors", type=positive_int, default=2)
-    parser.add_argument("--aggregators", type=positive_int, default=1)
-    parser.add_argument("--rate", type=non_negative_float, default=0.0,
-                        help="offered load in clicks/s (default 0: flat out, which measures throughput; "
-                             "a rate below it measures latency at that load)")
-    parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before giving up")
-    parser.add_argument("--use-running", action="store_true",
-                        help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")
-    parser.add_argument("--no-aof", action="store_true",
-                        help="run the embedded server without its append-only file (no persistence)")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.set_defaults(run=run_bench)

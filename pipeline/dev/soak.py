@@ -9,22 +9,19 @@ grows after the warm-up is a leak: the report gives its slope per 100k clicks.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import psutil
 
-from pipeline.cli.args import non_negative_float, positive_float, positive_int
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server, group_drained, info_fields, read_counters, spawn_cli
+from pipeline.dev.bench import info_fields, pipeline_drained, read_counters, spawn_cli
 
 # Short retention, so that a steady state is reached within seconds, not hours.
 RETENTION_ENV: dict[str, str] = {
@@ -142,8 +139,7 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
         samples: list[Sample] = []
         while True:
             samples.append(await _sample(client, keys, started))
-            if (producer.poll() is not None and await group_drained(client, keys.raw, DETECTOR_GROUP)
-                    and await group_drained(client, keys.verdicts, AGGREGATOR_GROUP)):
+            if producer.poll() is not None and await pipeline_drained(client, keys):
                 break
             if time.monotonic() - started > timeout:
                 raise TimeoutError("the soak did not finish in time")
@@ -167,31 +163,3 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
         for process in processes:
             process.wait(30)
         await client.close()
-
-
-async def run_soak(args: argparse.Namespace, settings: Settings) -> int:
-    with bench_server(settings, use_running=False) as soak_settings:
-        result = await soak(soak_settings, args.clicks, args.rate, timeout=args.timeout)
-    summary = result.summary()
-    if args.json:
-        print(orjson.dumps(summary).decode())
-        return 0
-    mib = 2**20
-    print(f"{result.clicks} clicks in {summary['seconds']} s ({summary['clicks_per_s']:,} clicks/s)")
-    print(f"Redis memory: empty {result.baseline_memory / mib:.1f} MiB, after warm-up "
-          f"{summary['memory_after_warm_up_bytes'] / mib:.1f} MiB, peak {summary['memory_peak_bytes'] / mib:.1f} MiB, "
-          f"end {result.end_memory / mib:.1f} MiB")
-    print(f"slope after warm-up: {summary['slope_bytes_per_100k_clicks'] / 1024:+.1f} KiB per 100k clicks")
-    print(f"bytes per click in flight: {summary['bytes_per_click_in_flight']:.0f}")
-    print("stream lengths at the end: " + ", ".join(f"{k} {v}" for k, v in result.stream_lengths.items())
-          + f"; device windows {result.window_keys}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("soak", help="run many clicks through short retention and watch memory")
-    parser.add_argument("--clicks", type=positive_int, default=1_000_000, help="clicks to push through")
-    parser.add_argument("--rate", type=non_negative_float, default=10_000.0, help="clicks per second, 0 for flat out")
-    parser.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds before giving up")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.set_defaults(run=run_soak)

@@ -10,16 +10,12 @@ script, so the two never disagree.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
-from pipeline.client.connection import open_redis
+from agents.blacklist import ensure_filter
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
@@ -46,26 +42,6 @@ REMOVE_SCRIPT = _in_step_script("SREM", "CF.DEL")
 BATCH = 1000
 
 
-def reserve_args(keys: Keys, settings: Settings) -> list[Any]:
-    """The CF.RESERVE command that sizes the filter from the settings."""
-    return ["CF.RESERVE", keys.blacklist, settings.blacklist_capacity,
-            "BUCKETSIZE", settings.blacklist_bucket_size,
-            "MAXITERATIONS", settings.blacklist_max_iterations,
-            "EXPANSION", settings.blacklist_expansion]
-
-
-def is_exists_error(err: Exception) -> bool:
-    return "exists" in str(err).lower()
-
-
-async def ensure_filter(client: aioredis.Redis, keys: Keys, settings: Settings) -> None:
-    try:
-        await client.execute_command(*reserve_args(keys, settings))
-    except ResponseError as err:
-        if not is_exists_error(err):
-            raise
-
-
 def canonical_ips(texts: Iterable[str]) -> list[str]:
     """Canonical spellings; the first invalid address fails the whole command."""
     out = []
@@ -86,7 +62,7 @@ async def _run_script(client: aioredis.Redis, keys: Keys, script: str, ips: list
 
 
 async def add_ips(client: aioredis.Redis, keys: Keys, settings: Settings, ips: list[str]) -> int:
-    await ensure_filter(client, keys, settings)
+    await ensure_filter(client.execute_command, keys, settings)
     return await _run_script(client, keys, ADD_SCRIPT, canonical_ips(ips))
 
 
@@ -123,41 +99,3 @@ def read_ip_file(path: Path) -> tuple[list[str], list[str]]:
         except InvalidClick:
             bad.append(f"{path}:{number}: not an IPv4 or IPv6 address: {text[:64]!r}")
     return good, bad
-
-
-async def run_blacklist(args: argparse.Namespace, settings: Settings) -> int:
-    keys = Keys(settings.namespace)
-    if args.action == "load":
-        ips, bad = read_ip_file(args.file)
-        for message in bad:
-            print(message, file=sys.stderr)
-    else:
-        ips, bad = canonical_ips(args.ips), []
-    client = await open_redis(settings)
-    try:
-        if args.action in ("add", "load"):
-            added = await add_ips(client, keys, settings, ips)
-            print(f"added {added} address(es), {len(ips) - added} already listed")
-        elif args.action == "remove":
-            removed = await remove_ips(client, keys, ips)
-            print(f"removed {removed} address(es), {len(ips) - removed} were not listed")
-        else:
-            for ip, listed, in_filter in await check_ips(client, keys, ips):
-                note = "" if listed == in_filter else " (filter false positive: the detector flags it)"
-                print(f"{ip} {'listed' if listed else 'not listed'}{note}")
-    finally:
-        await client.aclose()
-    return 1 if bad else 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("blacklist", help="manage the IP blacklist")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(parser))
-    for action, text in (("add", "list addresses"), ("remove", "unlist addresses"),
-                         ("check", "tell whether addresses are listed")):
-        sub = actions.add_parser(action, help=text)
-        sub.add_argument("ips", nargs="+", metavar="IP")
-        sub.set_defaults(run=run_blacklist)
-    load = actions.add_parser("load", help="list every address of a file (one a line, # comments)")
-    load.add_argument("file", type=Path)
-    load.set_defaults(run=run_blacklist)

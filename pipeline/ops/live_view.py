@@ -19,9 +19,9 @@ import structlog
 
 from pipeline.client.outage import Outage
 from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.units import duration
 from pipeline.core.waiting import wait_or_stop
 from pipeline.ops.status import snapshot
-from pipeline.ops.status_table import duration
 
 log = structlog.get_logger()
 

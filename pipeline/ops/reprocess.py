@@ -19,14 +19,14 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from pipeline.cli.agent import make_handler
+from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
-from pipeline.runtime.agent import StreamAgent
+from pipeline.runtime.agent import run_burst
 
 PAGE = 1_000
 CONSUMER = "replay"
@@ -76,14 +76,6 @@ async def copy_blacklist(client: RespClient, source: str, target: str) -> int:
             return chunks
         await client.execute("CF.LOADCHUNK", target, cursor, data)
         chunks += 1
-
-
-async def run_stage(settings: Settings, stage: str) -> int:
-    agent = StreamAgent(make_handler(stage, settings), settings, burst=True, consumer=CONSUMER)
-    await agent.start()
-    await agent.loop_done.wait()
-    await agent.stop()
-    return agent.processed
 
 
 async def outcomes(client: RespClient, keys: Keys, first: bytes, raw_ids: Collection[bytes]) -> dict[bytes, str]:
@@ -169,8 +161,8 @@ async def reprocess(settings: Settings, name: str, start: str, end: str) -> Repr
         if not ids:
             raise FraudError(f"{live.raw} holds no entries from {start} to {end}")
         chunks = await copy_blacklist(client, live.blacklist, replay.blacklist)
-        for stage in ("detector", "aggregator"):
-            await run_stage(aside, stage)
+        for stage in PIPELINE:
+            await run_burst(stage, aside, CONSUMER)
         first, last = ids[0], ids[-1]
         id_set = frozenset(ids)
         return ReprocessReport(

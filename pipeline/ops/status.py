@@ -10,32 +10,20 @@ and the monitor agent that records it as TimeSeries.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from pipeline.cli.args import non_negative_float, non_negative_int, positive_float
+from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_redis
-from pipeline.client.outage import Outage, error_text, is_unavailable
-from pipeline.core.errors import RedisUnavailableError
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
-from pipeline.core.log import redact_url
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
-from pipeline.core.waiting import wait_or_stop
-from pipeline.ops.status_table import duration, render
 
-# The stream each stage reads, by the stage's (and its group's) name.
-STAGE_STREAMS: dict[str, str] = {DETECTOR_GROUP: "raw", AGGREGATOR_GROUP: "verdicts"}
 STREAM_NAMES: tuple[str, ...] = ("raw", "verdicts", "dead")
 # Counting what is left after a group's last delivered id is exact but reads the
 # entries: only done below this length, above it the counters give an estimate.
@@ -53,10 +41,7 @@ async def open_status_client(settings: Settings) -> aioredis.Redis:
 
 def stage_processed(stats: Mapping[str, int]) -> dict[str, int]:
     """Entries each stage has finished with (verdict, duplicate or dead letter), from the stats hash."""
-    return {
-        DETECTOR_GROUP: sum(n for name, n in stats.items() if name.startswith("detector.")),
-        AGGREGATOR_GROUP: sum(stats.get(f"aggregator.{name}", 0) for name in ("counted", "rejected", "dead")),
-    }
+    return {stage.name: stage.finished_count(stats) for stage in PIPELINE}
 
 
 def throughput(previous: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -142,7 +127,7 @@ async def snapshot(client: aioredis.Redis, keys: Keys, previous: Mapping[str, An
     reading = await read_stats(client, keys)
     streams = {name: await stream_info(client, getattr(keys, name)) for name in STREAM_NAMES}
     groups: dict[str, dict[str, Any]] = {}
-    for name in ("raw", "verdicts"):
+    for name in dict.fromkeys(stage.input for stage in PIPELINE):
         stream = streams[name]
         if stream["exists"]:
             for group in await client.xinfo_groups(stream["key"]):
@@ -172,98 +157,3 @@ def breaches(snap: Mapping[str, Any], max_lag: int | None, max_pending: int | No
     if max_dead is not None and dead > max_dead:
         lines.append(f"{dead} dead letters in {snap['streams']['dead']['key']} exceed --max-dead {max_dead}")
     return lines
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "status", help="show streams, groups, lag, throughput and dead letters",
-        description="Show the pipeline's health as Redis sees it. Exit status: 0 healthy, 1 Redis "
-                    f"unreachable, 2 bad arguments, {THRESHOLD_EXIT} a --max-* threshold exceeded.")
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    parser.add_argument("--watch", nargs="?", const=2.0, default=None, type=positive_float,
-                        metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
-    parser.add_argument("--interval", type=non_negative_float, default=1.0, metavar="SECONDS",
-                        help="measure throughput over this long (default 1, 0 to skip)")
-    parser.add_argument("--max-lag", type=non_negative_int, metavar="N",
-                        help=f"exit {THRESHOLD_EXIT} if any group's lag exceeds N")
-    parser.add_argument("--max-pending", type=non_negative_int, metavar="N",
-                        help=f"exit {THRESHOLD_EXIT} if any group has more than N pending entries")
-    parser.add_argument("--max-dead", type=non_negative_int, metavar="N",
-                        help=f"exit {THRESHOLD_EXIT} if there are more than N dead letters")
-    parser.set_defaults(run=run_status)
-
-
-async def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_status_client(settings)
-    keys = Keys(settings.namespace)
-    try:
-        if args.watch is None:
-            return await _report_once(client, keys, args, settings)
-        return await _watch(client, keys, args, settings)
-    finally:
-        await client.aclose()
-
-
-def _show(snap: dict[str, Any], args: argparse.Namespace, settings: Settings) -> list[str]:
-    if args.json:
-        sys.stdout.write(orjson.dumps(snap).decode() + "\n")
-    else:
-        sys.stdout.write(render(snap, redact_url(settings.redis_url)) + "\n")
-    sys.stdout.flush()
-    lines = breaches(snap, args.max_lag, args.max_pending, args.max_dead)
-    for line in lines:
-        print(f"fraud status: {line}", file=sys.stderr)
-    return lines
-
-
-async def _report_once(client: aioredis.Redis, keys: Keys, args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        previous = None
-        if args.interval > 0:
-            previous = await read_stats(client, keys)
-            await asyncio.sleep(args.interval)
-        snap = await snapshot(client, keys, previous)
-    except Exception as err:
-        if not is_unavailable(err):
-            raise
-        raise RedisUnavailableError(f"lost Redis at {redact_url(settings.redis_url)}: {error_text(err)}") from err
-    return THRESHOLD_EXIT if _show(snap, args, settings) else 0
-
-
-async def _watch(client: aioredis.Redis, keys: Keys, args: argparse.Namespace, settings: Settings) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    # Clear and redraw on a terminal; a log file or pipe gets one block per refresh instead.
-    redraw = sys.stdout.isatty() and not args.json
-    outage = Outage()
-    where = redact_url(settings.redis_url)
-
-    async def attempt(reading: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-        """The reading, or None (and a line on stderr) while Redis is unavailable: a watch outlives a restart."""
-        result = await outage.read(reading)
-        if result is None:
-            print(f"fraud status: Redis at {where} {outage.describe()}", file=sys.stderr, flush=True)
-        elif outage.ended_after_ms is not None:
-            print(f"fraud status: Redis at {where} reachable again after {duration(outage.ended_after_ms)}",
-                  file=sys.stderr, flush=True)
-        return result
-
-    previous: dict[str, Any] | None = None
-    try:
-        if args.interval > 0:
-            previous = await attempt(read_stats(client, keys))
-            await wait_or_stop(stop, args.interval)
-        while not stop.is_set():
-            snap = await attempt(snapshot(client, keys, previous))
-            if snap is not None:
-                if redraw:
-                    sys.stdout.write("\x1b[2J\x1b[H")
-                _show(snap, args, settings)
-                previous = snap
-            await wait_or_stop(stop, args.watch)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-    return 0

@@ -16,20 +16,20 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import mode
 import structlog
 
-from pipeline.client.connection import open_fast_client
+from pipeline.client.connection import open_fast_client, open_patiently
+from pipeline.client.create import create_once
 from pipeline.client.functions import load_functions
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds, id_at
 from pipeline.core.waiting import wait_or_stop
-
-Entry = tuple[bytes, list[bytes] | None]
+from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
 
 log = structlog.get_logger()
 
@@ -39,32 +39,6 @@ class Rejection:
     entry_id: bytes
     reason: str
     fields: Sequence[bytes | str] = ()
-
-
-@dataclass
-class BatchContext:
-    """What a handler needs to apply one batch: the connection and who it is acting as."""
-
-    client: RespClient
-    group: str
-    consumer: str
-    keys: Keys
-    settings: Settings
-    stage: str
-    stream: str
-
-
-class Handler(Protocol):
-    stage: str
-    group: str
-
-    def input_stream(self, keys: Keys) -> str: ...
-
-    async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None: ...
-
-    async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
-        """Apply a batch with its XACK atomically; return the ids it was fenced off (not owned)."""
-        ...
 
 
 def xreadgroup_entries(reply: Any) -> list[Entry]:
@@ -93,12 +67,14 @@ def fenced_ids(reply: list[Any]) -> list[bytes]:
 class StreamAgent(mode.Service):
     """A consumer-group member driving one handler until stopped (or, in burst mode, until idle)."""
 
-    def __init__(self, handler: Handler, settings: Settings, *, burst: bool = False,
+    def __init__(self, stage: Stage, settings: Settings, *, handler: Handler | None = None, burst: bool = False,
                  consumer: str | None = None, **kwargs: Any) -> None:
-        self.handler = handler
+        self.stage = stage
+        # A test may hand in a handler of its own (one that fails on purpose); else the stage's.
+        self.handler = handler if handler is not None else stage.handler(settings)
         self.settings = settings
         self.keys = Keys(settings.namespace)
-        self.stream = handler.input_stream(self.keys)
+        self.stream = stage.input_stream(self.keys)
         self.consumer = consumer or settings.consumer
         self.burst = burst
         self.processed = 0
@@ -110,12 +86,22 @@ class StreamAgent(mode.Service):
         self.loop_done = asyncio.Event()
         # What ended the loop, when it was not a stop request: the process must then fail.
         self.error: Exception | None = None
-        self.events = log.bind(stage=handler.stage, consumer=self.consumer)
+        self.events = log.bind(stage=stage.name, consumer=self.consumer)
         super().__init__(**kwargs)
 
     async def on_start(self) -> None:
-        self.client = await open_fast_client(self.settings)
-        await self.prepare()
+        # A long-running agent waits for a Redis that is not there yet; a burst (a one-off run) says so and ends.
+        opening = lambda: open_fast_client(self.settings)  # noqa: E731
+        self.client = await (opening() if self.burst else open_patiently(opening, self.events))
+        while True:
+            try:
+                await self.prepare()
+                break
+            except (RespConnectionError, OSError, RespError) as err:
+                # Redis went away, or is loading, between connecting and preparing: as in a step.
+                if isinstance(err, RespError) and not is_server_state_error(err):
+                    raise
+                await self._recover(err)
         self.add_future(self._run())
 
     async def on_stop(self) -> None:
@@ -134,16 +120,12 @@ class StreamAgent(mode.Service):
     async def prepare(self) -> None:
         assert self.client is not None
         await load_functions(self.client)
-        try:
-            await self.client.execute("XGROUP", "CREATE", self.stream, self.handler.group, "0", "MKSTREAM")
-        except RespError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
+        await create_once(self.client.execute, "XGROUP", "CREATE", self.stream, self.stage.name, "0", "MKSTREAM")
         await self.handler.setup(self.client, self.keys, self.settings)
 
     async def _run(self) -> None:
         try:
-            self.events.info("agent started", stream=self.stream, group=self.handler.group)
+            self.events.info("agent started", stream=self.stream, group=self.stage.name)
             while not self._stopping.is_set():
                 try:
                     done = await self.poll_once()
@@ -198,7 +180,7 @@ class StreamAgent(mode.Service):
 
     async def read(self, from_id: str, block: bool) -> list[Entry]:
         assert self.client is not None
-        args: list[Any] = ["XREADGROUP", "GROUP", self.handler.group, self.consumer,
+        args: list[Any] = ["XREADGROUP", "GROUP", self.stage.name, self.consumer,
                            "COUNT", self.settings.batch_size]
         if block:
             args += ("BLOCK", self.settings.block_ms)
@@ -213,7 +195,7 @@ class StreamAgent(mode.Service):
         # in one step: such a click gets its outcome even though its entry cannot be processed.
         reply = await self.client.execute(
             "FCALL", "fraud_claim", 3, self.stream, self.keys.dead, self.keys.stats,
-            self.handler.group, self.consumer, self.handler.stage, s.claim_min_idle_ms, "0-0", s.batch_size)
+            self.stage.name, self.consumer, self.stage.name, s.claim_min_idle_ms, "0-0", s.batch_size)
         claimed = [(e[0], e[1]) for e in reply[1]]
         if claimed:
             self.events.warning("reclaimed entries of a silent consumer", count=len(claimed))
@@ -226,15 +208,15 @@ class StreamAgent(mode.Service):
         # Nobody consumes dead letters as a group: they are kept for people, for a while.
         await self.client.execute("XTRIM", self.keys.dead, "MINID", id_at(now_ms - s.dead_keep_ms))
         removed = await self.client.execute(
-            "FCALL", "fraud_forget_idle", 1, self.stream, self.handler.group, s.consumer_idle_delete_ms)
+            "FCALL", "fraud_forget_idle", 1, self.stream, self.stage.name, s.consumer_idle_delete_ms)
         if removed:
             self.events.info("removed idle consumers", consumers=[r.decode() for r in removed])
         return len(claimed)
 
     def context(self) -> BatchContext:
         assert self.client is not None
-        return BatchContext(self.client, self.handler.group, self.consumer, self.keys, self.settings,
-                            self.handler.stage, self.stream)
+        return BatchContext(self.client, self.stage.name, self.consumer, self.keys, self.settings,
+                            self.stage.name, self.stream)
 
     async def process(self, entries: list[Entry], redelivered: bool) -> None:
         ctx = self.context()
@@ -284,7 +266,7 @@ class StreamAgent(mode.Service):
         assert self.client is not None
         lo, hi = batch_bounds([e[0] for e in entries])
         rows = await self.client.execute(
-            "XPENDING", self.stream, self.handler.group, lo, hi, 1_000_000, self.consumer)
+            "XPENDING", self.stream, self.stage.name, lo, hi, 1_000_000, self.consumer)
         deliveries = {row[0]: row[3] for row in rows}
         limit = self.settings.max_deliveries
         over = [e for e in entries if deliveries.get(e[0], 0) > limit]
@@ -295,3 +277,12 @@ class StreamAgent(mode.Service):
                            for e in over])
         over_ids = {e[0] for e in over}
         return [e for e in entries if e[0] not in over_ids]
+
+
+async def run_burst(stage: Stage, settings: Settings, consumer: str, handler: Handler | None = None) -> StreamAgent:
+    """Run one stage in this process until its stream holds nothing more for it (tools and tests)."""
+    agent = StreamAgent(stage, settings, handler=handler, burst=True, consumer=consumer)
+    await agent.start()
+    await agent.loop_done.wait()
+    await agent.stop()
+    return agent

@@ -1,16 +1,14 @@
-"""``fraud up``: every agent of the pipeline in one command, supervised.
+"""Supervising agent processes: each in a process of its own, restarted with back-off when it dies.
 
-Each agent runs in a process of its own (as in production, and so that the
-stages use more than one core); one that dies is restarted with backoff. The
-supervisor prints what the pipeline does, live, until Ctrl+C or SIGTERM, which
-it passes on to every agent and waits for their graceful exits.
+Each agent runs in a process of its own (as in production, and so that the stages use more
+than one core); one that dies is restarted with back-off, and its restarts are counted. On a
+stop request every agent is asked once to stop (SIGTERM) and given time for a graceful exit.
+``fraud up`` (``pipeline/cli/up.py``) runs this beside its live view.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -21,13 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from pipeline.cli.args import positive_float, positive_int
-from pipeline.client.connection import open_redis
-from pipeline.core.keys import Keys
-from pipeline.core.settings import Settings
 from pipeline.core.waiting import wait_or_stop
-from pipeline.ops.live_view import LiveView
-from pipeline.ops.status import open_status_client
 
 log = structlog.get_logger()
 
@@ -88,59 +80,21 @@ class Child:
         return f"{self.name} exited {self.last_exit}, restart in {wait:.0f}s{restarted}"
 
 
-def plan(args: argparse.Namespace) -> list[Child]:
-    children = [Child(f"detector-{i + 1}", ["agent", "detector"]) for i in range(args.detectors)]
-    children += [Child(f"aggregator-{i + 1}", ["agent", "aggregator"]) for i in range(args.aggregators)]
-    children.append(Child("monitor", ["agent", "monitor"]))
-    if args.demo:
-        children.append(Child("generator", ["agent", "generator", "--rate", str(args.rate)]))
-    return children
-
-
-async def load_demo_blacklist(settings: Settings) -> int:
-    from agents.generator import blacklisted_ips
-    from pipeline.ops.blacklist import add_ips
-
-    client = await open_redis(settings)
-    try:
-        return await add_ips(client, Keys(settings.namespace), settings, blacklisted_ips())
-    finally:
-        await client.aclose()
-
-
-async def run_up(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_status_client(settings)  # fails early, in one line, when Redis is not there
-    if args.demo:
-        added = await load_demo_blacklist(settings)
-        log.info("demo blacklist loaded", addresses=added)
-    children = plan(args)
+async def supervise(children: list[Child], log_dir: Path, stop: asyncio.Event, shutdown_timeout_s: float) -> None:
+    """Keep every child running until ``stop`` is set, then stop them all."""
     env = dict(os.environ, FRAUD_LOG_FORMAT=os.environ.get("FRAUD_LOG_FORMAT", "json"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    log_dir = settings.home / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, before anything runs)
     log.info("agents log to files", folder=str(log_dir))
-    view = LiveView(client, Keys(settings.namespace), agents=lambda: [c.describe() for c in children])
-    # The view runs beside the supervision, never in its way: a reading that hangs on a slow
-    # server or fails on a restarted one cannot delay a restart, nor end the agents.
-    view_task = asyncio.create_task(view.run(stop, args.refresh))
     try:
         while not stop.is_set():
             for child in children:
                 child.check(env, log_dir)
             await wait_or_stop(stop, SUPERVISE_INTERVAL_S)
     finally:
-        view_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await view_task
-        await _stop_all(children, settings.shutdown_timeout_ms / 1000 + 5)
-        await client.aclose()
-    return 0
+        await stop_all(children, shutdown_timeout_s)
 
 
-async def _stop_all(children: list[Child], timeout: float) -> None:
+async def stop_all(children: list[Child], timeout: float) -> None:
     running = [c for c in children if c.process is not None and c.process.poll() is None]
     for child in running:
         assert child.process is not None
@@ -155,14 +109,3 @@ async def _stop_all(children: list[Child], timeout: float) -> None:
             child.process.kill()
             child.process.wait()
     log.info("pipeline stopped")
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("up", help="run the whole pipeline, supervised, until Ctrl+C")
-    parser.add_argument("--demo", action="store_true",
-                        help="add synthetic traffic (humans, bot bursts, blacklisted IPs, retries, malformed)")
-    parser.add_argument("--rate", type=positive_float, default=300.0, help="demo clicks per second")
-    parser.add_argument("--detectors", type=positive_int, default=1)
-    parser.add_argument("--aggregators", type=positive_int, default=1)
-    parser.add_argument("--refresh", type=positive_float, default=1.0, help="seconds between live updates")
-    parser.set_defaults(run=run_up)

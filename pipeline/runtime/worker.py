@@ -14,11 +14,11 @@ import signal
 import structlog
 
 from pipeline.core.errors import FraudError
+from pipeline.core.signals import STOP_SIGNALS
 from pipeline.runtime.agent import StreamAgent
 
 log = structlog.get_logger()
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 async def run_agent(agent: StreamAgent) -> int:
@@ -50,7 +50,7 @@ async def run_agent(agent: StreamAgent) -> int:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
     if agent.error is not None:
-        raise FraudError(f"{agent.handler.stage} agent failed: {agent.error!r}")
+        raise FraudError(f"{agent.stage.name} agent failed: {agent.error!r}")
     # Non-zero tells a supervisor that a batch was cut off (it stays pending, to be recovered).
     return 0 if finished else 1
 

@@ -14,8 +14,6 @@ It is no consumer-group member: it only reads, so any number may run.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -23,19 +21,21 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import ResponseError
 
-from pipeline.cli.args import positive_float
+from agents.pipeline import PIPELINE
+from pipeline.client.connection import open_patiently
+from pipeline.client.create import ensure_series
 from pipeline.client.outage import Outage, T
-from pipeline.core.keys import AGGREGATOR_GROUP, DETECTOR_GROUP, Keys
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from pipeline.core.signals import release_signals, stop_on_signals
+from pipeline.core.units import clock, duration
 from pipeline.core.waiting import wait_or_stop
 from pipeline.ops.status import open_status_client, read_stats, snapshot
-from pipeline.ops.status_table import clock, duration
 
 log = structlog.get_logger()
 
 HEALTH_METRIC = "pipeline_health"
 DEAD_SUBJECT = "dead"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 Sample = tuple[str, str, float]
 
@@ -43,7 +43,7 @@ Sample = tuple[str, str, float]
 def health_samples(snap: Mapping[str, Any]) -> list[Sample]:
     """(measure, stage, value) for every health figure a snapshot holds."""
     samples: list[Sample] = []
-    for stage in (DETECTOR_GROUP, AGGREGATOR_GROUP):
+    for stage in (s.name for s in PIPELINE):
         group = snap["groups"].get(stage)
         # A group that does not exist yet has no lag to speak of: its stage never ran.
         if group is not None:
@@ -66,15 +66,9 @@ class HealthRecorder:
 
     async def create(self, measure: str, stage: str) -> None:
         key = self.keys.health_series(measure, stage)
-        labels = ("LABELS", *self.keys.series_labels(), "metric", HEALTH_METRIC, "measure", measure, "stage", stage)
-        try:
-            await self.client.execute_command(
-                "TS.CREATE", key, "RETENTION", self.retention_ms, "DUPLICATE_POLICY", "LAST", *labels)
-        except ResponseError as err:
-            if "already exists" not in str(err):
-                raise
-            # A series made by an older version may lack a label (the namespace): set them all.
-            await self.client.execute_command("TS.ALTER", key, *labels)
+        await ensure_series(self.client.execute_command, key, retention_ms=self.retention_ms, duplicate_policy="LAST",
+                            labels=(*self.keys.series_labels(), "metric", HEALTH_METRIC, "measure", measure,
+                                    "stage", stage))
         self.created.add(key)
 
     async def record(self, samples: list[Sample]) -> None:
@@ -100,13 +94,11 @@ class HealthRecorder:
 
 
 async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
-    client = await open_status_client(settings)
+    opening = lambda: open_status_client(settings)  # noqa: E731
+    client = await (opening() if args.once else open_patiently(opening, log))
     keys = Keys(settings.namespace)
     recorder = HealthRecorder(client, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     log.info("monitor started", interval_s=args.interval, once=args.once)
     outage = Outage()
     ticks = 0
@@ -125,8 +117,7 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
             if args.once:
                 break
     finally:
-        for signum in STOP_SIGNALS:
-            loop.remove_signal_handler(signum)
+        release_signals()
         await client.aclose()
     log.info("monitor stopped", ticks=ticks)
     return 0
@@ -147,11 +138,3 @@ async def _read_or_log(outage: Outage, reading: Awaitable[T]) -> T | None:
     elif outage.ended_after_ms is not None:
         log.info("redis reachable again", after=duration(outage.ended_after_ms))
     return result
-
-
-def register_agent(stages: argparse._SubParsersAction) -> None:
-    parser = stages.add_parser("monitor", help="record lag, pending, throughput and dead letters as TimeSeries")
-    parser.add_argument("--interval", type=positive_float, default=5.0, metavar="SECONDS",
-                        help="seconds between samples (default 5)")
-    parser.add_argument("--once", action="store_true", help="record one tick (after one interval) and exit")
-    parser.set_defaults(run=run_monitor)

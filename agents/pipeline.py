@@ -1,0 +1,28 @@
+"""The pipeline, declared once: its stages in flow order.
+
+Adding a stage is one declaration here and its handler module; the agent command, ``fraud
+up``, status, the monitor, re-processing, bench and soak all take their list of stages from
+``PIPELINE``.
+"""
+
+from __future__ import annotations
+
+from agents.aggregator import Aggregator
+from agents.detector import Detector
+from pipeline.core.keys import VERDICTS
+from pipeline.runtime.stage import Stage, by_name
+
+DETECTOR = Stage(
+    name="detector", handler=Detector, input="raw", output="verdicts",
+    counters=(*VERDICTS, "duplicate", "dead"), finished=(*VERDICTS, "duplicate", "dead"),
+    help="give each raw click its verdict")
+AGGREGATOR = Stage(
+    name="aggregator", handler=Aggregator, input="verdicts", output=None,
+    counters=("counted", "rejected", "dead"), finished=("counted", "rejected", "dead"),
+    help="count the verdicts as TimeSeries")
+
+PIPELINE: tuple[Stage, ...] = (DETECTOR, AGGREGATOR)
+
+
+def stage(name: str) -> Stage:
+    return by_name(PIPELINE, name)
