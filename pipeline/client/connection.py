@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from pipeline.client.resp import RespAuthError, RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.errors import MissingModulesError, RedisUnavailableError
 from pipeline.core.log import redact_url
+from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
 
 T = TypeVar("T")
@@ -29,8 +30,8 @@ def missing_modules(module_list: Iterable[Any]) -> list[str]:
         if isinstance(module, dict):
             name = module.get(b"name", module.get("name"))
         else:
-            pairs = dict(zip(module[::2], module[1::2], strict=True))
-            name = pairs.get(b"name", pairs.get("name"))
+            named = pairs(module)
+            name = named.get(b"name", named.get("name"))
         if isinstance(name, bytes):
             name = name.decode()
         if name:

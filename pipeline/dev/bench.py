@@ -31,6 +31,7 @@ from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
+from pipeline.core.replies import pairs, text_pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 
@@ -83,7 +84,7 @@ def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None)
 
 async def group_drained(client: RespClient, stream: str, group: str) -> bool:
     for info in await client.execute("XINFO", "GROUPS", stream):
-        fields = dict(zip(info[::2], info[1::2], strict=True))
+        fields = pairs(info)
         if fields[b"name"].decode() == group:
             return fields[b"pending"] == 0 and fields[b"lag"] == 0
     return False
@@ -137,7 +138,7 @@ async def _redis_cpu_s(client: RespClient) -> float:
 
 async def read_counters(client: RespClient, keys: Keys) -> dict[str, int]:
     flat = await client.execute("HGETALL", keys.stats)
-    return {k.decode(): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    return {name: int(value) for name, value in text_pairs(flat).items()}
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -198,7 +199,7 @@ def _cpu_s(stage: StageProcess) -> float:
 async def _group_exists(client: RespClient, stream: str, group: str) -> bool:
     if not await client.execute("EXISTS", stream):
         return False
-    return any(dict(zip(g[::2], g[1::2], strict=True))[b"name"].decode() == group
+    return any(text_pairs(g)["name"] == group
                for g in await client.execute("XINFO", "GROUPS", stream))
 
 

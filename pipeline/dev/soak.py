@@ -20,6 +20,7 @@ import psutil
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
+from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
 from pipeline.dev.bench import info_fields, pipeline_drained, read_counters, spawn_cli
 
@@ -103,8 +104,7 @@ async def _used_memory(client: RespClient) -> int:
 async def _sample(client: RespClient, keys: Keys, started: float) -> Sample:
     replies = await client.pipeline([("XINFO", "STREAM", keys.raw), ("XLEN", keys.raw), ("XLEN", keys.verdicts)])
     info = replies[0]
-    produced = 0 if isinstance(info, Exception) else int(dict(zip(info[::2], info[1::2], strict=True))[
-        b"entries-added"])
+    produced = 0 if isinstance(info, Exception) else int(pairs(info)[b"entries-added"])
     return Sample(time.monotonic() - started, await _used_memory(client), produced,
                   int(replies[1]), int(replies[2]))
 

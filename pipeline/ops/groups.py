@@ -9,18 +9,13 @@ new position.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
+from pipeline.core.replies import text_pairs
 from pipeline.core.stream_ids import parse_id
 
 PAGE = 10_000
-
-
-def _pairs(flat: list[Any]) -> dict[str, Any]:
-    return {k.decode(): v.decode() if isinstance(v, bytes) else v for k, v in zip(flat[::2], flat[1::2],
-                                                                                    strict=True)}
 
 
 @dataclass(frozen=True)
@@ -44,14 +39,14 @@ class ResetPlan:
 
 async def group_state(client: RespClient, stream: str, group: str, active_ms: int) -> GroupState:
     try:
-        groups = [_pairs(g) for g in await client.execute("XINFO", "GROUPS", stream)]
+        groups = [text_pairs(g) for g in await client.execute("XINFO", "GROUPS", stream)]
     except RespError:
         raise FraudError(f"no stream {stream}") from None
     info = next((g for g in groups if g["name"] == group), None)
     if info is None:
         names = ", ".join(g["name"] for g in groups) or "none"
         raise FraudError(f"no group {group!r} on {stream} (groups: {names})")
-    consumers = [_pairs(c) for c in await client.execute("XINFO", "CONSUMERS", stream, group)]
+    consumers = [text_pairs(c) for c in await client.execute("XINFO", "CONSUMERS", stream, group)]
     active = [c["name"] for c in consumers if c["idle"] < active_ms]
     return GroupState(stream, group, info["last-delivered-id"], info.get("entries-read"), info["pending"], active)
 
@@ -70,7 +65,7 @@ async def count_between(client: RespClient, stream: str, low: str, high: str) ->
 
 
 async def plan_reset(client: RespClient, state: GroupState, new_id: str) -> ResetPlan:
-    stream = _pairs(await client.execute("XINFO", "STREAM", state.stream))
+    stream = text_pairs(await client.execute("XINFO", "STREAM", state.stream))
     if new_id == "$":
         new_id = stream["last-generated-id"]
     if parse_id(new_id) > parse_id(stream["last-generated-id"]):

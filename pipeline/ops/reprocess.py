@@ -24,6 +24,7 @@ from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 from pipeline.runtime.agent import run_burst
@@ -85,15 +86,15 @@ async def outcomes(client: RespClient, keys: Keys, first: bytes, raw_ids: Collec
     low = first.decode()
     for stream, is_dead in ((keys.verdicts, False), (keys.dead, True)):
         async for fields in _scan(client, stream, low):
-            pairs = dict(zip(fields[::2], fields[1::2], strict=False))
-            raw_id = pairs.get(b"raw_id")
+            named = pairs(fields)
+            raw_id = named.get(b"raw_id")
             if raw_id not in raw_ids:
                 continue
             if is_dead:
-                if pairs.get(b"stage") == b"detector":
+                if named.get(b"stage") == b"detector":
                     found[raw_id] = DEAD
             else:
-                found[raw_id] = pairs[b"verdict"].decode()
+                found[raw_id] = named[b"verdict"].decode()
     return {raw_id: found.get(raw_id, NONE) for raw_id in raw_ids}
 
 

@@ -27,6 +27,7 @@ from typing import IO
 import orjson
 
 from pipeline.core.errors import FraudError
+from pipeline.core.replies import pairs
 
 LABEL = "label"
 FORMATS = ("jsonl", "csv")
@@ -163,9 +164,9 @@ def _csv_header(raw: bytes) -> list[str]:
 
 
 def jsonl_line(fields: list[str], label: str) -> bytes:
-    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
-    pairs[LABEL] = label
-    return orjson.dumps(pairs) + b"\n"
+    named = pairs(fields)
+    named[LABEL] = label
+    return orjson.dumps(named) + b"\n"
 
 
 def csv_columns(field_names: Iterable[str]) -> list[str]:
@@ -179,6 +180,6 @@ def csv_columns(field_names: Iterable[str]) -> list[str]:
 
 def csv_row(columns: list[str], fields: list[str], label: str) -> list[str]:
     """A click's cells under ``columns``: absent fields (and empty values) are empty cells."""
-    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
-    pairs[LABEL] = label
-    return [pairs.get(name, "") for name in columns]
+    named = pairs(fields)
+    named[LABEL] = label
+    return [named.get(name, "") for name in columns]
