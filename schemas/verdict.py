@@ -42,8 +42,15 @@ class InvalidVerdict(ValueError):
     pass
 
 
-def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
-    """What the aggregator needs of a verdict entry: which verdict, and its event time."""
+def verdict_index_and_time(flat: list[Any] | None, latest_ms: int) -> tuple[int, int]:
+    """What the aggregator needs of a verdict entry: which verdict, and its event time.
+
+    ``latest_ms`` is the latest event time a verdict written at this entry's
+    arrival can carry (the detector accepts ts up to its click's arrival +
+    FRAUD_MAX_FUTURE_MS, and a verdict arrives after its click): an entry past
+    it was not written by the detector, and one far-future sample would make
+    the series' retention drop its past.
+    """
     if not flat:
         raise InvalidVerdict(
             "deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
@@ -57,6 +64,6 @@ def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
     verdict = VERDICT_INDEX.get(verdict_raw)
     if verdict is None:
         raise InvalidVerdict(f"invalid_field: unknown verdict {verdict_raw[:32]!r}")
-    if not ts_raw.isdigit():
-        raise InvalidVerdict(f"invalid_field: ts {ts_raw[:32]!r}")
+    if not ts_raw.isdigit() or len(ts_raw) > len(str(latest_ms)) or int(ts_raw) > latest_ms:
+        raise InvalidVerdict(f"invalid_field: ts {ts_raw[:32]!r} is not epoch ms up to {latest_ms}")
     return verdict, int(ts_raw)
