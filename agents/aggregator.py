@@ -21,7 +21,7 @@ from pipeline.resp import RespClient, RespError
 from pipeline.runtime import BatchContext, Entry, Rejection, fenced_ids, reject
 from pipeline.settings import Settings
 from pipeline.stream_ids import batch_bounds
-from schemas.click import FieldLimits, entry_time_ms
+from schemas.click import FieldLimits
 from schemas.dead_letter import bounded_copy
 from schemas.verdict import InvalidVerdict, verdict_index_and_time
 
@@ -76,7 +76,7 @@ class Aggregator:
         bucket = self.bucket_ms
         for entry_id, flat in entries:
             try:
-                verdict, ts = verdict_index_and_time(flat, entry_time_ms(entry_id) + self.max_future_ms)
+                verdict, ts = verdict_index_and_time(flat, self.max_future_ms)
             except InvalidVerdict as err:
                 # Anyone can XADD to the verdict stream: its dead letter is bounded like the detector's.
                 rejections.append(Rejection(entry_id, *bounded_copy(str(err), flat, self.limits)))

@@ -173,7 +173,8 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
         raise InvalidClick(
             f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
     out = flat
-    if ts_raw is None or ip != ip_text:
+    # The verdict carries ts in one spelling (no leading zeros), as it does ip.
+    if ts_raw is None or ip != ip_text or (ts_raw[:1] == b"0" and len(ts_raw) > 1):
         out = [v for pair in fields.items() if pair[0] not in (b"ip", b"ts") for v in pair]
         out += ("ip", ip, "ts", str(ts))
     return CheckedClick(device_id, ip, ts, transaction_id, out, arrival)
@@ -202,13 +203,13 @@ def _event_time(raw: bytes, arrival: int, policy: EventTimePolicy) -> int:
     # bytes.isdigit() accepts ASCII digits only, so no sign, space or exponent gets through.
     if not raw.isdigit():
         raise InvalidClick(f"invalid_field: ts must be epoch milliseconds, got {_text(raw)[:32]!r}")
-    digits = raw.lstrip(b"0")
+    digits = raw.lstrip(b"0") or b"0"
     lowest, highest = arrival - policy.horizon_ms, arrival + policy.max_future_ms
-    # More digits than any bound has is past it, whatever the value: no huge int is built.
+    # More digits than the bound has is past it, whatever the value: no huge int is built.
     if len(digits) > len(str(highest)):
-        raise InvalidClick(f"ts_in_future: ts {_text(raw)[:32]}... ({len(digits)} digits) > arrival {arrival}"
-                           f" + {policy.max_future_ms} = {highest}")
-    ts = int(digits or b"0")
+        shown = digits.decode() if len(digits) <= 32 else f"{digits[:32].decode()}... ({len(digits)} digits)"
+        raise InvalidClick(f"ts_in_future: ts {shown} > arrival {arrival} + {policy.max_future_ms} = {highest}")
+    ts = int(digits)
     if ts < lowest:
         raise InvalidClick(f"ts_too_old: ts {ts} < arrival {arrival} - {policy.horizon_ms} = {lowest}")
     if ts > highest:

@@ -42,14 +42,12 @@ class InvalidVerdict(ValueError):
     pass
 
 
-def verdict_index_and_time(flat: list[Any] | None, latest_ms: int) -> tuple[int, int]:
+def verdict_index_and_time(flat: list[Any] | None, max_future_ms: int) -> tuple[int, int]:
     """What the aggregator needs of a verdict entry: which verdict, and its event time.
 
-    ``latest_ms`` is the latest event time a verdict written at this entry's
-    arrival can carry (the detector accepts ts up to its click's arrival +
-    FRAUD_MAX_FUTURE_MS, and a verdict arrives after its click): an entry past
-    it was not written by the detector, and one far-future sample would make
-    the series' retention drop its past.
+    The detector accepts a ts only up to its click's arrival (the ms part of
+    ``raw_id``) + FRAUD_MAX_FUTURE_MS: an entry past that was not written by it,
+    and one far-future sample would make the series' retention drop its past.
     """
     if not flat:
         raise InvalidVerdict(
@@ -59,8 +57,13 @@ def verdict_index_and_time(flat: list[Any] | None, latest_ms: int) -> tuple[int,
         # The detector writes `verdict` first; look further only for entries written otherwise.
         verdict_raw = flat[1] if flat[0] == b"verdict" else flat[2 * names.index(b"verdict") + 1]
         ts_raw = flat[2 * names.index(b"ts") + 1]
+        raw_id = flat[3] if flat[2] == b"raw_id" else flat[2 * names.index(b"raw_id") + 1]
     except (ValueError, IndexError):
-        raise InvalidVerdict("missing_field: verdict and ts are required") from None
+        raise InvalidVerdict("missing_field: verdict, raw_id and ts are required") from None
+    arrival = raw_id.partition(b"-")[0]
+    if not arrival.isdigit() or len(arrival) > 20:
+        raise InvalidVerdict(f"invalid_field: raw_id {raw_id[:32]!r}")
+    latest_ms = int(arrival) + max_future_ms
     verdict = VERDICT_INDEX.get(verdict_raw)
     if verdict is None:
         raise InvalidVerdict(f"invalid_field: unknown verdict {verdict_raw[:32]!r}")
