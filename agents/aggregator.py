@@ -4,6 +4,10 @@ Counts are pre-aggregated per batch into (verdict, event-time bucket) cells and
 written as ``TS.ADD ... ON_DUPLICATE SUM`` samples, one per cell, in the same
 atomic call as the XACK: summing a series over all time gives exactly the
 number of verdicts, and a replay of the same clicks lands in the same buckets.
+A batch with a sample the series would refuse as older than its retention fails
+whole and loudly (never acknowledged as counted): the settings keep every
+accepted click's event time well inside the retention, so it means the
+aggregator fell about a retention behind.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from pipeline.client.resp import RespClient
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds
-from pipeline.runtime.agent import BatchContext, Entry, Rejection, fenced_ids, reject
+from pipeline.runtime.agent import Rejection, fenced_ids, reject
+from pipeline.runtime.stage import BatchContext, Entry
 from schemas.verdict import InvalidVerdict, verdict_index_and_time
 
 # KEYS of fraud_aggregate before the series: the verdict stream and the stats hash.
@@ -39,6 +44,8 @@ async def ensure_verdict_series(client: RespClient, keys: Keys, settings: Settin
 class Aggregator:
     def __init__(self, settings: Settings) -> None:
         self.bucket_ms = settings.bucket_ms
+        self.retention_ms = settings.series_retention_ms
+        self.max_future_ms = settings.max_future_ms
 
     async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
         await ensure_verdict_series(client, keys, settings)
@@ -50,8 +57,9 @@ class Aggregator:
         bucket = self.bucket_ms
         for entry_id, flat in entries:
             try:
-                verdict, ts = verdict_index_and_time(flat)
+                verdict, ts = verdict_index_and_time(flat, self.max_future_ms)
             except InvalidVerdict as err:
+                # Anyone can XADD to the verdict stream: its dead letter is bounded like the detector's.
                 rejections.append(Rejection(entry_id, str(err), flat or ()))
                 continue
             cells[verdict, ts - ts % bucket] += 1
@@ -60,7 +68,7 @@ class Aggregator:
         if not ids:
             return lost
         lo, hi = batch_bounds(ids)
-        args: list[Any] = [ctx.group, ctx.consumer, lo, hi, len(ids), *ids]
+        args: list[Any] = [ctx.group, ctx.consumer, lo, hi, self.retention_ms, len(ids), *ids]
         # Every verdict gets a sample in every bucket that saw a click, zeros included:
         # a series' rollup closes a minute only when that series gets a later sample,
         # so a verdict that stopped would otherwise never have its last minute rolled up.

@@ -62,8 +62,13 @@ local function ack(stream, group, ids)
 end
 
 -- Trimming a device window on every click costs a call each; every TRIM_EVERY-th
--- click is enough to bound it, and the key's TTL removes quiet devices whole.
+-- click is enough to bound it. The trim bound never reaches what a verdict can
+-- still need (see detect), so the cadence affects memory only, never a verdict.
 local TRIM_EVERY = 8
+
+-- At most this many values of one record are ever unpacked (Lua's stack takes
+-- about 8,000): callers bound a dead letter's copy; this is the last safety net.
+local DEAD_MAX_ITEMS = 2000
 
 local function count_stats(stats_key, stage, counts)
   for name, n in pairs(counts) do
@@ -75,6 +80,10 @@ end
 
 -- The n original fields are args[from .. from + n - 1].
 local function dead_letter(dead_key, stage, id, reason, deliveries, args, from, n)
+  if n > DEAD_MAX_ITEMS then
+    reason = reason .. '; cut: items ' .. n .. '>' .. DEAD_MAX_ITEMS
+    n = DEAD_MAX_ITEMS
+  end
   redis.call('XADD', dead_key, '*', 'reason', reason, 'stage', stage, 'raw_id', id,
              'deliveries', tostring(deliveries), unpack(args, from, from + n - 1))
 end
@@ -88,27 +97,67 @@ local function slice(args, at, n)
   return out
 end
 
--- KEYS: raw stream, verdict stream, dead-letter stream, blacklist filter, stats hash
--- ARGV: group, consumer, lo id, hi id, window ms, spam threshold, horizon ms,
---       window key prefix, then one record per entry:
---       'v', id, device_id, member, ts, ip, n, <n verdict fields>   (a valid click)
---       'd', id, reason, n, <n original fields>                     (a rejected entry)
+-- An integer (every one here is below 2^53) as exact decimal text: Lua's own
+-- number-to-string conversion keeps 14 significant digits only.
+local function int_text(n)
+  return string.format('%.0f', n)
+end
+
+-- The millisecond part of an entry id: its arrival time.
+local function id_ms(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+-- The lowest arrival time of any entry `group` has yet to judge: the oldest
+-- pending one, or the first after its last-delivered id (lower after a reset).
+local function oldest_unjudged_ms(stream, group)
+  local oldest = math.huge
+  local summary = redis.call('XPENDING', stream, group)
+  if summary[2] then
+    oldest = id_ms(summary[2])
+  end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for j = 1, #g, 2 do
+      info[g[j]] = g[j + 1]
+    end
+    if info['name'] == group then
+      oldest = math.min(oldest, id_ms(info['last-delivered-id']))
+    end
+  end
+  return oldest
+end
+
+-- KEYS: raw stream, verdict stream, dead-letter stream, blacklist filter, stats hash, window index
+-- ARGV: group, consumer, lo id, hi id, window ms W, spam threshold, memory ms (H + W),
+--       window key prefix, index slack ms, most windows to remove, then one record per entry:
+--       'v', id, device_id, member, ts, ip, floor, n, <n verdict fields>   (a valid click)
+--       'd', id, reason, n, <n original fields, bounded by the caller>     (a rejected entry)
+--
+-- floor = arrival - H - W. A later accepted click has ts >= its arrival - H >= this
+-- arrival - H, so it looks back no further than floor: a window entry scored below
+-- floor can never count again. Hence (1) an existing member scored below the
+-- click's floor is stale and treated exactly as if absent, and (2) windows are
+-- trimmed, and removed whole, below the lowest floor of any click still to be
+-- judged; neither changes a verdict, whenever (or whether) it runs.
 local function detect(keys, args)
-  local raw, verdicts, dead, blacklist, stats = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local raw, verdicts, dead, blacklist, stats, index = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
   local group, consumer = args[1], args[2]
-  local window_ms, threshold, horizon_ms = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
-  local window_prefix = args[8]
+  local window_ms, threshold, memory_ms = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+  local window_prefix, slack_ms, expire_limit = args[8], tonumber(args[9]), tonumber(args[10])
 
   -- First pass: where each record starts. Fields stay in ARGV and are
   -- unpacked straight into XADD, which saves copying them per click.
   local starts, ids, ips = {}, {}, {}
-  local i = 9
+  local lowest_floor = math.huge
+  local i = 11
   while i <= #args do
     starts[#starts + 1] = i
     ids[#ids + 1] = args[i + 1]
     if args[i] == 'v' then
       ips[#ips + 1] = args[i + 5]
-      i = i + 7 + tonumber(args[i + 6])
+      lowest_floor = math.min(lowest_floor, tonumber(args[i + 6]))
+      i = i + 8 + tonumber(args[i + 7])
     else
       i = i + 4 + tonumber(args[i + 3])
     end
@@ -120,6 +169,9 @@ local function detect(keys, args)
   if not owned then
     return fenced
   end
+  -- Below every floor of this batch and of every click not judged yet (other
+  -- consumers' batches in flight, entries a group reset will deliver again).
+  local forget_below = '(' .. int_text(math.min(lowest_floor, oldest_unjudged_ms(raw, group) - memory_ms))
 
   -- One CF.MEXISTS for the whole batch instead of a module call per click.
   local listed = in_slices('CF.MEXISTS', blacklist, nil, ips)
@@ -130,22 +182,29 @@ local function detect(keys, args)
     local id = args[at + 1]
     if args[at] == 'v' then
       nth_click = nth_click + 1
-      local window, member, ts = window_prefix .. args[at + 2], args[at + 3], tonumber(args[at + 4])
+      local device, member, ts_text = args[at + 2], args[at + 3], args[at + 4]
+      local window, ts = window_prefix .. device, tonumber(ts_text)
       -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
       -- click into its device's window in one step.
-      if redis.call('ZADD', window, 'NX', ts, member) == 0 then
+      local fresh = redis.call('ZADD', window, 'NX', ts_text, member) == 1
+      if not fresh and tonumber(redis.call('ZSCORE', window, member)) < tonumber(args[at + 6]) then
+        -- A stale member, as if trimmed already: this click takes its place.
+        redis.call('ZADD', window, ts_text, member)
+        fresh = true
+      end
+      if not fresh then
         counts.duplicate = counts.duplicate + 1
       else
         -- Clicks in [ts - window, ts], less this one: the window as it stood before it.
-        local earlier = redis.call('ZCOUNT', window, ts - window_ms, ts) - 1
+        local earlier = redis.call('ZCOUNT', window, int_text(ts - window_ms), ts_text) - 1
         if nth_click % TRIM_EVERY == 0 then
-          redis.call('ZREMRANGEBYSCORE', window, '-inf', '(' .. (ts - horizon_ms))
+          redis.call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
         end
-        -- A quiet device's window goes after at least the horizon. Refreshing the TTL only
-        -- once it has fallen below the horizon (PTTL is a read, PEXPIRE a write that the
-        -- AOF and replicas must carry) keeps that promise at a fraction of the writes.
-        if redis.call('PTTL', window) < horizon_ms then
-          redis.call('PEXPIRE', window, 2 * horizon_ms)
+        -- The index keeps an upper bound of the device's newest ts, written only
+        -- when a click passes it (then raised by the slack), to save writes.
+        local bound = redis.call('ZSCORE', index, device)
+        if not bound or ts > tonumber(bound) then
+          redis.call('ZADD', index, int_text(ts + slack_ms), device)
         end
         local verdict = 'clean'
         if listed[nth_click] == 1 then
@@ -155,12 +214,20 @@ local function detect(keys, args)
         end
         counts[verdict] = counts[verdict] + 1
         redis.call('XADD', verdicts, '*', 'verdict', verdict, 'raw_id', id,
-                   unpack(args, at + 7, at + 6 + tonumber(args[at + 6])))
+                   unpack(args, at + 8, at + 7 + tonumber(args[at + 7])))
       end
     else
       counts.dead = counts.dead + 1
       dead_letter(dead, 'detector', id, args[at + 2], owned[id], args, at + 4, tonumber(args[at + 3]))
     end
+  end
+  -- Windows whose every click is below the bound go whole, a bounded number per call.
+  local gone = redis.call('ZRANGEBYSCORE', index, '-inf', forget_below, 'LIMIT', 0, expire_limit)
+  for _, device in ipairs(gone) do
+    redis.call('DEL', window_prefix .. device)
+  end
+  if #gone > 0 then
+    in_slices('ZREM', index, nil, gone)
   end
   ack(raw, group, ids)
   count_stats(stats, 'detector', counts)
@@ -168,34 +235,53 @@ local function detect(keys, args)
 end
 
 -- KEYS: verdict stream, stats hash, then one series key per verdict
--- ARGV: group, consumer, lo id, hi id, number of ids, ids..., then triples of
---       (series position in KEYS, bucket timestamp, count)
+-- ARGV: group, consumer, lo id, hi id, series retention ms (0: none), number of ids, ids...,
+--       then triples of (series position in KEYS, bucket timestamp, count)
+--
+-- Every sample is checked before any is written: RedisTimeSeries refuses one
+-- older than the series' newest sample less the retention, and a refusal half
+-- way would leave half a batch counted. A batch that would be refused fails the
+-- call whole (it is not acknowledged): settings make it impossible unless the
+-- aggregator lags the detector by about the retention, which must be seen.
 local function aggregate(keys, args)
   local stream, stats = keys[1], keys[2]
   local group, consumer = args[1], args[2]
-  local nids = tonumber(args[5])
-  local ids = slice(args, 6, nids)
+  local retention = tonumber(args[5])
+  local nids = tonumber(args[6])
+  local ids = slice(args, 7, nids)
   if nids == 0 then
-    return {'ok', 0, 0}
+    return {'ok', 0}
   end
   local owned, fenced = fence(stream, group, consumer, args[3], args[4], ids)
   if not owned then
     return fenced
   end
-  local counted, rejected = 0, 0
-  for i = 6 + nids, #args, 3 do
-    local n = tonumber(args[i + 2])
-    local ok = pcall(redis.call, 'TS.ADD', keys[tonumber(args[i])], args[i + 1], n, 'ON_DUPLICATE', 'SUM')
-    if ok then
-      counted = counted + n
-    else
-      -- Older than the series' retention: RedisTimeSeries refuses the sample.
-      rejected = rejected + n
+  if retention > 0 then
+    local newest, oldest = -math.huge, math.huge
+    for k = 3, #keys do
+      local last = redis.call('TS.GET', keys[k])
+      if last[1] then
+        newest = math.max(newest, tonumber(last[1]))
+      end
+    end
+    for i = 7 + nids, #args, 3 do
+      local at = tonumber(args[i + 1])
+      newest, oldest = math.max(newest, at), math.min(oldest, at)
+    end
+    if oldest < newest - retention then
+      return redis.error_reply('series_refused: bucket ' .. int_text(oldest) .. ' is older than the newest sample '
+                               .. int_text(newest) .. ' less the retention ' .. int_text(retention))
     end
   end
+  local counted = 0
+  for i = 7 + nids, #args, 3 do
+    local n = tonumber(args[i + 2])
+    redis.call('TS.ADD', keys[tonumber(args[i])], args[i + 1], n, 'ON_DUPLICATE', 'SUM')
+    counted = counted + n
+  end
   ack(stream, group, ids)
-  count_stats(stats, 'aggregator', {counted = counted, rejected = rejected})
-  return {'ok', counted, rejected}
+  count_stats(stats, 'aggregator', {counted = counted})
+  return {'ok', counted}
 end
 
 -- KEYS: source stream, dead-letter stream, stats hash

@@ -7,6 +7,11 @@ Wire form (one stream entry, flat field/value pairs)::
 ``device_id`` and ``ip`` are required; ``ts`` (event time, epoch ms) defaults
 to the entry id's time; ``transaction_id`` names the click for de-duplication.
 Extra fields pass through to the verdict within the configured limits.
+
+The clock is the entry's arrival time: the millisecond part of its id, which
+the server set at XADD. A click is accepted only if its ``ts`` lies in
+``[arrival - horizon, arrival + max_future]`` (``EventTimePolicy``), so no
+producer's clock can move the windows or the series' retention.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import faust
 
 DEVICE_ID_MAX = 128
 TRANSACTION_ID_MAX = 128
-# Event times beyond what a float64 holds exactly cannot be windowed exactly in Lua.
-TS_MAX = 2**53 - 1
+# 9999-12-31T23:59:59.999Z: an entry id past it was set explicitly by a producer, not by the
+# server's clock. Below it every accepted time (and a window bound) is exact in Lua's doubles.
+ARRIVAL_MAX_MS = 253_402_300_799_999
 
 REQUIRED_FIELDS = ("device_id", "ip")
 KNOWN_FIELDS = frozenset(("device_id", "ip", "transaction_id", "ts"))
@@ -52,6 +58,14 @@ class FieldLimits:
     max_bytes: int = 1024
 
 
+@dataclass(frozen=True, slots=True)
+class EventTimePolicy:
+    """Which event times a click may carry, relative to its arrival (see the module doc)."""
+
+    horizon_ms: int = 300_000
+    max_future_ms: int = 60_000
+
+
 class InvalidClick(ValueError):
     """Why an entry is not a click; ``str()`` is the dead-letter reason."""
 
@@ -61,7 +75,8 @@ def canonical_ip(text: str) -> str:
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             packed = socket.inet_pton(family, text)
-        except OSError:
+        except (OSError, ValueError):
+            # ValueError: text the C call cannot take at all (a NUL byte).
             continue
         if family == socket.AF_INET6 and packed[:12] == b"\0" * 10 + b"\xff\xff":
             # An IPv4-mapped IPv6 address is the IPv4 host itself.
@@ -73,6 +88,14 @@ def canonical_ip(text: str) -> str:
 def entry_time_ms(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-", 1)[0])
+
+
+def arrival_ms(entry_id: bytes | str) -> int:
+    """The entry's arrival time (its id's millisecond part); InvalidClick past year 9999."""
+    arrival = entry_time_ms(entry_id)
+    if arrival > ARRIVAL_MAX_MS:
+        raise InvalidClick(f"invalid_id: entry id time {arrival} is past year 9999 (set by the producer)")
+    return arrival
 
 
 class CheckedClick(NamedTuple):
@@ -89,6 +112,8 @@ class CheckedClick(NamedTuple):
     transaction_id: str | None
     # The verdict's fields: the entry's own, with ip canonical and ts set.
     fields: list[Any]
+    # The entry's arrival time (its id's millisecond part): the clock of the policy.
+    arrival: int
 
     def to_record(self) -> Click:
         extra = {_text(self.fields[i]): _text(self.fields[i + 1])
@@ -102,11 +127,13 @@ _KNOWN_WIRE = frozenset(name.encode() for name in KNOWN_FIELDS)
 _RESERVED_WIRE = frozenset(name.encode() for name in RESERVED_FIELDS)
 
 
-def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLimits) -> CheckedClick:
+def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLimits,
+                policy: EventTimePolicy) -> CheckedClick:
     """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
 
     This runs once per click on the hot path, so it decodes only the fields
-    it must read and passes the entry's own field list on when it can.
+    it must read and passes the entry's own field list on when it can. The
+    size limits are checked first, before any field is looked at.
     """
     if not flat:
         raise InvalidClick("deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
@@ -135,8 +162,9 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
         raise InvalidClick(f"invalid_field: device_id must be 1-{DEVICE_ID_MAX} printable characters")
     ip_text = _decode(ip_raw, "ip")
     ip = canonical_ip(ip_text)
+    arrival = arrival_ms(entry_id)
     ts_raw = fields.get(b"ts")
-    ts = entry_time_ms(entry_id) if ts_raw is None else _event_time(ts_raw)
+    ts = arrival if ts_raw is None else _event_time(ts_raw, arrival, policy)
     transaction_raw = fields.get(b"transaction_id")
     transaction_id = None if transaction_raw is None else _decode(transaction_raw, "transaction_id")
     if transaction_id is not None and (
@@ -145,16 +173,18 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
         raise InvalidClick(
             f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
     out = flat
-    if ts_raw is None or ip != ip_text:
+    # The verdict carries ts in one spelling (no leading zeros), as it does ip.
+    if ts_raw is None or ip != ip_text or (ts_raw[:1] == b"0" and len(ts_raw) > 1):
         out = [v for pair in fields.items() if pair[0] not in (b"ip", b"ts") for v in pair]
         out += ("ip", ip, "ts", str(ts))
-    return CheckedClick(device_id, ip, ts, transaction_id, out)
+    return CheckedClick(device_id, ip, ts, transaction_id, out, arrival)
 
 
-def parse_click(entry_id: bytes | str, flat: list[bytes | str] | None, limits: FieldLimits) -> Click:
+def parse_click(entry_id: bytes | str, flat: list[bytes | str] | None, limits: FieldLimits,
+                policy: EventTimePolicy) -> Click:
     """Check one raw entry and build its Click record."""
     encoded = None if flat is None else [v.encode() if isinstance(v, str) else v for v in flat]
-    return check_click(entry_id, encoded, limits).to_record()
+    return check_click(entry_id, encoded, limits, policy).to_record()
 
 
 def _decode(raw: bytes, what: str) -> str:
@@ -169,11 +199,19 @@ def _text(raw: bytes | str) -> str:
     return raw if isinstance(raw, str) else raw.decode(errors="replace")
 
 
-def _event_time(raw: bytes) -> int:
+def _event_time(raw: bytes, arrival: int, policy: EventTimePolicy) -> int:
     # bytes.isdigit() accepts ASCII digits only, so no sign, space or exponent gets through.
-    if not raw.isdigit() or len(raw) > 16:
+    if not raw.isdigit():
         raise InvalidClick(f"invalid_field: ts must be epoch milliseconds, got {_text(raw)[:32]!r}")
-    ts = int(raw)
-    if ts > TS_MAX:
-        raise InvalidClick(f"invalid_field: ts {ts} is out of range")
+    digits = raw.lstrip(b"0") or b"0"
+    lowest, highest = arrival - policy.horizon_ms, arrival + policy.max_future_ms
+    # More digits than the bound has is past it, whatever the value: no huge int is built.
+    if len(digits) > len(str(highest)):
+        shown = digits.decode() if len(digits) <= 32 else f"{digits[:32].decode()}... ({len(digits)} digits)"
+        raise InvalidClick(f"ts_in_future: ts {shown} > arrival {arrival} + {policy.max_future_ms} = {highest}")
+    ts = int(digits)
+    if ts < lowest:
+        raise InvalidClick(f"ts_too_old: ts {ts} < arrival {arrival} - {policy.horizon_ms} = {lowest}")
+    if ts > highest:
+        raise InvalidClick(f"ts_in_future: ts {ts} > arrival {arrival} + {policy.max_future_ms} = {highest}")
     return ts

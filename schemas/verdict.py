@@ -42,8 +42,13 @@ class InvalidVerdict(ValueError):
     pass
 
 
-def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
-    """What the aggregator needs of a verdict entry: which verdict, and its event time."""
+def verdict_index_and_time(flat: list[Any] | None, max_future_ms: int) -> tuple[int, int]:
+    """What the aggregator needs of a verdict entry: which verdict, and its event time.
+
+    The detector accepts a ts only up to its click's arrival (the ms part of
+    ``raw_id``) + FRAUD_MAX_FUTURE_MS: an entry past that was not written by it,
+    and one far-future sample would make the series' retention drop its past.
+    """
     if not flat:
         raise InvalidVerdict(
             "deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
@@ -52,11 +57,16 @@ def verdict_index_and_time(flat: list[Any] | None) -> tuple[int, int]:
         # The detector writes `verdict` first; look further only for entries written otherwise.
         verdict_raw = flat[1] if flat[0] == b"verdict" else flat[2 * names.index(b"verdict") + 1]
         ts_raw = flat[2 * names.index(b"ts") + 1]
+        raw_id = flat[3] if flat[2] == b"raw_id" else flat[2 * names.index(b"raw_id") + 1]
     except (ValueError, IndexError):
-        raise InvalidVerdict("missing_field: verdict and ts are required") from None
+        raise InvalidVerdict("missing_field: verdict, raw_id and ts are required") from None
+    arrival = raw_id.partition(b"-")[0]
+    if not arrival.isdigit() or len(arrival) > 20:
+        raise InvalidVerdict(f"invalid_field: raw_id {raw_id[:32]!r}")
+    latest_ms = int(arrival) + max_future_ms
     verdict = VERDICT_INDEX.get(verdict_raw)
     if verdict is None:
         raise InvalidVerdict(f"invalid_field: unknown verdict {verdict_raw[:32]!r}")
-    if not ts_raw.isdigit():
-        raise InvalidVerdict(f"invalid_field: ts {ts_raw[:32]!r}")
+    if not ts_raw.isdigit() or len(ts_raw) > len(str(latest_ms)) or int(ts_raw) > latest_ms:
+        raise InvalidVerdict(f"invalid_field: ts {ts_raw[:32]!r} is not epoch ms up to {latest_ms}")
     return verdict, int(ts_raw)

@@ -1,4 +1,4 @@
-"""Agents as real subprocesses (``python -m pipeline.cli.main agent ...``), for fault-injection tests."""
+"""Agents as real subprocesses (``python -m pipeline.cli agent ...``), for fault-injection tests."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class Producer(threading.Thread):
                         pipe = client.pipeline(transaction=False)
                         for i in numbers:
                             pipe.xadd(raw, {"device_id": f"dev-{i % 2000}", "ip": "192.0.2.1",
-                                            "transaction_id": f"tx-{i}", "ts": str(1_000_000 + 37 * i)})
+                                            "transaction_id": f"tx-{i}"})
                         pipe.execute()
                         break
                     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):

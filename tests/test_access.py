@@ -1,7 +1,7 @@
 """Credentials and databases in FRAUD_REDIS_URL: every path works with them, none leaks a password.
 
 A server of its own with a default-user password and an ACL user; each command of the pipeline
-runs as a real process (``python -m pipeline.cli.main``) with a time limit, so a hang fails the test.
+runs as a real process (``python -m pipeline.cli``) with a time limit, so a hang fails the test.
 """
 
 from __future__ import annotations

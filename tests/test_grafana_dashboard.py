@@ -24,7 +24,8 @@ import yaml
 from pipeline.cli.main import build_parser
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
-from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id, xadd_all
+from tests.arrival import xadd_at_event_time
+from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_FILES = sorted((ROOT / "grafana/dashboards").glob("*.json"))
@@ -302,7 +303,7 @@ async def feed(settings: Settings) -> tuple[int, int, list[str]]:
         for ip in BLACKLISTED:
             client.execute_command("CF.ADD", keys.blacklist, ip)
     clicks, invalid = crafted_clicks(t0)
-    ids = xadd_all(settings, clicks)
+    ids = xadd_at_event_time(settings, clicks)
     await run_pipeline(settings)
     return now_ms, t0, ids[-invalid:]
 
@@ -465,7 +466,7 @@ async def test_panels_show_only_the_namespace_chosen(settings: Settings, namespa
     # The live pipeline and another one (a cluster namespace, or a replay's key space) on one server.
     now_ms, t0, _ = await feed(settings)
     other = replace(settings, namespace=namespace)
-    xadd_all(other, [["device_id", f"o{i}", "ip", "10.3.0.1", "ts", str(t0 + i)] for i in range(7)]
+    xadd_at_event_time(other, [["device_id", f"o{i}", "ip", "10.3.0.1", "ts", str(t0 + i)] for i in range(7)]
              + [["device_id", "no-ip", "ts", str(t0)]])
     await run_pipeline(other)
     for shown in (settings, other):

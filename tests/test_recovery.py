@@ -22,7 +22,7 @@ RAW = Keys().raw
 
 
 def clicks(n: int) -> list[list[str]]:
-    return [["device_id", f"dev-{i}", "ip", "192.0.2.1", "ts", str(1_000_000 + i)] for i in range(n)]
+    return [["device_id", f"dev-{i}", "ip", "192.0.2.1"] for i in range(n)]
 
 
 def sync_client(settings: Settings) -> redis.Redis:

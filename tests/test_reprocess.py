@@ -17,6 +17,7 @@ from pipeline.client.connection import open_fast_client
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from tests.arrival import xadd_at_event_time
 from tests.helpers import run_burst, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 from tests.procs import wait_consumers_idle
 
@@ -52,7 +53,7 @@ async def test_range_reprocessing_uses_current_rules_and_leaves_live_keys_alone(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     keys = Keys(settings.namespace)
     await blacklist_add(settings, "192.0.2.66")
-    ids = xadd_all(settings, [
+    ids = xadd_at_event_time(settings, [
         click("a", "10.1.1.1", 0, "t1"),
         click("b", "198.51.100.9", 100, "t2"),       # clean live, blacklisted later
         click("c", "192.0.2.66", 200, "t3"),         # blacklisted all along
@@ -127,7 +128,7 @@ async def test_group_reset_dry_run_execute_and_redelivery(settings: Settings,
     # A short block time: the burst consumer below counts as inactive after 2x of it.
     settings = dataclasses.replace(settings, block_ms=100)
     keys = Keys(settings.namespace)
-    ids = xadd_all(settings, [click(f"d{i}", "10.2.0.1", i * 1000, f"t{i}") for i in range(6)])
+    ids = xadd_at_event_time(settings, [click(f"d{i}", "10.2.0.1", i * 1000, f"t{i}") for i in range(6)])
     await run_burst(settings, "detector")
     with redis.Redis.from_url(settings.redis_url) as client:
         # A reset is refused while a consumer is active (seen within two block times).

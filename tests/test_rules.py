@@ -11,9 +11,12 @@ import redis
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from tests.arrival import xadd_arrived
 from tests.helpers import run_pipeline, series_totals, stream_entries, verdicts_by_raw_id, xadd_all
 
 T0 = 1_700_000_000_000
+# Every click of these traces arrives here: their ts lie within the horizon before it.
+ARRIVAL = T0 + 200_000
 
 
 def click(device: str, ts: int, ip: str = "192.0.2.10", tx: str | None = None, **extra: str) -> list[str]:
@@ -35,7 +38,7 @@ def blacklist(settings: Settings, *ips: str) -> None:
 
 async def verdicts_of(settings: Settings, clicks: list[list[str]]) -> list[str | None]:
     """The verdict of each click, in order (None: no verdict)."""
-    ids = xadd_all(settings, clicks)
+    ids = xadd_arrived(settings, [(ARRIVAL, c) for c in clicks])
     await run_pipeline(settings)
     verdicts = verdicts_by_raw_id(settings)
     return [verdicts.get(i) for i in ids]
@@ -144,7 +147,10 @@ MALFORMED: list[tuple[list[str | bytes], str]] = [
     (["device_id", "d", "ip", "fe80::1%eth0"], "invalid_field: ip"),
     (["device_id", "d", "ip", "192.0.2.1", "ts", "-5"], "invalid_field: ts"),
     (["device_id", "d", "ip", "192.0.2.1", "ts", "1e12"], "invalid_field: ts"),
-    (["device_id", "d", "ip", "192.0.2.1", "ts", "99999999999999999999"], "invalid_field: ts"),
+    (["device_id", "d", "ip", "192.0.2.1", "ts", "99999999999999999999"], "ts_in_future"),
+    (["device_id", "d", "ip", "192.0.2.1", "ts", str(ARRIVAL - 300_001)], "ts_too_old"),
+    (["device_id", "d", "ip", "192.0.2.1", "ts", str(ARRIVAL + 60_001)], "ts_in_future"),
+    (["device_id", "d", "ip", "192.0.\x002.1"], "invalid_field: ip"),
     (["device_id", "", "ip", "192.0.2.1"], "invalid_field: device_id"),
     (["device_id", "d" * 129, "ip", "192.0.2.1"], "invalid_field: device_id"),
     (["device_id", "d", "ip", "192.0.2.1", "note", "x" * 2000], "oversized_field"),
@@ -157,8 +163,8 @@ MALFORMED: list[tuple[list[str | bytes], str]] = [
 
 
 async def test_malformed_clicks_go_to_the_dead_letter_stream_with_reason(settings: Settings) -> None:
-    good = click("ok", T0)
-    ids = xadd_all(settings, [fields for fields, _ in MALFORMED] + [good])
+    good = click("ok", ARRIVAL)
+    ids = xadd_arrived(settings, [(ARRIVAL, fields) for fields, _ in MALFORMED] + [(ARRIVAL, good)])
     await run_pipeline(settings)
     keys = Keys(settings.namespace)
     with redis.Redis.from_url(settings.redis_url) as client:
@@ -170,14 +176,21 @@ async def test_malformed_clicks_go_to_the_dead_letter_stream_with_reason(setting
         assert entry[b"reason"].decode().startswith(reason), entry[b"reason"]
         assert entry[b"stage"] == b"detector"
         assert entry[b"deliveries"] == b"1"
-    # The original fields follow the four header fields, byte for byte and in order.
+    # The original fields follow the four header fields, byte for byte and in order (a value
+    # over the size limit cut to it, as its reason says).
     raw_client = RespClient(settings.redis_url)
     raw_dead = await raw_client.execute("XRANGE", keys.dead, "-", "+")
     await raw_client.close()
     for _, flat in raw_dead:
         entry_id = flat[5].decode()
-        original = MALFORMED[ids.index(entry_id)][0]
-        assert flat[8:] == [f if isinstance(f, bytes) else f.encode() for f in original]
+        original = [f if isinstance(f, bytes) else f.encode() for f in MALFORMED[ids.index(entry_id)][0]]
+        if flat[1].startswith(b"oversized_field"):
+            assert flat[1].endswith(b"; cut: #3 value 2000>1024")
+            original[-1] = original[-1][:1024]
+        if flat[1].startswith(b"too_many_fields"):
+            assert flat[1].endswith(b"; cut: fields 42>32")
+            original = original[:64]
+        assert flat[8:] == original
     # The pipeline kept going: the good click behind them has its verdict, nothing is pending.
     assert verdicts_by_raw_id(settings) == {ids[-1]: "clean"}
     with redis.Redis.from_url(settings.redis_url) as client:
@@ -190,7 +203,7 @@ async def test_generated_traffic_gets_exactly_one_outcome_per_click_and_exact_co
     ticks = iter(range(T0, T0 + 10**9, 37))
     trace = traffic(5, lambda: next(ticks), TrafficMix(humans=300))
     clicks = [next(trace)[0] for _ in range(5000)]
-    ids = xadd_all(settings, clicks)
+    ids = xadd_arrived(settings, [(T0 + 5000 * 37, c) for c in clicks])
     await run_pipeline(settings)
     verdicts = verdicts_by_raw_id(settings)
     keys = Keys(settings.namespace)

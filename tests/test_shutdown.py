@@ -32,8 +32,7 @@ def load_backlog(url: str, n: int) -> None:
         for first in range(0, n, 5000):
             pipe = client.pipeline(transaction=False)
             for i in range(first, min(n, first + 5000)):
-                pipe.xadd(raw, {"device_id": f"dev-{i % 3000}", "ip": "192.0.2.1", "transaction_id": f"tx-{i}",
-                                "ts": str(1_000_000 + i)})
+                pipe.xadd(raw, {"device_id": f"dev-{i % 3000}", "ip": "192.0.2.1", "transaction_id": f"tx-{i}"})
             pipe.execute()
 
 

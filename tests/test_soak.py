@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import redis
+
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.soak import soak
+from tests.arrival import xadd_arrived
+from tests.helpers import run_burst
 
 CLICKS = 30_000
-# Shorter still than the soak's defaults, so that windows expire within the test.
+HORIZON_MS, WINDOW_MS, FUTURE_MS = 2000, 1000, 500
+# Shorter still than the soak's defaults, so that windows can go within the test.
 ENV = {
     "FRAUD_STREAM_KEEP_MS": "1000",
-    "FRAUD_CLICK_SPAM_WINDOW_MS": "1000",
-    "FRAUD_DEDUP_HORIZON_MS": "2000",
+    "FRAUD_CLICK_SPAM_WINDOW_MS": str(WINDOW_MS),
+    "FRAUD_DEDUP_HORIZON_MS": str(HORIZON_MS),
+    "FRAUD_MAX_FUTURE_MS": str(FUTURE_MS),
     "FRAUD_MAINTENANCE_INTERVAL_MS": "500",
 }
+# Arrival time after which no click can look back at a device's window: it is removed.
+FORGOTTEN_AFTER_MS = 2 * HORIZON_MS + WINDOW_MS + FUTURE_MS
+
+
+def window_keys(settings: Settings) -> int:
+    with redis.Redis.from_url(settings.redis_url) as client:
+        return sum(1 for _ in client.scan_iter(match=Keys(settings.namespace).window_prefix + "*", count=10_000))
 
 
 async def test_streams_are_trimmed_and_windows_expire(settings: Settings) -> None:
-    # A quiet device's window lives between one and two horizons: wait out two.
     result = await soak(settings, CLICKS, 15_000, env=ENV, settle_s=5.0, timeout=120)
     stats = result.stats
     decided = sum(stats.get(f"detector.{k}", 0) for k in ("clean", "ip_blacklist", "click_spam", "duplicate", "dead"))
@@ -26,5 +41,19 @@ async def test_streams_are_trimmed_and_windows_expire(settings: Settings) -> Non
     # Approximate trimming keeps at most a partly acknowledged node of 100 entries per stream.
     assert result.stream_lengths["raw"] <= 200, result.stream_lengths
     assert result.stream_lengths["verdicts"] <= 200, result.stream_lengths
-    assert result.window_keys == 0, "device windows outlived twice the de-duplication horizon"
     assert result.end_memory < max(s.used_memory for s in result.samples)
+
+    # Windows go by arrival time, not the wall clock: once clicks keep arriving long enough after
+    # the run, every window of the run goes, and only the newcomer's is left.
+    assert result.window_keys > 0
+    with redis.Redis.from_url(settings.redis_url) as client:
+        last_ms = int(client.xinfo_stream(Keys(settings.namespace).raw)["last-generated-id"].split(b"-")[0])
+    later = last_ms + FORGOTTEN_AFTER_MS + 1
+    run_settings = dataclasses.replace(settings, dedup_horizon_ms=HORIZON_MS, click_spam_window_ms=WINDOW_MS,
+                                       max_future_ms=FUTURE_MS)
+    # Each detector call removes at most twice a batch of quiet windows: one call per click here.
+    calls = result.window_keys // (2 * run_settings.batch_size) + 1
+    for _ in range(calls):
+        xadd_arrived(settings, [(later, ["device_id", "newcomer", "ip", "192.0.2.1"])])
+        await run_burst(run_settings, "detector")
+    assert window_keys(settings) == 1, "device windows outlived every click that could look back at them"

@@ -53,6 +53,12 @@ class Keys:
         return self.window_prefix + device_id
 
     @property
+    def window_index(self) -> str:
+        """Sorted set of device -> an upper bound of the newest ts in its window: which windows
+        can go, found without the wall clock (``<namespace>:windows``, outside the window prefix)."""
+        return self._key("windows")
+
+    @property
     def stats(self) -> str:
         """Hash of running counters per stage (processed, duplicates, dead...)."""
         return self._key("stats")

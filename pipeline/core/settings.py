@@ -31,10 +31,13 @@ class Settings:
 
     click_spam_threshold: int = 2
     click_spam_window_ms: int = 10_000
-    # How long a (device_id, transaction_id) pair is remembered for
-    # de-duplication, and how late a click may arrive and still see an exact
-    # window. Must be at least the spam window.
+    # H: how far a click's ts may lie before its arrival (the ms part of its
+    # entry id) and still be judged against an exact window; it also bounds how
+    # long a (device_id, transaction_id) pair is remembered. At least the window.
     dedup_horizon_ms: int = 300_000
+    # F: how far a click's ts may lie after its arrival (producers' clocks run
+    # ahead). Clicks outside [arrival - H, arrival + F] are dead-lettered.
+    max_future_ms: int = 60_000
 
     blacklist_capacity: int = 1_000_000
     blacklist_bucket_size: int = 2
@@ -92,6 +95,9 @@ class Settings:
                 raise SettingsError(f"FRAUD_{name.upper()} must be positive, got {getattr(self, name)}")
         if self.dedup_horizon_ms < self.click_spam_window_ms:
             raise SettingsError("FRAUD_DEDUP_HORIZON_MS must be at least FRAUD_CLICK_SPAM_WINDOW_MS")
+        if self.max_future_ms < 0:
+            raise SettingsError(f"FRAUD_MAX_FUTURE_MS must not be negative, got {self.max_future_ms}")
+        self._validate_event_time_span()
         if self.rollup_bucket_ms % self.bucket_ms:
             raise SettingsError("FRAUD_ROLLUP_BUCKET_MS must be a multiple of FRAUD_BUCKET_MS")
         if self.appendfsync not in ("always", "everysec", "no"):
@@ -100,6 +106,21 @@ class Settings:
             raise SettingsError("FRAUD_LOG_FORMAT must be one of auto, json, console")
         if not self.namespace or any(c.isspace() for c in self.namespace):
             raise SettingsError("FRAUD_NAMESPACE must be a non-empty word")
+
+    def _validate_event_time_span(self) -> None:
+        """Accepted event times span H + F around arrival; that span must sit well inside the
+        series' retention, or a sample of an accepted click could be refused as too old."""
+        span = self.dedup_horizon_ms + self.max_future_ms + self.bucket_ms
+        if span > EVENT_TIME_SPAN_MAX:
+            raise SettingsError("FRAUD_DEDUP_HORIZON_MS + FRAUD_MAX_FUTURE_MS is too large to keep times exact")
+        if self.series_retention_ms and 2 * span > self.series_retention_ms:
+            raise SettingsError(
+                "FRAUD_SERIES_RETENTION_MS must be at least twice FRAUD_DEDUP_HORIZON_MS + FRAUD_MAX_FUTURE_MS"
+                " + FRAUD_BUCKET_MS, so that no accepted click's count can be refused as too old")
+
+
+# Arrival times end at year 9999 (2.5e14 ms); event times up to 1e15 ms stay exact in Lua's doubles.
+EVENT_TIME_SPAN_MAX = 10**15
 
 
 def _parse(name: str, raw: str, type_name: Any) -> Any:

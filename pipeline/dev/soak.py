@@ -29,6 +29,7 @@ RETENTION_ENV: dict[str, str] = {
     "FRAUD_STREAM_KEEP_MS": "2000",
     "FRAUD_DEAD_KEEP_MS": "10000",
     "FRAUD_DEDUP_HORIZON_MS": "20000",
+    "FRAUD_MAX_FUTURE_MS": "1000",
     "FRAUD_MAINTENANCE_INTERVAL_MS": "1000",
 }
 # Memory before this share of the clicks is warm-up: windows fill, streams reach their trimmed size.

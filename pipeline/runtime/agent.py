@@ -30,6 +30,8 @@ from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds, id_at
 from pipeline.core.waiting import wait_or_stop
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
+from schemas.click import FieldLimits
+from schemas.dead_letter import bounded_copy
 
 log = structlog.get_logger()
 
@@ -48,13 +50,16 @@ def xreadgroup_entries(reply: Any) -> list[Entry]:
 
 
 async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[bytes]:
-    """Dead-letter entries with their reasons and ack them, atomically and fenced."""
+    """Dead-letter entries with their reasons and ack them, atomically and fenced. Each copy is
+    bounded (fields cut to the limits, what was cut said in the reason), so it can always be written."""
     if not rejections:
         return []
     lo, hi = batch_bounds([r.entry_id for r in rejections])
+    limits = FieldLimits(ctx.settings.max_field_count, ctx.settings.max_field_bytes)
     args: list[Any] = [ctx.group, ctx.consumer, ctx.stage, lo, hi]
     for r in rejections:
-        args += (r.entry_id, r.reason, len(r.fields), *r.fields)
+        reason, fields = bounded_copy(r.reason, r.fields, limits)
+        args += (r.entry_id, reason, len(fields), *fields)
     reply = await ctx.client.execute(
         "FCALL", "fraud_reject", 3, ctx.stream, ctx.keys.dead, ctx.keys.stats, *args)
     return fenced_ids(reply)
