@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 from pipeline.client.create import create_once, ensure_series
 from pipeline.client.resp import RespClient
+from pipeline.client.step import Section, Step
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds
@@ -25,8 +25,17 @@ from pipeline.runtime.agent import Rejection, fenced_ids, reject
 from pipeline.runtime.stage import BatchContext, Entry
 from schemas.verdict import InvalidVerdict, verdict_index_and_time
 
-# KEYS of fraud_aggregate before the series: the verdict stream and the stats hash.
-SERIES_KEY_OFFSET = 3
+
+def series_name(verdict: str) -> str:
+    """How fraud_aggregate names a verdict's series among its keys."""
+    return f"series:{verdict}"
+
+
+# fraud_aggregate in agents/fraud.lua, declared once: it reads every name below by name.
+AGGREGATE = Step(
+    "fraud_aggregate", keys=("verdicts", "stats", *(series_name(v) for v in VERDICTS)),
+    params=("group", "consumer", "stage", "lo", "hi", "retention_ms"),
+    sections=(Section("entries", ("id",)), Section("cells", ("verdict", "bucket", "count"))))
 
 
 async def ensure_verdict_series(client: RespClient, keys: Keys, settings: Settings) -> None:
@@ -68,15 +77,15 @@ class Aggregator:
         if not ids:
             return lost
         lo, hi = batch_bounds(ids)
-        args: list[Any] = [ctx.group, ctx.consumer, lo, hi, self.retention_ms, len(ids), *ids]
         # Every verdict gets a sample in every bucket that saw a click, zeros included:
         # a series' rollup closes a minute only when that series gets a later sample,
         # so a verdict that stopped would otherwise never have its last minute rolled up.
-        for bucket_start in {bucket_start for _, bucket_start in cells}:
-            for verdict in range(len(VERDICTS)):
-                args += (verdict + SERIES_KEY_OFFSET, bucket_start, cells.get((verdict, bucket_start), 0))
+        samples = [[VERDICTS[verdict], bucket_start, cells.get((verdict, bucket_start), 0)]
+                   for bucket_start in {bucket_start for _, bucket_start in cells} for verdict in range(len(VERDICTS))]
         keys = ctx.keys
-        reply = await ctx.client.execute(
-            "FCALL", "fraud_aggregate", 2 + len(VERDICTS), keys.verdicts, keys.stats,
-            *(keys.series(v) for v in VERDICTS), *args)
+        reply = await ctx.client.execute(*AGGREGATE.argv(
+            {"verdicts": keys.verdicts, "stats": keys.stats, **{series_name(v): keys.series(v) for v in VERDICTS}},
+            {"group": ctx.group, "consumer": ctx.consumer, "stage": ctx.stage, "lo": lo, "hi": hi,
+             "retention_ms": self.retention_ms},
+            {"entries": [[entry_id] for entry_id in ids], "cells": samples}))
         return lost + fenced_ids(reply)

@@ -13,13 +13,22 @@ from typing import Any
 
 from agents.blacklist import ensure_filter
 from pipeline.client.resp import RespClient
-from pipeline.core.keys import Keys
+from pipeline.client.step import Section, Step, counted
+from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds
 from pipeline.runtime.agent import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
 from schemas.click import EventTimePolicy, FieldLimits, InvalidClick, check_click
 from schemas.dead_letter import bounded_copy
+
+# fraud_detect in agents/fraud.lua, declared once: it reads every name below by name.
+DETECT = Step(
+    "fraud_detect", keys=("raw", "verdicts", "dead", "blacklist", "stats", "window_index"),
+    params=("group", "consumer", "stage", "lo", "hi", "verdicts", "window_ms", "spam_threshold", "memory_ms",
+            "window_prefix", "index_slack_ms", "expire_limit"),
+    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "floor", "n")),
+              Section("rejects", ("id", "reason", "n"))))
 
 
 class Detector:
@@ -30,35 +39,44 @@ class Detector:
         self.memory_ms = settings.dedup_horizon_ms + settings.click_spam_window_ms
         # A window's index entry is raised by H past the click that passed it, so
         # that it is written about once per horizon per device, not per click.
-        self.rule_args = (settings.click_spam_window_ms, settings.click_spam_threshold, self.memory_ms)
-        self.index_slack_ms = settings.dedup_horizon_ms
-        # Each call may remove twice as many quiet windows as a batch can create.
-        self.expire_limit = 2 * settings.batch_size
+        self.rule_params = {
+            # The verdict of a click no rule matches first, then the rules in the order they apply.
+            "verdicts": ",".join(VERDICTS),
+            "window_ms": settings.click_spam_window_ms,
+            "spam_threshold": settings.click_spam_threshold,
+            "memory_ms": self.memory_ms,
+            "index_slack_ms": settings.dedup_horizon_ms,
+            # Each call may remove twice as many quiet windows as a batch can create.
+            "expire_limit": 2 * settings.batch_size,
+        }
 
     async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
         await ensure_filter(client.execute, keys, settings)
 
-    def records(self, entries: Sequence[Entry]) -> list[Any]:
-        """The per-entry arguments of ``fraud_detect``: 'v' records for clicks, 'd' for rejects."""
-        args: list[Any] = []
+    def records(self, entries: Sequence[Entry]) -> dict[str, list[list[Any]]]:
+        """The sections of ``fraud_detect``: a record per valid click, a record per rejected entry."""
+        clicks: list[list[Any]] = []
+        rejects: list[list[Any]] = []
         for entry_id, flat in entries:
             try:
                 click = check_click(entry_id, flat, self.limits, self.policy)
             except InvalidClick as err:
                 reason, copy = bounded_copy(str(err), flat, self.limits)
-                args += ("d", entry_id, reason, len(copy), *copy)
+                rejects.append(counted((entry_id, reason), copy))
                 continue
             # Prefixes keep a transaction id from ever colliding with an entry id.
             member = "t:" + click.transaction_id if click.transaction_id is not None else b"e:" + entry_id
-            args += ("v", entry_id, click.device_id, member, click.ts, click.ip, click.arrival - self.memory_ms,
-                     len(click.fields), *click.fields)
-        return args
+            clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip,
+                                   click.arrival - self.memory_ms), click.fields))
+        return {"clicks": clicks, "rejects": rejects}
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
         lo, hi = batch_bounds([e[0] for e in entries])
         keys = ctx.keys
-        reply = await ctx.client.execute(
-            "FCALL", "fraud_detect", 6, keys.raw, keys.verdicts, keys.dead, keys.blacklist, keys.stats,
-            keys.window_index, ctx.group, ctx.consumer, lo, hi, *self.rule_args, keys.window_prefix,
-            self.index_slack_ms, self.expire_limit, *self.records(entries))
+        reply = await ctx.client.execute(*DETECT.argv(
+            {"raw": keys.raw, "verdicts": keys.verdicts, "dead": keys.dead, "blacklist": keys.blacklist,
+             "stats": keys.stats, "window_index": keys.window_index},
+            {"group": ctx.group, "consumer": ctx.consumer, "stage": ctx.stage, "lo": lo, "hi": hi,
+             "window_prefix": keys.window_prefix, **self.rule_params},
+            self.records(entries)))
         return fenced_ids(reply)

@@ -88,11 +88,49 @@ local function dead_letter(dead_key, stage, id, reason, deliveries, args, from, 
              'deliveries', tostring(deliveries), unpack(args, from, from + n - 1))
 end
 
--- Copies `n` arguments from position `at` into a new table.
-local function slice(args, at, n)
-  local out = {}
-  for j = 1, n do
-    out[j] = args[at + j - 1]
+-- The contract of every step (pipeline/client/step.py): ARGV names the KEYS and the
+-- parameters, then lists sections of records whose fields are named too, so a step
+-- reads everything by name. Returns keys by name, params by name, and sections by
+-- name, each {at = field name -> offset within a record, starts = record starts}.
+local function decode(keys, args)
+  local k, p, s = {}, {}, {}
+  local at = 1
+  local nk = tonumber(args[at])
+  for j = 1, nk do
+    k[args[at + j]] = keys[j]
+  end
+  at = at + nk + 1
+  local np = tonumber(args[at])
+  for j = 1, np do
+    p[args[at + j]] = args[at + np + j]
+  end
+  at = at + 2 * np + 1
+  local ns = tonumber(args[at])
+  at = at + 1
+  for _ = 1, ns do
+    local name, nf = args[at], tonumber(args[at + 1])
+    local section = {at = {}, starts = {}}
+    for j = 1, nf do
+      section.at[args[at + 1 + j]] = j - 1
+    end
+    local tail = section.at['n']
+    local nr = tonumber(args[at + 2 + nf])
+    at = at + 3 + nf
+    for _ = 1, nr do
+      section.starts[#section.starts + 1] = at
+      at = at + nf + (tail and tonumber(args[at + tail]) or 0)
+    end
+    s[name] = section
+  end
+  return k, p, s
+end
+
+-- The reply of a step that applied its batch: 'ok', then name, count pairs.
+local function ok_reply(counts)
+  local out = {'ok'}
+  for name, n in pairs(counts) do
+    out[#out + 1] = name
+    out[#out + 1] = n
   end
   return out
 end
@@ -128,11 +166,42 @@ local function oldest_unjudged_ms(stream, group)
   return oldest
 end
 
--- KEYS: raw stream, verdict stream, dead-letter stream, blacklist filter, stats hash, window index
--- ARGV: group, consumer, lo id, hi id, window ms W, spam threshold, memory ms (H + W),
---       window key prefix, index slack ms, most windows to remove, then one record per entry:
---       'v', id, device_id, member, ts, ip, floor, n, <n verdict fields>   (a valid click)
---       'd', id, reason, n, <n original fields, bounded by the caller>     (a rejected entry)
+-- The rules, one small named function each: true when the click earns that verdict.
+-- A click carries what the rules look at: `listed` (its IP is in the blacklist) and
+-- `earlier` (its device's clicks in [ts - window, ts] before it). The caller's
+-- `verdicts` parameter orders them: its first name is the verdict of a click no
+-- rule matches, the others are tried in turn; each needs a rule here.
+local RULES = {
+  ip_blacklist = function(click, _)
+    return click.listed
+  end,
+  click_spam = function(click, p)
+    return click.earlier >= tonumber(p.spam_threshold)
+  end,
+}
+
+local function names(text)
+  local out = {}
+  for name in string.gmatch(text, '[^,]+') do
+    out[#out + 1] = name
+  end
+  return out
+end
+
+local function judge(click, p, order)
+  for i = 2, #order do
+    if RULES[order[i]](click, p) then
+      return order[i]
+    end
+  end
+  return order[1]
+end
+
+-- Keys: raw, verdicts, dead, blacklist, stats, window_index
+-- Params: group, consumer, stage, lo, hi, verdicts, window_ms, spam_threshold,
+--         memory_ms (H + W), window_prefix, index_slack_ms, expire_limit
+-- Sections: clicks (id, device, member, ts, ip, floor, n + the verdict's fields),
+--           rejects (id, reason, n + the bounded copy of the original fields)
 --
 -- floor = arrival - H - W. A later accepted click has ts >= its arrival - H >= this
 -- arrival - H, so it looks back no further than floor: a window entry scored below
@@ -141,102 +210,98 @@ end
 -- trimmed, and removed whole, below the lowest floor of any click still to be
 -- judged; neither changes a verdict, whenever (or whether) it runs.
 local function detect(keys, args)
-  local raw, verdicts, dead, blacklist, stats, index = keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
-  local group, consumer = args[1], args[2]
-  local window_ms, threshold, memory_ms = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
-  local window_prefix, slack_ms, expire_limit = args[8], tonumber(args[9]), tonumber(args[10])
-
-  -- First pass: where each record starts. Fields stay in ARGV and are
-  -- unpacked straight into XADD, which saves copying them per click.
-  local starts, ids, ips = {}, {}, {}
-  local lowest_floor = math.huge
-  local i = 11
-  while i <= #args do
-    starts[#starts + 1] = i
-    ids[#ids + 1] = args[i + 1]
-    if args[i] == 'v' then
-      ips[#ips + 1] = args[i + 5]
-      lowest_floor = math.min(lowest_floor, tonumber(args[i + 6]))
-      i = i + 8 + tonumber(args[i + 7])
-    else
-      i = i + 4 + tonumber(args[i + 3])
+  local k, p, s = decode(keys, args)
+  local clicks, rejects = s.clicks, s.rejects
+  local C, R = clicks.at, rejects.at
+  local order = names(p.verdicts)
+  for i = 2, #order do
+    if not RULES[order[i]] then
+      return redis.error_reply('ERR no rule for the verdict ' .. order[i])
     end
   end
-  if #ids == 0 then
-    return {'ok', 0, 0, 0, 0, 0}
+  local window_ms, memory_ms = tonumber(p.window_ms), tonumber(p.memory_ms)
+  local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
+
+  local ids, ips = {}, {}
+  local lowest_floor = math.huge
+  for _, at in ipairs(clicks.starts) do
+    ids[#ids + 1] = args[at + C.id]
+    ips[#ips + 1] = args[at + C.ip]
+    lowest_floor = math.min(lowest_floor, tonumber(args[at + C.floor]))
   end
-  local owned, fenced = fence(raw, group, consumer, args[3], args[4], ids)
+  for _, at in ipairs(rejects.starts) do
+    ids[#ids + 1] = args[at + R.id]
+  end
+  if #ids == 0 then
+    return ok_reply({})
+  end
+  local owned, fenced = fence(k.raw, p.group, p.consumer, p.lo, p.hi, ids)
   if not owned then
     return fenced
   end
   -- Below every floor of this batch and of every click not judged yet (other
   -- consumers' batches in flight, entries a group reset will deliver again).
-  local forget_below = '(' .. int_text(math.min(lowest_floor, oldest_unjudged_ms(raw, group) - memory_ms))
+  local forget_below = '(' .. int_text(math.min(lowest_floor, oldest_unjudged_ms(k.raw, p.group) - memory_ms))
 
   -- One CF.MEXISTS for the whole batch instead of a module call per click.
-  local listed = in_slices('CF.MEXISTS', blacklist, nil, ips)
+  local listed = in_slices('CF.MEXISTS', k.blacklist, nil, ips)
 
-  local counts = {clean = 0, ip_blacklist = 0, click_spam = 0, duplicate = 0, dead = 0}
-  local nth_click = 0
-  for _, at in ipairs(starts) do
-    local id = args[at + 1]
-    if args[at] == 'v' then
-      nth_click = nth_click + 1
-      local device, member, ts_text = args[at + 2], args[at + 3], args[at + 4]
-      local window, ts = window_prefix .. device, tonumber(ts_text)
-      -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
-      -- click into its device's window in one step.
-      local fresh = redis.call('ZADD', window, 'NX', ts_text, member) == 1
-      if not fresh and tonumber(redis.call('ZSCORE', window, member)) < tonumber(args[at + 6]) then
-        -- A stale member, as if trimmed already: this click takes its place.
-        redis.call('ZADD', window, ts_text, member)
-        fresh = true
-      end
-      if not fresh then
-        counts.duplicate = counts.duplicate + 1
-      else
-        -- Clicks in [ts - window, ts], less this one: the window as it stood before it.
-        local earlier = redis.call('ZCOUNT', window, int_text(ts - window_ms), ts_text) - 1
-        if nth_click % TRIM_EVERY == 0 then
-          redis.call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
-        end
-        -- The index keeps an upper bound of the device's newest ts, written only
-        -- when a click passes it (then raised by the slack), to save writes.
-        local bound = redis.call('ZSCORE', index, device)
-        if not bound or ts > tonumber(bound) then
-          redis.call('ZADD', index, int_text(ts + slack_ms), device)
-        end
-        local verdict = 'clean'
-        if listed[nth_click] == 1 then
-          verdict = 'ip_blacklist'
-        elseif earlier >= threshold then
-          verdict = 'click_spam'
-        end
-        counts[verdict] = counts[verdict] + 1
-        redis.call('XADD', verdicts, '*', 'verdict', verdict, 'raw_id', id,
-                   unpack(args, at + 8, at + 7 + tonumber(args[at + 7])))
-      end
+  local counts = {duplicate = 0, dead = #rejects.starts}
+  for _, verdict in ipairs(order) do
+    counts[verdict] = 0
+  end
+  for nth, at in ipairs(clicks.starts) do
+    local id, device, member, ts_text = args[at + C.id], args[at + C.device], args[at + C.member], args[at + C.ts]
+    local window, ts = p.window_prefix .. device, tonumber(ts_text)
+    -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
+    -- click into its device's window in one step.
+    local fresh = redis.call('ZADD', window, 'NX', ts_text, member) == 1
+    if not fresh and tonumber(redis.call('ZSCORE', window, member)) < tonumber(args[at + C.floor]) then
+      -- A stale member, as if trimmed already: this click takes its place.
+      redis.call('ZADD', window, ts_text, member)
+      fresh = true
+    end
+    if not fresh then
+      counts.duplicate = counts.duplicate + 1
     else
-      counts.dead = counts.dead + 1
-      dead_letter(dead, 'detector', id, args[at + 2], owned[id], args, at + 4, tonumber(args[at + 3]))
+      -- Clicks in [ts - window, ts], less this one: the window as it stood before it.
+      local earlier = redis.call('ZCOUNT', window, int_text(ts - window_ms), ts_text) - 1
+      if nth % TRIM_EVERY == 0 then
+        redis.call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
+      end
+      -- The index keeps an upper bound of the device's newest ts, written only
+      -- when a click passes it (then raised by the slack), to save writes.
+      local bound = redis.call('ZSCORE', k.window_index, device)
+      if not bound or ts > tonumber(bound) then
+        redis.call('ZADD', k.window_index, int_text(ts + slack_ms), device)
+      end
+      local verdict = judge({listed = listed[nth] == 1, earlier = earlier}, p, order)
+      counts[verdict] = counts[verdict] + 1
+      local n = at + C.n
+      redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id,
+                 unpack(args, n + 1, n + tonumber(args[n])))
     end
   end
+  for _, at in ipairs(rejects.starts) do
+    local id, n = args[at + R.id], at + R.n
+    dead_letter(k.dead, p.stage, id, args[at + R.reason], owned[id], args, n + 1, tonumber(args[n]))
+  end
   -- Windows whose every click is below the bound go whole, a bounded number per call.
-  local gone = redis.call('ZRANGEBYSCORE', index, '-inf', forget_below, 'LIMIT', 0, expire_limit)
+  local gone = redis.call('ZRANGEBYSCORE', k.window_index, '-inf', forget_below, 'LIMIT', 0, expire_limit)
   for _, device in ipairs(gone) do
-    redis.call('DEL', window_prefix .. device)
+    redis.call('DEL', p.window_prefix .. device)
   end
   if #gone > 0 then
-    in_slices('ZREM', index, nil, gone)
+    in_slices('ZREM', k.window_index, nil, gone)
   end
-  ack(raw, group, ids)
-  count_stats(stats, 'detector', counts)
-  return {'ok', counts.clean, counts.ip_blacklist, counts.click_spam, counts.duplicate, counts.dead}
+  ack(k.raw, p.group, ids)
+  count_stats(k.stats, p.stage, counts)
+  return ok_reply(counts)
 end
 
--- KEYS: verdict stream, stats hash, then one series key per verdict
--- ARGV: group, consumer, lo id, hi id, series retention ms (0: none), number of ids, ids...,
---       then triples of (series position in KEYS, bucket timestamp, count)
+-- Keys: verdicts, stats, then 'series:<verdict>' for every verdict
+-- Params: group, consumer, stage, lo, hi, retention_ms (0: none)
+-- Sections: entries (id), cells (verdict, bucket, count)
 --
 -- Every sample is checked before any is written: RedisTimeSeries refuses one
 -- older than the series' newest sample less the retention, and a refusal half
@@ -244,29 +309,34 @@ end
 -- call whole (it is not acknowledged): settings make it impossible unless the
 -- aggregator lags the detector by about the retention, which must be seen.
 local function aggregate(keys, args)
-  local stream, stats = keys[1], keys[2]
-  local group, consumer = args[1], args[2]
-  local retention = tonumber(args[5])
-  local nids = tonumber(args[6])
-  local ids = slice(args, 7, nids)
-  if nids == 0 then
-    return {'ok', 0}
+  local k, p, s = decode(keys, args)
+  local entries, cells = s.entries, s.cells
+  local E, X = entries.at, cells.at
+  local ids = {}
+  for _, at in ipairs(entries.starts) do
+    ids[#ids + 1] = args[at + E.id]
   end
-  local owned, fenced = fence(stream, group, consumer, args[3], args[4], ids)
+  if #ids == 0 then
+    return ok_reply({})
+  end
+  local owned, fenced = fence(k.verdicts, p.group, p.consumer, p.lo, p.hi, ids)
   if not owned then
     return fenced
   end
+  local retention = tonumber(p.retention_ms)
   if retention > 0 then
     local newest, oldest = -math.huge, math.huge
-    for k = 3, #keys do
-      local last = redis.call('TS.GET', keys[k])
-      if last[1] then
-        newest = math.max(newest, tonumber(last[1]))
+    for name, key in pairs(k) do
+      if string.sub(name, 1, 7) == 'series:' then
+        local last = redis.call('TS.GET', key)
+        if last[1] then
+          newest = math.max(newest, tonumber(last[1]))
+        end
       end
     end
-    for i = 7 + nids, #args, 3 do
-      local at = tonumber(args[i + 1])
-      newest, oldest = math.max(newest, at), math.min(oldest, at)
+    for _, at in ipairs(cells.starts) do
+      local bucket = tonumber(args[at + X.bucket])
+      newest, oldest = math.max(newest, bucket), math.min(oldest, bucket)
     end
     if oldest < newest - retention then
       return redis.error_reply('series_refused: bucket ' .. int_text(oldest) .. ' is older than the newest sample '
@@ -274,41 +344,41 @@ local function aggregate(keys, args)
     end
   end
   local counted = 0
-  for i = 7 + nids, #args, 3 do
-    local n = tonumber(args[i + 2])
-    redis.call('TS.ADD', keys[tonumber(args[i])], args[i + 1], n, 'ON_DUPLICATE', 'SUM')
+  for _, at in ipairs(cells.starts) do
+    local n = tonumber(args[at + X.count])
+    redis.call('TS.ADD', k['series:' .. args[at + X.verdict]], args[at + X.bucket], n, 'ON_DUPLICATE', 'SUM')
     counted = counted + n
   end
-  ack(stream, group, ids)
-  count_stats(stats, 'aggregator', {counted = counted})
-  return {'ok', counted}
+  ack(k.verdicts, p.group, ids)
+  count_stats(k.stats, p.stage, {counted = counted})
+  return ok_reply({counted = counted})
 end
 
--- KEYS: source stream, dead-letter stream, stats hash
--- ARGV: group, consumer, stage, lo id, hi id, then records: id, reason, n, <n fields>
+-- Keys: stream, dead, stats
+-- Params: group, consumer, stage, lo, hi
+-- Sections: entries (id, reason, n + the bounded copy of the original fields)
 local function reject(keys, args)
-  local stream, dead, stats = keys[1], keys[2], keys[3]
-  local group, consumer, stage = args[1], args[2], args[3]
-  local starts, ids = {}, {}
-  local i = 6
-  while i <= #args do
-    starts[#starts + 1] = i
-    ids[#ids + 1] = args[i]
-    i = i + 3 + tonumber(args[i + 2])
+  local k, p, s = decode(keys, args)
+  local entries = s.entries
+  local E = entries.at
+  local ids = {}
+  for _, at in ipairs(entries.starts) do
+    ids[#ids + 1] = args[at + E.id]
   end
   if #ids == 0 then
-    return {'ok', 0}
+    return ok_reply({})
   end
-  local owned, fenced = fence(stream, group, consumer, args[4], args[5], ids)
+  local owned, fenced = fence(k.stream, p.group, p.consumer, p.lo, p.hi, ids)
   if not owned then
     return fenced
   end
-  for _, at in ipairs(starts) do
-    dead_letter(dead, stage, args[at], args[at + 1], owned[args[at]], args, at + 3, tonumber(args[at + 2]))
+  for _, at in ipairs(entries.starts) do
+    local id, n = args[at + E.id], at + E.n
+    dead_letter(k.dead, p.stage, id, args[at + E.reason], owned[id], args, n + 1, tonumber(args[n]))
   end
-  ack(stream, group, ids)
-  count_stats(stats, stage, {dead = #ids})
-  return {'ok', #ids}
+  ack(k.stream, p.group, ids)
+  count_stats(k.stats, p.stage, {dead = #ids})
+  return ok_reply({dead = #ids})
 end
 
 local function parse_id(id)
@@ -343,33 +413,35 @@ local function safe_min_id(stream)
   return safe
 end
 
--- KEYS: stream. ARGV: id below which entries are old enough to go.
+-- Keys: stream. Params: keep_from (an id: entries below it are old enough to go).
 -- Trims only entries that every group has delivered and acknowledged; a
 -- stream nobody consumes yet is left whole.
 local function trim(keys, args)
-  local safe = safe_min_id(keys[1])
+  local k, p = decode(keys, args)
+  local safe = safe_min_id(k.stream)
   if safe == nil then
     return 0
   end
-  local target = args[1]
+  local target = p.keep_from
   if id_less(safe, target) then
     target = safe
   end
-  return redis.call('XTRIM', keys[1], 'MINID', '~', target)
+  return redis.call('XTRIM', k.stream, 'MINID', '~', target)
 end
 
--- KEYS: stream. ARGV: group, idle ms. Deletes consumers idle that long with
+-- Keys: stream. Params: group, idle_ms. Deletes consumers idle that long with
 -- nothing pending; checking and deleting in one step means none can read in between.
 local function forget_idle(keys, args)
+  local k, p = decode(keys, args)
   local removed = {}
-  local consumers = redis.call('XINFO', 'CONSUMERS', keys[1], args[1])
+  local consumers = redis.call('XINFO', 'CONSUMERS', k.stream, p.group)
   for _, c in ipairs(consumers) do
     local info = {}
     for j = 1, #c, 2 do
       info[c[j]] = c[j + 1]
     end
-    if info['pending'] == 0 and info['idle'] > tonumber(args[2]) then
-      redis.call('XGROUP', 'DELCONSUMER', keys[1], args[1], info['name'])
+    if info['pending'] == 0 and info['idle'] > tonumber(p.idle_ms) then
+      redis.call('XGROUP', 'DELCONSUMER', k.stream, p.group, info['name'])
       removed[#removed + 1] = info['name']
     end
   end
@@ -382,28 +454,26 @@ redis.register_function('fraud_reject', reject)
 redis.register_function('fraud_trim', trim)
 redis.register_function('fraud_forget_idle', forget_idle)
 
--- KEYS: stream, dead-letter stream, stats hash
--- ARGV: group, consumer, stage, min idle ms, start id, count
+-- Keys: stream, dead, stats. Params: group, consumer, stage, min_idle_ms, start, count
 -- XAUTOCLAIM, and in the same step a `deleted` dead letter for each pending id whose entry
 -- is gone from the stream (XAUTOCLAIM drops those from the PEL itself): a click trimmed or
 -- deleted while pending still gets its one outcome. Returns XAUTOCLAIM's reply.
 local function claim(keys, args)
-  local stream, dead, stats = keys[1], keys[2], keys[3]
-  local group, consumer, stage = args[1], args[2], args[3]
-  local count = tonumber(args[6])
+  local k, p = decode(keys, args)
+  local count = tonumber(p.count)
   -- XAUTOCLAIM looks at most count * 10 PEL entries from start: read their delivery counts
   -- first, since those of deleted entries are gone with them afterwards.
   local deliveries = {}
-  for _, row in ipairs(redis.call('XPENDING', stream, group, args[5], '+', count * 10)) do
+  for _, row in ipairs(redis.call('XPENDING', k.stream, p.group, p.start, '+', count * 10)) do
     deliveries[row[1]] = row[4]
   end
-  local reply = redis.call('XAUTOCLAIM', stream, group, consumer, args[4], args[5], 'COUNT', count)
+  local reply = redis.call('XAUTOCLAIM', k.stream, p.group, p.consumer, p.min_idle_ms, p.start, 'COUNT', count)
   local deleted = reply[3] or {}
   for _, id in ipairs(deleted) do
-    dead_letter(dead, stage, id, 'deleted: gone from the stream while pending', deliveries[id] or 0,
+    dead_letter(k.dead, p.stage, id, 'deleted: gone from the stream while pending', deliveries[id] or 0,
                 args, 1, 0)
   end
-  count_stats(stats, stage, {dead = #deleted})
+  count_stats(k.stats, p.stage, {dead = #deleted})
   return reply
 end
 

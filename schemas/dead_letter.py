@@ -25,6 +25,11 @@ Value = TypeVar("Value", bytes, str)
 
 CUT_MARK = "; cut: "
 
+# Every reason starts with one of these stable codes and a colon; README lists the same.
+REASON_CODES = ("missing_field", "invalid_field", "oversized_field", "too_many_fields", "duplicate_field",
+                "reserved_field", "undecodable", "invalid_id", "ts_too_old", "ts_in_future", "deleted",
+                "max_deliveries", "error")
+
 
 def bounded_copy(reason: str, flat: Sequence[Value] | None,
                  limits: FieldLimits) -> tuple[str, list[Value]]:

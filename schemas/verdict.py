@@ -1,9 +1,10 @@
 """The verdict: one entry per accepted click on the verdict stream.
 
-Wire form: the click's fields (``ip`` in canonical spelling, ``ts`` always set)
-followed by ``verdict`` (one of VERDICTS) and ``raw_id`` (the click's entry id
-on the raw stream). A dead letter carries ``reason``, ``stage``, ``raw_id`` and
-``deliveries`` first, then the original entry's fields unchanged.
+Wire form: ``verdict`` (one of VERDICTS) and ``raw_id`` (the click's entry id on
+the raw stream) first, then the click's fields (``ip`` in canonical spelling,
+``ts`` always set). ``Verdict`` is that entry as a record, for readers of the
+stream (the tests read every verdict through it); the aggregator's hot path reads
+only what it counts (``verdict_index_and_time``). Dead letters: schemas/dead_letter.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import faust
 from pipeline.core.keys import VERDICTS
 
 VERDICT_INDEX: dict[bytes, int] = {v.encode(): i for i, v in enumerate(VERDICTS)}
-DEAD_LETTER_HEADER = ("reason", "stage", "raw_id", "deliveries")
 
 
 class Verdict(faust.Record, serializer="json", include_metadata=False):

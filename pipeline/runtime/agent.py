@@ -25,11 +25,13 @@ from pipeline.client.connection import open_fast_client, open_patiently
 from pipeline.client.create import create_once
 from pipeline.client.functions import load_functions
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
+from pipeline.client.step import Step, counted
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import batch_bounds, id_at
 from pipeline.core.waiting import wait_or_stop
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
+from pipeline.runtime.steps import CLAIM, FORGET_IDLE, REJECT, TRIM
 from schemas.click import FieldLimits
 from schemas.dead_letter import bounded_copy
 
@@ -56,17 +58,18 @@ async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[byt
         return []
     lo, hi = batch_bounds([r.entry_id for r in rejections])
     limits = FieldLimits(ctx.settings.max_field_count, ctx.settings.max_field_bytes)
-    args: list[Any] = [ctx.group, ctx.consumer, ctx.stage, lo, hi]
-    for r in rejections:
-        reason, fields = bounded_copy(r.reason, r.fields, limits)
-        args += (r.entry_id, reason, len(fields), *fields)
-    reply = await ctx.client.execute(
-        "FCALL", "fraud_reject", 3, ctx.stream, ctx.keys.dead, ctx.keys.stats, *args)
+    records = [counted((r.entry_id, reason), fields)
+               for r in rejections for reason, fields in [bounded_copy(r.reason, r.fields, limits)]]
+    reply = await ctx.client.execute(*REJECT.argv(
+        {"stream": ctx.stream, "dead": ctx.keys.dead, "stats": ctx.keys.stats},
+        {"group": ctx.group, "consumer": ctx.consumer, "stage": ctx.stage, "lo": lo, "hi": hi},
+        {"entries": records}))
     return fenced_ids(reply)
 
 
 def fenced_ids(reply: list[Any]) -> list[bytes]:
-    return list(reply[1:]) if reply and reply[0] == b"fenced" else []
+    """The ids a step was fenced off (entries another consumer now owns); empty when it applied."""
+    return Step.reply(reply).fenced
 
 
 class StreamAgent(mode.Service):
@@ -198,9 +201,10 @@ class StreamAgent(mode.Service):
         s = self.settings
         # XAUTOCLAIM, with a `deleted` dead letter for every pending entry gone from the stream,
         # in one step: such a click gets its outcome even though its entry cannot be processed.
-        reply = await self.client.execute(
-            "FCALL", "fraud_claim", 3, self.stream, self.keys.dead, self.keys.stats,
-            self.stage.name, self.consumer, self.stage.name, s.claim_min_idle_ms, "0-0", s.batch_size)
+        reply = await self.client.execute(*CLAIM.argv(
+            {"stream": self.stream, "dead": self.keys.dead, "stats": self.keys.stats},
+            {"group": self.stage.name, "consumer": self.consumer, "stage": self.stage.name,
+             "min_idle_ms": s.claim_min_idle_ms, "start": "0-0", "count": s.batch_size}))
         claimed = [(e[0], e[1]) for e in reply[1]]
         if claimed:
             self.events.warning("reclaimed entries of a silent consumer", count=len(claimed))
@@ -209,11 +213,11 @@ class StreamAgent(mode.Service):
             self.events.warning("pending entries were gone from the stream, dead-lettered as deleted",
                                 entry_ids=[i.decode() for i in reply[2]])
         now_ms = int(time.time() * 1000)
-        await self.client.execute("FCALL", "fraud_trim", 1, self.stream, id_at(now_ms - s.stream_keep_ms))
+        await self.client.execute(*TRIM.argv({"stream": self.stream}, {"keep_from": id_at(now_ms - s.stream_keep_ms)}))
         # Nobody consumes dead letters as a group: they are kept for people, for a while.
         await self.client.execute("XTRIM", self.keys.dead, "MINID", id_at(now_ms - s.dead_keep_ms))
-        removed = await self.client.execute(
-            "FCALL", "fraud_forget_idle", 1, self.stream, self.stage.name, s.consumer_idle_delete_ms)
+        removed = await self.client.execute(*FORGET_IDLE.argv(
+            {"stream": self.stream}, {"group": self.stage.name, "idle_ms": s.consumer_idle_delete_ms}))
         if removed:
             self.events.info("removed idle consumers", consumers=[r.decode() for r in removed])
         return len(claimed)

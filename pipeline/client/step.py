@@ -1,0 +1,81 @@
+"""The contract of a server-side step, written once: what a Redis Function is called with, by name.
+
+A step's ARGV opens with the names it gives its KEYS and its parameters, so the Lua side reads
+them by name (``decode`` in ``agents/fraud.lua``) and never by position::
+
+    <#keys> key names...  <#params> param names... param values...
+    <#sections> then per section: name <#fields> field names... <#records> records...
+
+A record is its fields in the declared order; a section whose last field is ``n`` has, after
+each record's fields, ``n`` more values (a click's fields, a dead letter's copy). The reply is
+``ok`` followed by name/value pairs, or ``fenced`` followed by the ids the caller no longer owns.
+Python declares each step once (``Step``); ``argv`` checks every name against the declaration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.core.replies import pairs
+
+TAIL = "n"
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    fields: tuple[str, ...]
+
+    @property
+    def counted_tail(self) -> bool:
+        return self.fields[-1:] == (TAIL,)
+
+
+@dataclass(frozen=True)
+class StepReply:
+    fenced: list[bytes] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    function: str
+    keys: tuple[str, ...]
+    params: tuple[str, ...] = ()
+    sections: tuple[Section, ...] = ()
+
+    def argv(self, keys: Mapping[str, str], params: Mapping[str, Any] | None = None,
+             sections: Mapping[str, Sequence[Sequence[Any]]] | None = None) -> list[Any]:
+        """The FCALL command. A record is a sequence of its fields, then (counted tail) the tail's values."""
+        params, sections = params or {}, sections or {}
+        _same_names(self.function, "keys", self.keys, keys)
+        _same_names(self.function, "params", self.params, params)
+        _same_names(self.function, "sections", tuple(s.name for s in self.sections), sections)
+        argv: list[Any] = ["FCALL", self.function, len(self.keys), *(keys[k] for k in self.keys),
+                           len(self.keys), *self.keys,
+                           len(self.params), *self.params, *(params[p] for p in self.params),
+                           len(self.sections)]
+        for section in self.sections:
+            records = sections[section.name]
+            argv += (section.name, len(section.fields), *section.fields, len(records))
+            for record in records:
+                argv += record
+        return argv
+
+    @staticmethod
+    def reply(reply: Any) -> StepReply:
+        if reply and reply[0] == b"fenced":
+            return StepReply(fenced=list(reply[1:]))
+        return StepReply(counts={name.decode(): int(n) for name, n in pairs(reply[1:]).items()})
+
+
+def counted(fields: Sequence[Any], tail: Sequence[Any]) -> list[Any]:
+    """A record of a counted-tail section: its fixed fields, the tail's length, the tail."""
+    return [*fields, len(tail), *tail]
+
+
+def _same_names(function: str, what: str, declared: tuple[str, ...], given: Mapping[str, Any]) -> None:
+    if set(given) != set(declared):
+        raise ValueError(f"{function}: {what} {sorted(given)} differ from the declared {list(declared)}")
