@@ -135,6 +135,24 @@ local function ok_reply(counts)
   return out
 end
 
+-- The ids of a section's records (its `id` field), appended to `out`.
+local function section_ids(args, section, out)
+  out = out or {}
+  for _, at in ipairs(section.starts) do
+    out[#out + 1] = args[at + section.at.id]
+  end
+  return out
+end
+
+-- Every batch step opens so: no ids, nothing to do; else the fence. Returns the
+-- owned map, or nil and the reply to give ('ok' with no counts, or 'fenced').
+local function open_batch(stream, p, ids)
+  if #ids == 0 then
+    return nil, ok_reply({})
+  end
+  return fence(stream, p.group, p.consumer, p.lo, p.hi, ids)
+end
+
 -- An integer (every one here is below 2^53) as exact decimal text: Lua's own
 -- number-to-string conversion keeps 14 significant digits only.
 local function int_text(n)
@@ -222,22 +240,16 @@ local function detect(keys, args)
   local window_ms, memory_ms = tonumber(p.window_ms), tonumber(p.memory_ms)
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
 
-  local ids, ips = {}, {}
+  local ids = section_ids(args, rejects, section_ids(args, clicks))
+  local ips = {}
   local lowest_floor = math.huge
   for _, at in ipairs(clicks.starts) do
-    ids[#ids + 1] = args[at + C.id]
     ips[#ips + 1] = args[at + C.ip]
     lowest_floor = math.min(lowest_floor, tonumber(args[at + C.floor]))
   end
-  for _, at in ipairs(rejects.starts) do
-    ids[#ids + 1] = args[at + R.id]
-  end
-  if #ids == 0 then
-    return ok_reply({})
-  end
-  local owned, fenced = fence(k.raw, p.group, p.consumer, p.lo, p.hi, ids)
+  local owned, reply = open_batch(k.raw, p, ids)
   if not owned then
-    return fenced
+    return reply
   end
   -- Below every floor of this batch and of every click not judged yet (other
   -- consumers' batches in flight, entries a group reset will deliver again).
@@ -311,17 +323,11 @@ end
 local function aggregate(keys, args)
   local k, p, s = decode(keys, args)
   local entries, cells = s.entries, s.cells
-  local E, X = entries.at, cells.at
-  local ids = {}
-  for _, at in ipairs(entries.starts) do
-    ids[#ids + 1] = args[at + E.id]
-  end
-  if #ids == 0 then
-    return ok_reply({})
-  end
-  local owned, fenced = fence(k.verdicts, p.group, p.consumer, p.lo, p.hi, ids)
+  local X = cells.at
+  local ids = section_ids(args, entries)
+  local owned, reply = open_batch(k.verdicts, p, ids)
   if not owned then
-    return fenced
+    return reply
   end
   local retention = tonumber(p.retention_ms)
   if retention > 0 then
@@ -361,16 +367,10 @@ local function reject(keys, args)
   local k, p, s = decode(keys, args)
   local entries = s.entries
   local E = entries.at
-  local ids = {}
-  for _, at in ipairs(entries.starts) do
-    ids[#ids + 1] = args[at + E.id]
-  end
-  if #ids == 0 then
-    return ok_reply({})
-  end
-  local owned, fenced = fence(k.stream, p.group, p.consumer, p.lo, p.hi, ids)
+  local ids = section_ids(args, entries)
+  local owned, reply = open_batch(k.stream, p, ids)
   if not owned then
-    return fenced
+    return reply
   end
   for _, at in ipairs(entries.starts) do
     local id, n = args[at + E.id], at + E.n
