@@ -194,7 +194,7 @@ local RULES = {
     return click.listed
   end,
   click_spam = function(click, p)
-    return click.earlier >= tonumber(p.spam_threshold)
+    return click.earlier >= p.spam_threshold
   end,
 }
 
@@ -238,6 +238,7 @@ local function detect(keys, args)
     end
   end
   local window_ms, memory_ms = tonumber(p.window_ms), tonumber(p.memory_ms)
+  p.spam_threshold = tonumber(p.spam_threshold)
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
 
   local ids = section_ids(args, rejects, section_ids(args, clicks))
@@ -262,6 +263,8 @@ local function detect(keys, args)
   for _, verdict in ipairs(order) do
     counts[verdict] = 0
   end
+  -- What the rules see of the click in hand: one table, refilled for each click.
+  local facts = {}
   for nth, at in ipairs(clicks.starts) do
     local id, device, member, ts_text = args[at + C.id], args[at + C.device], args[at + C.member], args[at + C.ts]
     local window, ts = p.window_prefix .. device, tonumber(ts_text)
@@ -287,7 +290,8 @@ local function detect(keys, args)
       if not bound or ts > tonumber(bound) then
         redis.call('ZADD', k.window_index, int_text(ts + slack_ms), device)
       end
-      local verdict = judge({listed = listed[nth] == 1, earlier = earlier}, p, order)
+      facts.listed, facts.earlier = listed[nth] == 1, earlier
+      local verdict = judge(facts, p, order)
       counts[verdict] = counts[verdict] + 1
       local n = at + C.n
       redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id,
