@@ -315,6 +315,48 @@ local function detect(keys, args)
   return ok_reply(counts)
 end
 
+-- An offender bucket's key: <prefix><dimension>:<verdict>:<span_ms>:<start_ms> (keys.py: Keys.offenders).
+local function offender_key(prefix, dimension, verdict, span, start)
+  return prefix .. dimension .. ':' .. verdict .. ':' .. int_text(span) .. ':' .. int_text(start)
+end
+
+-- Space-Saving (Metwally, Agrawal, El Abbadi 2005) in a sorted set of at most `cap` members:
+-- a member not yet kept, when the set is full, takes the place of the least counted one and
+-- inherits its count. A kept member's count is over-stated by at most what it inherited, which
+-- is at most the bucket's flagged clicks / cap; every member above that share is kept.
+local function space_saving(key, member, n, cap)
+  if redis.call('ZSCORE', key, member) or redis.call('ZCARD', key) < cap then
+    redis.call('ZINCRBY', key, n, member)
+  else
+    local least = redis.call('ZPOPMIN', key)
+    redis.call('ZADD', key, tonumber(least[2]) + n, member)
+  end
+end
+
+-- The offenders section: (dimension, verdict, bucket, member, count) per fine bucket; each
+-- record goes to its fine and its coarse bucket. A bucket expires a series retention after
+-- its end (none when the retention is 0), so their memory is bounded like the series'.
+local function offend(prefix, section, args, p)
+  local O = section.at
+  local fine, coarse, cap = tonumber(p.fine_ms), tonumber(p.coarse_ms), tonumber(p.offenders_cap)
+  local retention = tonumber(p.retention_ms)
+  local expiries = {}
+  for _, at in ipairs(section.starts) do
+    local bucket, n = tonumber(args[at + O.bucket]), tonumber(args[at + O.count])
+    for _, span in ipairs({fine, coarse}) do
+      local start = bucket - bucket % span
+      local key = offender_key(prefix, args[at + O.dimension], args[at + O.verdict], span, start)
+      space_saving(key, args[at + O.member], n, cap)
+      expiries[key] = start + span + retention
+    end
+  end
+  if retention > 0 then
+    for key, at_ms in pairs(expiries) do
+      redis.call('PEXPIREAT', key, int_text(at_ms))
+    end
+  end
+end
+
 -- Keys: verdicts, stats, then 'series:<verdict>' for every verdict
 -- Params: group, consumer, stage, lo, hi, retention_ms (0: none)
 -- Sections: entries (id), cells (verdict, bucket, count)
@@ -359,9 +401,55 @@ local function aggregate(keys, args)
     redis.call('TS.ADD', k['series:' .. args[at + X.verdict]], args[at + X.bucket], n, 'ON_DUPLICATE', 'SUM')
     counted = counted + n
   end
+  offend(k.offenders, s.offenders, args, p)
   ack(k.verdicts, p.group, ids)
   count_stats(k.stats, p.stage, {counted = counted})
   return ok_reply({counted = counted})
+end
+
+-- Reads the offender buckets covering [from, to] (edges in fine buckets, whole coarse
+-- buckets inside, from at most max_range_ms before to) and returns the `limit` members
+-- with the most flagged clicks, one JSON object a member: the dimension, the total, and
+-- the count per verdict, in that order; the dashboard's table parses them (types kept).
+local function offenders(keys, args)
+  local k, p = decode(keys, args)
+  local fine, coarse = tonumber(p.fine_ms), tonumber(p.coarse_ms)
+  local to = tonumber(p.to)
+  local from = math.max(tonumber(p.from), to - tonumber(p.max_range_ms))
+  local verdicts = names(p.verdicts)
+  local totals, per, members = {}, {}, {}
+  local t = from - from % fine
+  while t <= to do
+    local span = (t % coarse == 0 and t + coarse - 1 <= to) and coarse or fine
+    for _, verdict in ipairs(verdicts) do
+      local rows = redis.call('ZRANGE', offender_key(k.offenders, p.dimension, verdict, span, t), 0, -1, 'WITHSCORES')
+      for j = 1, #rows, 2 do
+        local member, n = rows[j], tonumber(rows[j + 1])
+        if not totals[member] then
+          totals[member], per[member] = 0, {}
+          members[#members + 1] = member
+        end
+        totals[member] = totals[member] + n
+        per[member][verdict] = (per[member][verdict] or 0) + n
+      end
+    end
+    t = t + span
+  end
+  table.sort(members, function(a, b)
+    if totals[a] ~= totals[b] then return totals[a] > totals[b] end
+    return a < b
+  end)
+  local out = {}
+  for j = 1, math.min(#members, tonumber(p.limit)) do
+    local member = members[j]
+    local row = {'{', cjson.encode(p.dimension), ':', cjson.encode(member), ',"flagged clicks":', int_text(totals[member])}
+    for _, verdict in ipairs(verdicts) do
+      row[#row + 1] = ',' .. cjson.encode(verdict) .. ':' .. int_text(per[member][verdict] or 0)
+    end
+    row[#row + 1] = '}'
+    out[#out + 1] = table.concat(row)
+  end
+  return out
 end
 
 -- Keys: stream, dead, stats
@@ -454,6 +542,7 @@ end
 
 redis.register_function('fraud_detect', detect)
 redis.register_function('fraud_aggregate', aggregate)
+redis.register_function{function_name = 'fraud_offenders', callback = offenders, flags = {'no-writes'}}
 redis.register_function('fraud_reject', reject)
 redis.register_function('fraud_trim', trim)
 redis.register_function('fraud_forget_idle', forget_idle)

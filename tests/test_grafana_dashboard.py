@@ -21,11 +21,14 @@ import pytest
 import redis
 import yaml
 
+from agents.aggregator import OFFENDERS, offender_spans
 from pipeline.cli.main import build_parser
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from tests.arrival import xadd_at_event_time
 from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id
+from tests.plugin_replies import display_names, extract_json, plugin_frames, stream_frame
+from tests.plugin_replies import rows as frame_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_FILES = sorted((ROOT / "grafana/dashboards").glob("*.json"))
@@ -108,7 +111,9 @@ def plugin_command(target: dict[str, Any], from_ms: int, to_ms: int,
     queryXRevRange, which default start/end to ``<from>-0``/``<to>-0`` since 2.0 and add
     COUNT only when count > 0). The command name goes out as written in the target.
     """
-    target = apply_template_variables(target, dashboard_variables(FRAUD) if variables is None else variables)
+    target = sent_target(target, from_ms, to_ms, variables)
+    if target["query"]:  # a custom command (pkg/redis-custom.go): the query split shell-style
+        return shlex.split(target["query"])
     command = target["command"]
     aggregation = ["AGGREGATION", target["aggregation"], str(target.get("bucket", 0))] \
         if target.get("aggregation") else []
@@ -130,6 +135,14 @@ def plugin_command(target: dict[str, Any], from_ms: int, to_ms: int,
     raise AssertionError(f"no mirror of the plugin for target {target}: add one before using it")
 
 
+def sent_target(target: dict[str, Any], from_ms: int, to_ms: int,
+                variables: dict[str, str] | None = None) -> dict[str, Any]:
+    """The target as the backend gets it: Grafana's global $__from/$__to (epoch ms) beside the
+    dashboard's variables."""
+    variables = dashboard_variables(FRAUD) if variables is None else variables
+    return apply_template_variables(target, {**variables, "__from": str(from_ms), "__to": str(to_ms)})
+
+
 def dashboard_range(dashboard: dict[str, Any], now_ms: int) -> tuple[int, int]:
     """The dashboard's default time range (``now-<n><unit>`` to ``now``) in epoch ms."""
     match = re.fullmatch(r"now-(\d+)([smhd])", dashboard["time"]["from"])
@@ -139,19 +152,17 @@ def dashboard_range(dashboard: dict[str, Any], now_ms: int) -> tuple[int, int]:
 
 
 def frames(reply: list[Any], target: dict[str, Any]) -> dict[str, dict[int, float]]:
-    """TS.MRANGE's RESP2 reply as the plugin names its frames: legend label's value, else the key."""
-    out: dict[str, dict[int, float]] = {}
-    for key, labels, samples in reply:
-        legend = dict(labels).get(target["legend"]) if target.get("legend") else key
-        assert legend is not None, f"{key} lacks the legend label {target['legend']!r}"
-        assert legend not in out, f"two series share the legend {legend!r}: their lines would merge"
-        out[legend] = {int(ts): float(value) for ts, value in samples}
-    return out
+    """TS.MRANGE's RESP2 reply as Grafana names its series, by the plugin's frames (filled as it fills)."""
+    built = plugin_frames(target, reply)
+    names = display_names(built)
+    assert len(set(names)) == len(names), f"series share a name {names}: their lines would merge"
+    return {name: dict(zip(f.fields[0].values, f.fields[1].values, strict=True)) for name, f in zip(names, built,
+                                                                                                   strict=True)}
 
 
-def stream_rows(reply: list[Any]) -> list[dict[str, str]]:
-    """XRANGE/XREVRANGE entries as the plugin's table rows ($streamId, then the entry's fields)."""
-    return [{"$streamId": entry_id, "$time": int(entry_id.split("-")[0]), **pairs(flat)} for entry_id, flat in reply]
+def stream_rows(reply: list[Any]) -> list[dict[str, Any]]:
+    """XRANGE/XREVRANGE entries as the plugin's table rows ($streamId, $time, then the fields, typed as it types)."""
+    return frame_rows(stream_frame("xrevrange", reply))
 
 
 def pairs(flat: list[str] | dict[str, str]) -> dict[str, str]:
@@ -163,7 +174,10 @@ def transform(rows: list[dict[str, str]], transformations: list[dict[str, Any]])
     """The few Grafana transformations the dashboard uses, applied to table rows as Grafana does."""
     for step in transformations:
         options = step["options"]
-        if step["id"] == "filterByValue":
+        if step["id"] == "extractFields":
+            assert options == {"source": "Value", "format": "json", "replace": True, "keepTime": False}
+            rows = extract_json(rows, "Value")
+        elif step["id"] == "filterByValue":
             def hit(row: dict[str, str], filters: list[dict[str, Any]] = options["filters"]) -> bool:
                 assert all(f["config"]["id"] == "equal" for f in filters)
                 return any(row.get(f["fieldName"]) == f["config"]["options"]["value"] for f in filters)
@@ -315,6 +329,22 @@ def run(settings: Settings, target: dict[str, Any], from_ms: int, to_ms: int) ->
         return client.execute_command(*plugin_command(target, from_ms, to_ms, {"namespace": settings.namespace}))
 
 
+def shown_value(settings: Settings, target: dict[str, Any], from_ms: int, to_ms: int) -> float:
+    """The one value a single-value panel shows, through the plugin's frame."""
+    (frame,) = plugin_frames(sent_target(target, from_ms, to_ms), run(settings, target, from_ms, to_ms))
+    ((value,),) = [f.values for f in frame.fields]
+    return value
+
+
+def table(settings: Settings, title: str, from_ms: int, to_ms: int) -> list[dict[str, Any]]:
+    """A table panel's rows as Grafana shows them: the plugin's frame, then the panel's transformations."""
+    p = panel(title)
+    (target,) = p["targets"]
+    (frame,) = plugin_frames(sent_target(target, from_ms, to_ms, {"namespace": settings.namespace}),
+                             run(settings, target, from_ms, to_ms))
+    return transform(frame_rows(frame), p.get("transformations", []))
+
+
 def verdict_cells(settings: Settings, bucket_ms: int) -> dict[str, dict[int, float]]:
     """Verdicts per event-time bucket, from the verdict stream itself."""
     cells: dict[str, dict[int, float]] = {}
@@ -331,7 +361,7 @@ async def test_clicks_per_second_is_exact(settings: Settings) -> None:
     assert set(verdicts) == set(VERDICTS), "the crafted traffic must produce every verdict"
     expected = verdict_cells(settings, 1_000)
     raw_panels = [(p, t) for p, t in targets(FRAUD) if t.get("filter") == RAW_CLICKS and t["bucket"] == 1_000]
-    assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict", "Clicks in range by verdict"}
+    assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict"}
     for p, target in raw_panels:
         got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
         # One line per verdict (the rollup tier is filtered out), each sample the count of one second;
@@ -408,40 +438,83 @@ async def test_health_panels_select_the_monitor_series(settings: Settings) -> No
 async def test_dead_letter_panels_show_the_rejected_entries(settings: Settings) -> None:
     now_ms, _, invalid_ids = await feed(settings)
     from_ms, to_ms = dashboard_range(FRAUD, now_ms)
-    (info_target,) = panel("Dead-letter stream")["targets"]
-    assert substitute(info_target["keyName"], {"namespace": settings.namespace}) == Keys(settings.namespace).dead
-    info = run(settings, info_target, from_ms, to_ms)
-    info = pairs(info)
-    assert info["length"] == len(invalid_ids)
-    last_id, last_fields = info["last-entry"]
-    assert pairs(last_fields)["stage"] == "detector"
+    (stored_target,) = panel("Dead letters stored")["targets"]
+    assert substitute(stored_target["keyName"], {"namespace": settings.namespace}) == Keys(settings.namespace).dead
+    assert shown_value(settings, stored_target, from_ms, to_ms) == len(invalid_ids)
     (latest_target,) = panel("Latest dead letters")["targets"]
     rows = stream_rows(run(settings, latest_target, from_ms, to_ms))
-    assert rows[0]["$streamId"] == last_id, "newest first"
+    assert rows[0]["$streamId"] == stream_entries(settings, Keys(settings.namespace).dead)[-1][0], "newest first"
     assert sorted(r["raw_id"] for r in rows) == sorted(invalid_ids)
     assert all(r["reason"] and r["stage"] == "detector" for r in rows)
 
 
-async def test_offender_tables_rank_the_flagged_verdicts(settings: Settings) -> None:
-    await feed(settings)
-    # Verdict ids are arrival times: the range ends at the time of the query, as on a live dashboard.
+async def test_offender_tables_rank_the_flagged_verdicts_of_the_whole_range(settings: Settings) -> None:
+    _, t0, _ = await feed(settings)
     from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
     flagged = [f for _, f in stream_entries(settings, Keys(settings.namespace).verdicts) if f["verdict"] != "clean"]
     assert len(flagged) == 4 + 3 + 5 + 3
     for title, field in (("Top offending devices", "device_id"), ("Top offending IPs", "ip")):
-        p = panel(title)
-        (target,) = p["targets"]
-        rows = stream_rows(run(settings, target, from_ms, to_ms))
-        assert len(rows) == len(verdicts_by_raw_id(settings)) < target["count"], "the table sees every verdict"
-        table = transform(rows, p["transformations"])
+        (target,) = panel(title)["targets"]
+        # The panel's command is the declared read, with the pipeline's spans and the dashboard's range.
+        fine_ms, coarse_ms = offender_spans(Settings())
+        declared = OFFENDERS.argv(
+            {"offenders": Keys().offenders_prefix},
+            {"dimension": field, "verdicts": ",".join(VERDICTS[1:]), "from": from_ms, "to": to_ms,
+             "fine_ms": fine_ms, "coarse_ms": coarse_ms, "max_range_ms": Settings().series_retention_ms,
+             "limit": 10})
+        assert plugin_command(target, from_ms, to_ms) == ["FCALL_RO", *map(str, declared[1:])], title
+        shown = table(settings, title, from_ms, to_ms)
         counts = Counter(f[field] for f in flagged)
-        assert [r["flagged clicks"] for r in table] == sorted(counts.values(), reverse=True)[:10]
-        assert all(counts[r[field]] == r["flagged clicks"] for r in table)
-        assert table[0] == {field: "s0" if field == "device_id" else "10.2.0.1", "flagged clicks": 4}
-    p = panel("Latest flagged verdicts")
-    rows = transform(stream_rows(run(settings, p["targets"][0], from_ms, to_ms)), p["transformations"])
+        assert [r["flagged clicks"] for r in shown] == sorted(counts.values(), reverse=True)[:10]
+        assert all(counts[r[field]] == r["flagged clicks"] == r["ip_blacklist"] + r["click_spam"] for r in shown)
+        assert shown[0] == {field: "s0" if field == "device_id" else "10.2.0.1", "flagged clicks": 4,
+                            "ip_blacklist": 0, "click_spam": 4}
+    # Only the clicks of the range: one that starts after the first minute leaves it out.
+    late = table(settings, "Top offending devices", t0 + MINUTE_MS, to_ms)
+    assert {r["device_id"]: r["flagged clicks"] for r in late} == dict(
+        Counter(f["device_id"] for f in flagged if int(f["ts"]) >= t0 + MINUTE_MS))
+    rows = table(settings, "Latest flagged verdicts", from_ms, to_ms)
     assert sorted(r["raw_id"] for r in rows) == sorted(f["raw_id"] for f in flagged)
     assert all(set(r) == {"$time", "verdict", "device_id", "ip", "raw_id"} for r in rows)
+
+
+async def test_offender_tables_keep_numeric_looking_names_apart(settings: Settings) -> None:
+    # The plugin types a stream column by its first value; the offender tables parse JSON rows instead.
+    t0 = (int(time.time() * 1000) - 3 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    clicks = [["device_id", device, "ip", f"10.4.0.{n}", "ts", str(t0 + n * 1_000 + k)]
+              for n, device in enumerate(["abc", "def", "12345"]) for k in range(3 + n)]
+    xadd_at_event_time(settings, clicks)
+    await run_pipeline(settings)
+    from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
+    shown = table(settings, "Top offending devices", from_ms, to_ms)
+    assert [(r["device_id"], r["flagged clicks"]) for r in shown] == [("12345", 3), ("def", 2), ("abc", 1)]
+
+
+async def test_every_panel_reads_well_on_an_empty_pipeline(settings: Settings) -> None:
+    # The agents have started (functions loaded, groups made) but no click has come yet.
+    await run_pipeline(settings)
+    from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
+    for p, target in targets(FRAUD):
+        # A command error is the panel's error: none may fail on a pipeline that is merely idle.
+        reply = run(settings, target, from_ms, to_ms)
+        built = plugin_frames(sent_target(target, from_ms, to_ms, {"namespace": settings.namespace}), reply)
+        if p["type"] == "table":
+            assert transform(frame_rows(built[0]), p.get("transformations", [])) == [], p["title"]
+        elif p["title"] == "Dead letters stored":
+            assert shown_value(settings, target, from_ms, to_ms) == 0
+        else:
+            assert all(not f.fields[0].values for f in built), p["title"]
+
+
+async def test_the_range_total_reads_two_samples_whatever_the_range(settings: Settings) -> None:
+    now_ms, _, _ = await feed(settings)
+    (target,) = panel("Clicks in range by verdict")["targets"]
+    assert panel("Clicks in range by verdict")["options"]["reduceOptions"]["calcs"] == ["sum"]
+    verdicts = Counter(verdicts_by_raw_id(settings).values())
+    for from_ms in (now_ms - 15 * MINUTE_MS, now_ms - 7 * 24 * 3_600_000):
+        got = frames(run(settings, target, from_ms, now_ms), target)
+        assert all(len(samples) <= 2 for samples in got.values()), "the plugin ignores Grafana's point limit"
+        assert {v: int(sum(s.values())) for v, s in got.items()} == verdicts
 
 
 async def test_health_panels_plot_what_the_real_monitor_records(settings: Settings) -> None:
@@ -476,5 +549,5 @@ async def test_panels_show_only_the_namespace_chosen(settings: Settings, namespa
                 nonzero = {v: {t: n for t, n in s.items() if n} for v, s in got.items()}
                 assert {v: s for v, s in nonzero.items() if s} == verdict_cells(shown, target["bucket"]), \
                     (shown.namespace, p["title"])
-        (info_target,) = panel("Dead-letter stream")["targets"]
-        assert pairs(run(shown, info_target, 0, now_ms))["length"] == (3 if shown is settings else 1)
+        (stored_target,) = panel("Dead letters stored")["targets"]
+        assert shown_value(shown, stored_target, 0, now_ms) == (3 if shown is settings else 1)

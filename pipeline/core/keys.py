@@ -16,6 +16,11 @@ VERDICTS: tuple[str, ...] = ("clean", "ip_blacklist", "click_spam")
 # detector step builds ``<namespace>:window:<device_id>`` itself.
 WINDOW_INFIX = "window"
 
+# The offender buckets: ``<namespace>:offenders:<dimension>:<verdict>:<span_ms>:<start_ms>``, one
+# sorted set of the heaviest members of one dimension (device_id, ip) for one flagged verdict in
+# one event-time bucket; the aggregator's step writes them and the dashboard's read builds them.
+OFFENDER_DIMENSIONS: tuple[str, ...] = ("device_id", "ip")
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -68,6 +73,13 @@ class Keys:
 
     def rollup(self, verdict: str) -> str:
         return self._key("series", verdict, "rollup")
+
+    @property
+    def offenders_prefix(self) -> str:
+        return self._key("offenders", "")
+
+    def offenders(self, dimension: str, verdict: str, span_ms: int, start_ms: int) -> str:
+        return f"{self.offenders_prefix}{dimension}:{verdict}:{span_ms}:{start_ms}"
 
     def series_labels(self) -> tuple[str, str]:
         """The label pair every series of this namespace carries. Labels are global to the server

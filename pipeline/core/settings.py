@@ -64,6 +64,8 @@ class Settings:
     series_retention_ms: int = 7 * 24 * 3_600_000
     rollup_bucket_ms: int = 60_000
     rollup_retention_ms: int = 90 * 24 * 3_600_000
+    # Members kept per offender bucket (a Space-Saving summary: see the aggregator).
+    offenders_per_bucket: int = 100
 
     appendfsync: str = "everysec"
     log_format: str = "auto"
@@ -89,6 +91,7 @@ class Settings:
             "blacklist_capacity", "batch_size", "block_ms", "claim_min_idle_ms",
             "max_deliveries", "bucket_ms", "rollup_bucket_ms", "max_field_count",
             "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
+            "offenders_per_bucket",
         )
         for name in positive:
             if getattr(self, name) <= 0:
