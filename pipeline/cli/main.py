@@ -18,10 +18,13 @@ from typing import NoReturn
 from pipeline.core.errors import FraudError
 from pipeline.core.log import configure_logging
 from pipeline.core.settings import Settings, SettingsError
+from pipeline.dev.credentials import command_role, with_role
 
 # Every command, in the order ``fraud --help`` lists them: one module each, with its ``register``.
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.server",
+    "pipeline.cli.setup",
+    "pipeline.cli.acl",
     "pipeline.cli.up",
     "pipeline.cli.agent",
     "pipeline.cli.status",
@@ -66,6 +69,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"fraud: error: {err}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    # On the protected embedded server, each command logs in as its role without being told how.
+    settings = with_role(settings, command_role(args.command, getattr(args, "stage", None)))
     try:
         outcome = args.run(args, settings)
         if inspect.iscoroutine(outcome):
