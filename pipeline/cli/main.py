@@ -15,6 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from redis.exceptions import NoPermissionError
+
+from pipeline.client.resp import RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.log import configure_logging
 from pipeline.core.settings import Settings, SettingsError
@@ -78,6 +81,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except FraudError as err:
         print(f"fraud: error: {err}", file=sys.stderr)
         return err.exit_code
+    except (NoPermissionError, RespError) as err:
+        if isinstance(err, RespError) and not str(err).startswith("NOPERM"):
+            raise
+        # An ACL user without the right: one line naming the command (never a secret), no traceback.
+        print(f"fraud: error: Redis refused: {err}", file=sys.stderr)
+        return 1
     return int(outcome or 0)
 
 

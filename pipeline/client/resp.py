@@ -30,10 +30,11 @@ class RespError(Exception):
 
 
 # Error replies that say the server cannot serve now (memory, loading, a long
-# script, a failover, a lost group or function), not that a command was wrong:
-# they must never be taken for a poison entry, only waited out.
+# script, a failover, a lost group or function, an ACL user without a right its
+# role needs), not that a command was wrong: they must never be taken for a
+# poison entry, only waited out.
 SERVER_STATE_ERRORS = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                       "MISCONF", "NOGROUP", "NOSCRIPT", "ERR Function not found")
+                       "MISCONF", "NOGROUP", "NOSCRIPT", "ERR Function not found", "NOPERM")
 
 
 def is_server_state_error(err: BaseException) -> bool:

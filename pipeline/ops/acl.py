@@ -26,6 +26,13 @@ _STAGE = ("+xreadgroup", "+xack", "+xadd", "+xautoclaim", "+xclaim", "+xpending"
           "+xinfo|groups", "+xinfo|consumers", "+xgroup|delconsumer", "+hincrby", "+fcall", "+function|list")
 _SERIES_WRITE = ("+ts.add", "+ts.madd", "+ts.get", "+ts.info", "+ts.alter")
 _SERIES_CREATE = ("+ts.create", "+ts.createrule", "+ts.alter")
+# Module commands are named one by one: Redis 7's modules put them in no ACL category.
+_SERIES_READ = ("+ts.get", "+ts.mget", "+ts.range", "+ts.revrange", "+ts.mrange", "+ts.mrevrange", "+ts.info",
+                "+ts.queryindex")
+_FILTER_READ = ("+cf.exists", "+cf.mexists", "+cf.info", "+cf.count", "+cf.scandump")
+_MODULE_WRITES = ("+ts.add", "+ts.madd", "+ts.incrby", "+ts.decrby", "+ts.create", "+ts.alter", "+ts.createrule",
+                  "+ts.deleterule", "+ts.del", "+cf.reserve", "+cf.add", "+cf.addnx", "+cf.insert", "+cf.insertnx",
+                  "+cf.del", "+cf.loadchunk")
 # Admin-only: replacing the code every stage runs, and anything server-wide.
 _NOT_FOR_OPERATORS = ("-@dangerous", "-@admin", "-function|load", "-function|delete", "-function|flush",
                       "-function|restore", "-script|flush", "-script|kill", "-function|kill")
@@ -50,14 +57,14 @@ def role_rules(role: str, keys: Keys) -> list[str]:
     everything = g(keys.namespace) + ":*"
     series = [g(keys.series(v)) for v in VERDICTS] + [g(keys.rollup(v)) for v in VERDICTS]
     if role == "producer":
-        # Sends clicks; a replayed file's bad lines go to the dead letters. Nothing is read back.
-        return [*_BASE, "+xadd", *_keys("%W", g(keys.raw), g(keys.dead))]
+        # Sends clicks, and nothing else: it reads nothing back (`fraud replay FILE` is the operator's).
+        return [*_BASE, "+xadd", *_keys("%W", g(keys.raw))]
     if role == "detector":
         return [*_BASE, *_STAGE, "+del", "+zadd", "+zcount", "+zrangebyscore", "+zremrangebyscore", "+zscore",
                 "+cf.mexists", "+cf.exists",
+                # The blacklist too: FCALL's keys count as written; only CF.MEXISTS reaches it.
                 *_keys("", g(keys.raw), g(keys.verdicts), g(keys.dead), g(keys.stats), g(keys.window_index),
-                       g(keys.window_prefix) + "*"),
-                *_keys("%R", g(keys.blacklist)),
+                       g(keys.window_prefix) + "*", g(keys.blacklist)),
                 _selector("+xgroup|create", f"~{g(keys.raw)}"),
                 _selector("+cf.reserve", f"~{g(keys.blacklist)}")]
     if role == "aggregator":
@@ -69,8 +76,8 @@ def role_rules(role: str, keys: Keys) -> list[str]:
         # Reads the streams' and groups' state, writes its own health series.
         health = g(keys.health_series("", ""))[:-1] + "*"
         return [*_BASE, "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+xlen", "+xrevrange", "+xrange",
-                "+hgetall", "+hget", "+memory|usage", "+time", "+ts.get", "+ts.info", "+ts.add", "+ts.create",
-                "+ts.alter",
+                "+hgetall", "+hget", "+memory|usage", "+time", "+ts.get", "+ts.info", "+ts.add", "+ts.madd",
+                "+ts.create", "+ts.alter",
                 *_keys("%R", g(keys.raw), g(keys.verdicts), g(keys.dead), g(keys.stats)),
                 *_keys("", health)]
     if role == "operator":
@@ -78,13 +85,14 @@ def role_rules(role: str, keys: Keys) -> list[str]:
         # namespace's keys except what is admin's (the function library, server-wide commands).
         return [*_BASE, "+@read", "+@write", "+@stream", "+@scripting", "+@keyspace", "+@hash", "+@sortedset",
                 "+@set", "+@list", "+@string",
-                *_NOT_FOR_OPERATORS, "+module|list", "+memory|usage", "+time", f"~{everything}"]
+                *_SERIES_READ, *_FILTER_READ, *_MODULE_WRITES, *_NOT_FOR_OPERATORS,
+                "+module|list", "+memory|usage", "+time", f"~{everything}"]
     if role == "admin":
         return ["+@all", "~*", "&*"]
     if role == "dashboard":
         # Grafana's data source: read-only commands on the namespace's keys (the plugin runs any
         # target's raw query as a command, so the user, not the dashboard, is the limit).
-        return [*_BASE, "+@read", "-@dangerous", *_keys("%R", everything)]
+        return [*_BASE, "+@read", *_SERIES_READ, "-@dangerous", *_keys("%R", everything)]
     raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
 
 
