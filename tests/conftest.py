@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 
@@ -21,6 +22,13 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def load_library(url: str) -> None:
+    """The admin's set-up step, as `fraud setup` does it: agents only check the library is there
+    (FLUSHALL keeps functions, so once per server is enough)."""
+    with redis.Redis.from_url(url) as admin:
+        admin.function_load(library_source(), replace=True)
 
 
 @pytest.fixture
@@ -38,6 +46,7 @@ def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRe
     """The session's shared server; use `redis_url` for a clean database per test."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-stack"), free_port(), libssl_dir=LIBSSL_DIR)
     server.start()
+    load_library(server.url)
     try:
         yield server
     finally:
@@ -65,6 +74,7 @@ def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     server = EmbeddedRedis(tmp_path_factory.mktemp("fresh-server"), free_port(), appendfsync="always",
                            libssl_dir=LIBSSL_DIR)
     server.start()
+    load_library(server.url)
     try:
         yield server
     finally:

@@ -15,12 +15,17 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.cli.acl import password_variable
 from pipeline.cli.main import build_parser
+from pipeline.dev.credentials import command_role
+from pipeline.ops.acl import ROLES
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-AGENTS = sorted(name for name, service in SERVICES.items() if "build" in service)
+# One-off set-up steps run the app image too, but are not agents.
+ONE_OFF = ("acl", "setup")
+AGENTS = sorted(name for name, service in SERVICES.items() if "build" in service and name not in ONE_OFF)
 # major.minor.patch at least: a tag that names one release, not a moving line.
 EXACT_TAG = re.compile(r"^[a-z0-9./_-]+:\d+\.\d+\.\d+[A-Za-z0-9._-]*$")
 DATASOURCE = yaml.safe_load((ROOT / "grafana/provisioning/datasources/redis.yaml").read_text())
@@ -60,7 +65,8 @@ def test_redis_is_persistent_and_has_a_healthcheck() -> None:
     assert command[0] == "redis-server"
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "everysec"
-    assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
+    check = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli" in check and "ping" in check
     named = [v.split(":")[0] for v in redis["volumes"] if v.endswith(":/data")]
     assert named and named[0] in COMPOSE["volumes"], "redis needs a named volume at /data"
 
@@ -69,7 +75,9 @@ def test_redis_is_persistent_and_has_a_healthcheck() -> None:
 def test_agents_wait_for_a_healthy_redis_and_can_scale(name: str) -> None:
     service = SERVICES[name]
     assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert service["environment"]["FRAUD_REDIS_URL"] == "redis://redis:6379"
+    # The function library is the admin's to load, before any agent starts.
+    assert service["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    assert service["environment"]["FRAUD_REDIS_URL"] == role_url(command_role(*service["command"][:2]))
     # A fixed name or host port would make `--scale` fail on the second replica;
     # a fixed consumer name would make replicas steal each other's entries.
     assert "container_name" not in service
@@ -119,24 +127,55 @@ def test_grafana_mounts_provisioning_and_dashboards_that_exist() -> None:
     assert (ROOT / "grafana/dashboards" / Path(home).name).is_file()
 
 
-def test_grafana_installs_the_plugin_and_lets_viewers_in() -> None:
+def role_url(role: str | None) -> str:
+    """The URL a service of this role logs in with: its own user, its password from the environment."""
+    assert role in ROLES
+    variable = password_variable(role)
+    return f"redis://{role}:${{{variable}:?set {variable}, see README Security}}@redis:6379"
+
+
+def test_redis_runs_the_acl_file_of_fraud_acl_and_is_local_only() -> None:
+    redis, acl = SERVICES["redis"], SERVICES["acl"]
+    command = redis["command"]
+    aclfile = command[command.index("--aclfile") + 1]
+    assert acl["command"] == ["acl", "--file", aclfile]
+    assert build_parser().parse_args(acl["command"]).file == aclfile
+    assert redis["depends_on"]["acl"]["condition"] == "service_completed_successfully"
+    # Every role's password comes from the environment, none is written in the file.
+    assert set(acl["environment"]) == {password_variable(role) for role in ROLES}
+    assert all(value.startswith("${") for value in acl["environment"].values())
+    assert all(port.startswith("127.0.0.1:") for name in SERVICES for port in SERVICES[name].get("ports", []))
+
+
+def test_setup_runs_as_admin_after_redis() -> None:
+    setup = SERVICES["setup"]
+    assert build_parser().parse_args(setup["command"]).command == "setup"
+    assert setup["environment"]["FRAUD_REDIS_URL"] == role_url("admin")
+    assert setup["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_grafana_needs_a_login_and_is_local_only() -> None:
     env = SERVICES["grafana"]["environment"]
     plugin = env["GF_PLUGINS_PREINSTALL_SYNC"].split("@")[0]
     assert plugin == DATASOURCE["datasources"][0]["type"] == "redis-datasource"
     # GF_PLUGINS_PREINSTALL_SYNC exists from Grafana 12.1 on; older ones need GF_INSTALL_PLUGINS.
     major, minor = (int(p) for p in SERVICES["grafana"]["image"].split(":")[1].split(".")[:2])
     assert (major, minor) >= (12, 1)
-    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
-    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
     assert SERVICES["grafana"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert "3000:3000" in SERVICES["grafana"]["ports"]
+    assert SERVICES["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def test_the_datasource_points_at_the_compose_redis() -> None:
     source = DATASOURCE["datasources"][0]
-    assert source["url"] == SERVICES["detector"]["environment"]["FRAUD_REDIS_URL"]
     host = source["url"].split("//")[1].split(":")[0]
-    assert host in SERVICES
+    assert host == "redis" and host in SERVICES
+    # The read-only dashboard user, its password from Grafana's environment (provisioning interpolates it).
+    assert source["jsonData"]["acl"] is True and source["jsonData"]["user"] == "dashboard"
+    assert source["secureJsonData"]["password"] == "$" + password_variable("dashboard")
+    assert password_variable("dashboard") in SERVICES["grafana"]["environment"]
 
 
 def test_dockerfile_runs_the_fraud_console_script() -> None:

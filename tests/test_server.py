@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -14,6 +17,7 @@ import redis
 from pipeline.cli import main as cli
 from pipeline.cli import server as server_module
 from pipeline.cli.main import main
+from pipeline.dev.credentials import credentials_file
 from pipeline.dev.libssl import LibsslError, security_uri
 from pipeline.dev.server import EmbeddedRedis, ServerError
 from tests.procs import wait_until
@@ -68,8 +72,16 @@ def test_cli_start_status_stop(cli_env: str, capsys: pytest.CaptureFixture[str])
     assert main(["server", "status"]) == 0
     status = capsys.readouterr().out
     assert status.startswith("running: pid ") and "modules: bf, timeseries" in status
-    with redis.Redis.from_url(cli_env) as client:
-        assert client.ping()
+    # Protected by default: nobody gets in without a role's password, which only the owner can read.
+    with redis.Redis.from_url(cli_env) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    credentials = credentials_file(Path(os.environ["FRAUD_HOME"]), urlsplit(cli_env).port or 0)
+    assert stat.S_IMODE(credentials.stat().st_mode) == 0o600
+    assert stat.S_IMODE(credentials.parent.stat().st_mode) == 0o700
+    admin_password = json.loads(credentials.read_text())["admin"]
+    with redis.Redis.from_url(cli_env, username="admin", password=admin_password) as admin:
+        assert admin.ping()
+        assert "fraud_detect" in str(admin.function_list("fraud"))
 
     assert main(["server", "stop"]) == 0
     assert capsys.readouterr().out.startswith("stopped: pid ")
@@ -78,7 +90,7 @@ def test_cli_start_status_stop(cli_env: str, capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.parametrize("url", ["redis://example.invalid:6379", "redis://10.0.0.1:6379",
-                                 "rediss://127.0.0.1:6379"])
+                                 "http://127.0.0.1:6379"])
 def test_cli_refuses_a_server_it_cannot_serve(url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     _only_server_commands(monkeypatch)

@@ -15,13 +15,19 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from redis.exceptions import NoPermissionError
+
+from pipeline.client.resp import RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.log import configure_logging
 from pipeline.core.settings import Settings, SettingsError
+from pipeline.dev.credentials import command_role, with_role
 
 # Every command, in the order ``fraud --help`` lists them: one module each, with its ``register``.
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.server",
+    "pipeline.cli.setup",
+    "pipeline.cli.acl",
     "pipeline.cli.up",
     "pipeline.cli.agent",
     "pipeline.cli.status",
@@ -66,6 +72,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"fraud: error: {err}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    # On the protected embedded server, each command logs in as its role without being told how.
+    settings = with_role(settings, command_role(args.command, getattr(args, "stage", None)))
     try:
         outcome = args.run(args, settings)
         if inspect.iscoroutine(outcome):
@@ -73,6 +81,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except FraudError as err:
         print(f"fraud: error: {err}", file=sys.stderr)
         return err.exit_code
+    except (NoPermissionError, RespError) as err:
+        if isinstance(err, RespError) and not str(err).startswith("NOPERM"):
+            raise
+        # An ACL user without the right: one line naming the command (never a secret), no traceback.
+        print(f"fraud: error: Redis refused: {err}", file=sys.stderr)
+        return 1
     return int(outcome or 0)
 
 

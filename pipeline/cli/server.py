@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import redis
 
 from pipeline.core.settings import Settings
-from pipeline.dev.server import server_for
+from pipeline.dev.credentials import credentials_file, with_role
+from pipeline.dev.local_server import server_for
+from pipeline.ops.acl import ADMIN
+from pipeline.ops.setup import set_up
 
 NOT_RUNNING_EXIT = 3
 
@@ -22,12 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> int:
-    server = server_for(settings)
+    server = server_for(settings, create=True)
     if server.is_running():
         print(f"already running: pid {server.pid}, {server.url}, data {server.data_dir}")
         return 0
     server.start()
-    print(f"started: pid {server.pid}, {server.url}, data {server.data_dir}")
+    print(f"started: pid {server.pid}, {server.url}, data {server.data_dir}, "
+          f"credentials {credentials_file(settings.home, server.port)}")
+    # The admin's set-up step: the agents only check that the function library is there.
+    for done in asyncio.run(set_up(with_role(settings, ADMIN))):
+        print(f"set up: {done}")
     return 0
 
 

@@ -7,16 +7,19 @@ import asyncio
 import contextlib
 
 import structlog
+from redis.exceptions import NoPermissionError
 
 from agents.generator import blacklisted_ips
 from agents.pipeline import PIPELINE
 from pipeline.cli.args import positive_float, positive_int
 from pipeline.client.connection import open_redis
+from pipeline.client.resp import RespError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.signals import stop_on_signals
 from pipeline.ops.blacklist import add_ips
 from pipeline.ops.live_view import LiveView
+from pipeline.ops.setup import set_up
 from pipeline.ops.status import open_status_client
 from pipeline.runtime.supervisor import Child, supervise
 
@@ -45,8 +48,20 @@ async def load_demo_blacklist(settings: Settings) -> int:
         await client.aclose()
 
 
+async def set_up_if_allowed(settings: Settings) -> None:
+    """The admin's set-up step when this URL's user may (the local server's admin, or a URL with
+    admin rights); otherwise the agents wait for an admin's `fraud setup`, saying so."""
+    try:
+        log.info("set up", done=await set_up(settings))
+    except (RespError, NoPermissionError) as err:
+        if "NOPERM" not in str(err) and not isinstance(err, NoPermissionError):
+            raise
+        log.warning("not allowed to set up; agents wait for an admin's `fraud setup`", error=str(err))
+
+
 async def run_up(args: argparse.Namespace, settings: Settings) -> int:
     client = await open_status_client(settings)  # fails early, in one line, when Redis is not there
+    await set_up_if_allowed(settings)
     if args.demo:
         added = await load_demo_blacklist(settings)
         log.info("demo blacklist loaded", addresses=added)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -46,9 +47,29 @@ def _missing_error(url: str, missing: list[str]) -> MissingModulesError:
     )
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Verifies the server's certificate and host name against FRAUD_TLS_CA_FILE (else the system's
+    CAs), and shows FRAUD_TLS_CERT_FILE/KEY_FILE when the server asks for a client certificate."""
+    context = ssl.create_default_context(cafile=settings.tls_ca_file or None)
+    if settings.tls_cert_file:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+def redis_py_tls(settings: Settings) -> dict[str, Any]:
+    """The same TLS settings as redis-py's connection options (ignored by it for redis://)."""
+    options: dict[str, Any] = {}
+    if settings.tls_ca_file:
+        options["ssl_ca_certs"] = settings.tls_ca_file
+    if settings.tls_cert_file:
+        options.update(ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
+    return options
+
+
 async def open_fast_client(settings: Settings) -> RespClient:
     """The agents' hiredis client, connected and checked for the modules."""
-    client = RespClient(settings.redis_url)
+    tls = tls_context(settings) if settings.redis_url.startswith("rediss:") else None
+    client = RespClient(settings.redis_url, ssl_context=tls)
     try:
         modules = await client.execute("MODULE", "LIST")
     except RespConnectionError as err:
@@ -70,7 +91,9 @@ async def open_redis(settings: Settings, encoding_errors: str = "strict") -> aio
     Replies are decoded as UTF-8; ``encoding_errors`` is the codec's error handler for bytes that
     are not (``backslashreplace`` for tools that only show what they read).
     """
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, encoding_errors=encoding_errors)
+    tls = redis_py_tls(settings) if settings.redis_url.startswith("rediss:") else {}
+    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, encoding_errors=encoding_errors,
+                                     **tls)
     try:
         modules = await client.execute_command("MODULE", "LIST")
     except (RedisConnectionError, OSError) as err:

@@ -1,12 +1,26 @@
-"""Installs the pipeline's Redis Function library (the atomic server-side steps)."""
+"""The pipeline's Redis Function library (the atomic server-side steps): loading it, an admin's
+set-up step, and checking it, which is all an agent does.
+
+Loading replaces the code every stage runs, so only the admin role may (``fraud setup``); an agent
+that finds the library missing or not the one it was built with says so and waits for it.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
 
-from pipeline.client.resp import RespClient
+from pipeline.client.resp import RespClient, RespError
+from pipeline.core.errors import FraudError
+from pipeline.core.replies import text_pairs
 
 LIBRARY_NAME = "fraud"
+# Starts like Redis's own "function not found" reply, so every caller that waits out a server
+# whose functions are gone (a restart without them) waits this out the same way.
+NOT_READY_PREFIX = "ERR Function not found"
+
+
+class LibraryNotReady(RespError):
+    """The server's ``fraud`` library is missing or differs from this build's: run ``fraud setup``."""
 
 
 def library_source() -> str:
@@ -14,5 +28,30 @@ def library_source() -> str:
 
 
 async def load_functions(client: RespClient) -> None:
-    # REPLACE makes a rolling upgrade safe: every agent installs the code it was built with.
+    # REPLACE makes a rolling upgrade possible: the admin installs the new code, then agents of
+    # the new build find it theirs and start (those of the old build wait, saying why).
     await client.execute("FUNCTION", "LOAD", "REPLACE", library_source())
+
+
+async def library_state(client: RespClient) -> str:
+    """``current``, ``outdated`` (another version is loaded) or ``missing``."""
+    reply = await client.execute("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
+    for library in reply or ():
+        fields = text_pairs(library)
+        if fields.get("library_name") != LIBRARY_NAME:
+            continue
+        return "current" if fields.get("library_code") == library_source() else "outdated"
+    return "missing"
+
+
+async def require_functions(client: RespClient, wait: bool) -> None:
+    """Return if the server runs this build's library; else say what to do: as LibraryNotReady, a
+    server-state error that agents wait out as they wait out a restart (``wait``), or as a
+    FraudError that ends a one-off run."""
+    state = await library_state(client)
+    if state == "current":
+        return
+    which = "is not loaded" if state == "missing" else "on the server is another version than this agent's"
+    problem = f"the '{LIBRARY_NAME}' function library {which}; an admin loads it with `fraud setup`"
+    raise LibraryNotReady(f"{NOT_READY_PREFIX}: {problem}") if wait else FraudError(problem)
+

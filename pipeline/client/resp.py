@@ -30,10 +30,11 @@ class RespError(Exception):
 
 
 # Error replies that say the server cannot serve now (memory, loading, a long
-# script, a failover, a lost group or function), not that a command was wrong:
-# they must never be taken for a poison entry, only waited out.
+# script, a failover, a lost group or function, an ACL user without a right its
+# role needs), not that a command was wrong: they must never be taken for a
+# poison entry, only waited out.
 SERVER_STATE_ERRORS = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                       "MISCONF", "NOGROUP", "NOSCRIPT", "ERR Function not found")
+                       "MISCONF", "NOGROUP", "NOSCRIPT", "ERR Function not found", "NOPERM")
 
 
 def is_server_state_error(err: BaseException) -> bool:
@@ -49,7 +50,8 @@ class RespAuthError(FraudError):
 
 
 class RespClient:
-    def __init__(self, url: str, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context`` for a ``rediss://`` URL (CA, client certificate); the system's CAs without one."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss"):
             raise FraudError(f"FRAUD_REDIS_URL must start with redis:// or rediss://, got {parts.scheme!r}")
@@ -65,6 +67,7 @@ class RespClient:
         except ValueError:
             raise FraudError("the database in FRAUD_REDIS_URL must be a number") from None
         self.tls = parts.scheme == "rediss"
+        self.ssl_context = ssl_context
         self.connect_timeout = connect_timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -76,7 +79,7 @@ class RespClient:
         return self._writer is not None and not self._writer.is_closing()
 
     async def connect(self) -> None:
-        context = ssl.create_default_context() if self.tls else None
+        context = (self.ssl_context or ssl.create_default_context()) if self.tls else None
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=context, limit=1 << 22),

@@ -23,6 +23,11 @@ def _default_consumer() -> str:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379"
+    # TLS (a rediss:// URL): the CA that signed the server's certificate (empty: the system's),
+    # and a client certificate and key for servers that ask for one. Host names are always checked.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     # Prefix of every key. Set it to a hash tag such as ``{clicks}`` on Redis
     # Cluster: every key then lands in one slot, as atomic steps require.
     namespace: str = "clicks"
@@ -107,6 +112,8 @@ class Settings:
             raise SettingsError("FRAUD_APPENDFSYNC must be one of always, everysec, no")
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError("FRAUD_LOG_FORMAT must be one of auto, json, console")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("FRAUD_TLS_CERT_FILE and FRAUD_TLS_KEY_FILE go together")
         if not self.namespace or any(c.isspace() for c in self.namespace):
             raise SettingsError("FRAUD_NAMESPACE must be a non-empty word")
 

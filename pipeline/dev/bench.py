@@ -29,6 +29,7 @@ import redis
 
 from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_fast_client
+from pipeline.client.functions import library_source
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.replies import pairs, text_pairs
@@ -60,8 +61,10 @@ def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Ite
         server = EmbeddedRedis(Path(home), _free_port(), appendfsync=settings.appendfsync,
                                libssl_dir=settings.home / "libssl")
         server.start()
-        if not aof:
-            with redis.Redis.from_url(server.url) as admin:
+        with redis.Redis.from_url(server.url) as admin:
+            # The set-up step (`fraud setup`) the agents expect done.
+            admin.function_load(library_source(), replace=True)
+            if not aof:
                 admin.config_set("appendonly", "no")
         try:
             yield replace(settings, redis_url=server.url, home=Path(home))

@@ -7,7 +7,6 @@ data (append-only file, log, pid file) in ``<home>/redis-<port>``.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import re
 import signal
@@ -15,13 +14,12 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import psutil
 import redis
 
-from pipeline.core.log import redact_url
-from pipeline.core.settings import Settings
+from pipeline.dev.certificates import TlsFiles
 from pipeline.dev.libssl import ensure_libssl, system_has_libssl11
 from pipeline.dev.stack import ServerError, ensure_executable, stack_root
 
@@ -36,9 +34,13 @@ class EmbeddedRedis:
     def __init__(self, home: Path, port: int, appendfsync: str = "everysec", host: str = "127.0.0.1",
                  libssl_dir: Path | None = None, modules: tuple[str, ...] = MODULES,
                  password: str | None = None, acl_users: Sequence[str] = (),
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), aclfile: Path | None = None,
+                 login: tuple[str, str] | None = None, tls: TlsFiles | None = None) -> None:
         """``password`` is the default user's (``requirepass``); ``acl_users`` are ACL rules, one
         user each (``"alice on >secret ~* &* +@all"``), as the ``user`` directive takes them;
+        ``aclfile`` an ACL file instead (secrets stay off the command line, which any local user
+        can read); ``login`` the (user, password) this object's own client checks readiness as;
+        ``tls`` serves TLS only, on ``port``, to clients with a certificate of the same CA;
         ``extra_args`` more redis-server arguments (``--name value``), for tests."""
         # Absolute, because redis-server changes into its data folder before opening files.
         self.home = Path(home).resolve()
@@ -53,6 +55,9 @@ class EmbeddedRedis:
         self.password = password
         self.acl_users = tuple(acl_users)
         self.extra_args = tuple(extra_args)
+        self.aclfile = aclfile
+        self.login = login if login is not None else (None, password)
+        self.tls = tls
 
     @property
     def url(self) -> str:
@@ -62,7 +67,8 @@ class EmbeddedRedis:
     def url_for(self, user: str | None, password: str | None, db: int = 0) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         credentials = "" if password is None else f"{quote(user or '', safe='')}:{quote(password, safe='')}@"
-        return f"redis://{credentials}{host}:{self.port}" + (f"/{db}" if db else "")
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{credentials}{host}:{self.port}" + (f"/{db}" if db else "")
 
     @property
     def pid(self) -> int | None:
@@ -118,7 +124,7 @@ class EmbeddedRedis:
             ensure_executable(path)
         command = [
             str(server),
-            "--port", str(self.port),
+            *self._listening(),
             "--bind", self.host,
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
@@ -135,7 +141,16 @@ class EmbeddedRedis:
         for rules in self.acl_users:
             # One argument per rule: redis-server would quote a single one as one word.
             command += ["--user", *rules.split()]
+        if self.aclfile is not None:
+            command += ["--aclfile", str(self.aclfile)]
         return command + list(self.extra_args)
+
+    def _listening(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        t = self.tls
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(t.server_cert),
+                "--tls-key-file", str(t.server_key), "--tls-ca-cert-file", str(t.ca), "--tls-auth-clients", "yes"]
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -185,8 +200,12 @@ class EmbeddedRedis:
             return "redis-server did not answer"
 
     def _client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, password=self.password, socket_timeout=2,
-                           socket_connect_timeout=1)
+        user, password = self.login
+        tls = {} if self.tls is None else {
+            "ssl": True, "ssl_ca_certs": str(self.tls.ca), "ssl_certfile": str(self.tls.client_cert),
+            "ssl_keyfile": str(self.tls.client_key)}
+        return redis.Redis(host=self.host, port=self.port, username=user, password=password, socket_timeout=2,
+                           socket_connect_timeout=1, **tls)
 
     def _pidfile_pid(self) -> int | None:
         try:
@@ -246,34 +265,3 @@ def _tail(path: Path, count: int) -> list[str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-# --- the ``fraud server`` command -------------------------------------------------------------
-
-
-def server_for(settings: Settings) -> EmbeddedRedis:
-    """The embedded server that ``settings.redis_url`` points at; only a local one will do."""
-    parts = urlsplit(settings.redis_url)
-    if parts.scheme != "redis":
-        raise ServerError(f"the embedded server speaks plain redis://, not {parts.scheme or 'no'} scheme")
-    host = parts.hostname or "127.0.0.1"
-    if not _is_local(host):
-        raise ServerError(f"the embedded server only serves this machine: {host} in FRAUD_REDIS_URL "
-                          "is not a local address")
-    if parts.password:
-        raise ServerError("the embedded server has no password: drop it from FRAUD_REDIS_URL")
-    try:
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        raise ServerError(f"bad port in FRAUD_REDIS_URL {redact_url(settings.redis_url)!r}") from None
-    bind = "127.0.0.1" if host == "localhost" else host
-    return EmbeddedRedis(settings.home, port, appendfsync=settings.appendfsync, host=bind)
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -23,7 +23,7 @@ import structlog
 
 from pipeline.client.connection import open_fast_client, open_patiently
 from pipeline.client.create import create_once
-from pipeline.client.functions import load_functions
+from pipeline.client.functions import require_functions
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.client.step import Step, counted
 from pipeline.core.keys import Keys
@@ -127,7 +127,8 @@ class StreamAgent(mode.Service):
 
     async def prepare(self) -> None:
         assert self.client is not None
-        await load_functions(self.client)
+        # The library is an admin's to load (`fraud setup`): a long-running agent waits for it; a burst ends.
+        await require_functions(self.client, wait=not self.burst)
         await create_once(self.client.execute, "XGROUP", "CREATE", self.stream, self.stage.name, "0", "MKSTREAM")
         await self.handler.setup(self.client, self.keys, self.settings)
 
