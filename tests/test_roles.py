@@ -120,7 +120,7 @@ REFUSED: dict[str, list[tuple[str, ...]]] = {
     "monitor": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"), ("DEL", KEYS.raw),
                 ("CF.ADD", KEYS.blacklist, "192.0.2.1"), ("XGROUP", "SETID", KEYS.raw, "detector", "0")],
     "operator": [("SET", "elsewhere", "1"), ("GET", "elsewhere")],
-    "dashboard": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"), ("FCALL_RO", "x", "0"),
+    "dashboard": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"),
                   ("SET", f"{KEYS.namespace}:x", "1"), ("DEL", KEYS.raw), ("XTRIM", KEYS.raw, "MAXLEN", "0"),
                   ("TS.ADD", KEYS.series("clean"), "*", "1"), ("CF.ADD", KEYS.blacklist, "192.0.2.1"),
                   ("XGROUP", "SETID", KEYS.raw, "detector", "0"), ("EVAL", "return 1", "0"),
@@ -156,6 +156,9 @@ def test_the_dashboard_user_runs_every_panel_and_no_raw_write(protected: Protect
                       "CONFIG SET appendonly no", f"HSET {KEYS.stats} x 1", "FUNCTION DELETE fraud"):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 dashboard.execute_command(*query.split())
+        # FCALL_RO (the offender tables) runs only functions flagged no-writes: never a step.
+        with pytest.raises(redis.exceptions.ResponseError, match="write flag"):
+            dashboard.execute_command("FCALL_RO", "fraud_detect", "0")
 
 
 def test_an_agent_waits_for_a_missing_library_instead_of_loading_it(protected: Protected) -> None:

@@ -68,8 +68,9 @@ def role_rules(role: str, keys: Keys) -> list[str]:
                 _selector("+xgroup|create", f"~{g(keys.raw)}"),
                 _selector("+cf.reserve", f"~{g(keys.blacklist)}")]
     if role == "aggregator":
-        return [*_BASE, *_STAGE, *_SERIES_WRITE,
-                *_keys("", g(keys.verdicts), g(keys.dead), g(keys.stats), *series),
+        # Its step also keeps the offender buckets (bounded sorted sets, each with an expiry).
+        return [*_BASE, *_STAGE, *_SERIES_WRITE, "+zscore", "+zcard", "+zincrby", "+zpopmin", "+zadd", "+pexpireat",
+                *_keys("", g(keys.verdicts), g(keys.dead), g(keys.stats), *series, g(keys.offenders_prefix) + "*"),
                 _selector("+xgroup|create", f"~{g(keys.verdicts)}"),
                 _selector(*_SERIES_CREATE, *(f"~{s}" for s in series))]
     if role == "monitor":
@@ -92,7 +93,8 @@ def role_rules(role: str, keys: Keys) -> list[str]:
     if role == "dashboard":
         # Grafana's data source: read-only commands on the namespace's keys (the plugin runs any
         # target's raw query as a command, so the user, not the dashboard, is the limit).
-        return [*_BASE, "+@read", *_SERIES_READ, "-@dangerous", *_keys("%R", everything)]
+        # FCALL_RO runs only functions flagged no-writes (the offender tables' fraud_offenders).
+        return [*_BASE, "+@read", *_SERIES_READ, "+fcall_ro", "-@dangerous", *_keys("%R", everything)]
     raise ValueError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
 
 
