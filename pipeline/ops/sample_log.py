@@ -101,11 +101,11 @@ def _writer(path: Path) -> Iterator[IO[str]]:
     """A text file, gzip-compressed (with no timestamp, so bytes repeat) or zipped by its suffix."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as packed, \
+        with path.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as packed, \
                 io.TextIOWrapper(packed, encoding="utf-8", newline="") as text:
             yield text
     elif suffix == ".zip":
-        member = zipfile.ZipInfo(path.stem, date_time=(1980, 1, 1, 0, 0, 0))
+        member = zipfile.ZipInfo(path.stem if path.stem.endswith(".csv") else path.stem + ".csv", date_time=(1980, 1, 1, 0, 0, 0))
         member.compress_type = zipfile.ZIP_DEFLATED
         with zipfile.ZipFile(path, "w") as archive, archive.open(member, "w") as packed, \
                 io.TextIOWrapper(packed, encoding="utf-8", newline="") as text:
