@@ -105,7 +105,9 @@ def _writer(path: Path) -> Iterator[IO[str]]:
                 io.TextIOWrapper(packed, encoding="utf-8", newline="") as text:
             yield text
     elif suffix == ".zip":
-        member = zipfile.ZipInfo(path.stem if path.stem.endswith(".csv") else path.stem + ".csv", date_time=(1980, 1, 1, 0, 0, 0))
+        name = path.stem if path.stem.endswith(".csv") else path.stem + ".csv"
+        # A fixed date, so that the same rows give the same bytes.
+        member = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
         member.compress_type = zipfile.ZIP_DEFLATED
         with zipfile.ZipFile(path, "w") as archive, archive.open(member, "w") as packed, \
                 io.TextIOWrapper(packed, encoding="utf-8", newline="") as text:
