@@ -124,3 +124,12 @@ async def test_rows_out_of_order_arrive_late(settings: Settings, tmp_path: Path,
         (dead,) = [f for _, f in client.xrange(keys.dead) if f["stage"] == "detector"]
         assert dead["reason"].startswith("ts_too_old")
     assert await run(settings, "replay", "--drop", "--name", "late") == 0
+
+
+async def test_fraud_if_empty_on_the_command_line_overrides_the_file(settings: Settings, log: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    mapping = str(log.parent / "talkingdata.toml")
+    assert await run(settings, "backtest", str(log), "--mapping", mapping, "--json",
+                     "--label", "attributed_time", "--fraud-if-empty") == 0
+    # In the sample an empty attributed_time and is_attributed 0 are the same clicks.
+    assert as_counter(orjson.loads(printed(capsys)[-1])) == expected_outcomes(2, frozenset())

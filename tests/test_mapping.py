@@ -100,3 +100,14 @@ def test_a_mapping_file_with_flags_over_it(tmp_path: Path) -> None:
     assert (mapping.device_id, mapping.passthrough, mapping.tz) == (("ip", "device", "os"), ("channel",),
                                                                     "Asia/Shanghai")
     assert mapping_of(build_parser().parse_args(["replay", "log.csv"])) is None
+
+
+def test_the_example_mapping_and_fraud_given_on_the_command_line() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "talkingdata.toml"
+    args = build_parser().parse_args(["backtest", "log.csv", "--mapping", str(example)])
+    mapping = mapping_of(args)
+    assert mapping is not None
+    assert (mapping.device_id, mapping.label, mapping.fraud_values) == (("ip", "device", "os"), "is_attributed",
+                                                                        ("0",))
+    assert RowMapper(mapping, HEADER)(ROW).fields[:6] == ["device_id", "83230:1:13", "ip", "0.1.69.30",
+                                                         "ts", str(ROW_MS)]

@@ -42,8 +42,12 @@ def speeds(run: BacktestRun) -> str:
 
 
 async def run_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    extra = {"label": args.label, "fraud_values": args.fraud_value or None,
-             "fraud_if_empty": True if args.fraud_if_empty else None}
+    extra = {"label": args.label}
+    # What counts as fraud, given on the command line, replaces the mapping file's say entirely.
+    if args.fraud_if_empty:
+        extra.update(fraud_if_empty=True, fraud_values=())
+    elif args.fraud_value:
+        extra.update(fraud_values=args.fraud_value, fraud_if_empty=False)
     mapping = mapping_of(args, extra)
     if mapping is None:
         args.parser.error("name the columns: --mapping FILE, or --device-id, --ip, --ts and --label")
