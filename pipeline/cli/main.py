@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.blacklist",
     "pipeline.cli.generate",
     "pipeline.cli.replay",
+    "pipeline.cli.backtest",
     "pipeline.cli.group",
     "pipeline.cli.bench",
     "pipeline.cli.soak",

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from pipeline.cli.args import positive_float
+from pipeline.cli.mapping_args import add_mapping_options, mapping_of
 from pipeline.cli.positions import position
 from pipeline.core.settings import Settings
 from pipeline.ops.replay_file import print_summary, replay_file
@@ -21,12 +22,15 @@ from pipeline.ops.reprocess import check_order, drop, reprocess
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 DESCRIPTION = """Three modes:
-  fraud replay FILE [--speed X]           send a JSONL/CSV click trace to the raw stream
+  fraud replay FILE [--speed X]           send a JSONL/CSV click trace (or .gz, or a .zip of one)
+                                          to the raw stream; with a column mapping, any CSV log
   fraud replay --from-stream --name NAME  re-process a range of the raw stream through the
                                           current rules in the key space <namespace>:replay:NAME
   fraud replay --drop --name NAME         delete that key space
 Live results are never touched by --from-stream. --start/--end select raw entries by
-entry id, i.e. by arrival time, not by the clicks' ts (which the copy keeps as it is)."""
+entry id, i.e. by arrival time, not by the clicks' ts (which the copy keeps as it is).
+FILE's clicks are sent now and judged against now: an old log needs --retime (or
+`fraud backtest`, which replays it at its own time in a key space of its own)."""
 
 
 def replay_name(text: str) -> str:
@@ -48,6 +52,9 @@ async def run_replay(args: argparse.Namespace, settings: Settings) -> int:
             parser.error("--speed applies to FILE only")
     elif args.name is not None or args.start is not None or args.end is not None:
         parser.error("--name, --start and --end apply to --from-stream and --drop only")
+    mapping = mapping_of(args)
+    if args.file is None and (mapping is not None or args.retime):
+        parser.error("a column mapping and --retime apply to FILE only")
     if args.drop:
         removed = await drop(settings, args.name)
         print(f"dropped replay {args.name!r}: {removed} keys")
@@ -59,7 +66,8 @@ async def run_replay(args: argparse.Namespace, settings: Settings) -> int:
         report = await reprocess(settings, args.name, start, end)
         print(report.text())
         return 0
-    print_summary(await replay_file(args.file, args.format, args.speed, settings))
+    print_summary(await replay_file(args.file, args.format, args.speed, settings,
+                                    mapping=mapping, retime=args.retime))
     return 0
 
 
@@ -71,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="pace on event time, X times real time (default: as fast as possible)")
     parser.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto",
                         help="file format (default auto: by suffix, else by first character)")
+    parser.add_argument("--retime", action="store_true",
+                        help="shift every ts by one offset so that the first click happens now")
+    add_mapping_options(parser)
     parser.add_argument("--from-stream", action="store_true",
                         help="re-process a range of the raw stream aside, with the current rules and blacklist")
     parser.add_argument("--start", type=position, default=None, metavar="ID|TIME",

@@ -1,9 +1,10 @@
-"""``fraud replay FILE``: send a click trace to the raw stream, flat out or paced on event time.
+"""``fraud replay FILE``: send a click trace or a mapped click log to the raw stream, flat out or
+paced on event time, optionally re-timed so that its first click happens now.
 
 Clicks go as they are, valid or not: judging them is the detector's job. A line
-that is not a click at all (not JSON, not an object, wrong column count...) is
-reported with its number and dead-lettered with stage ``replay``; the replay
-goes on.
+that is not a click at all (not JSON, not an object, wrong column count, a time
+the mapping cannot read...) is reported with its number and dead-lettered with
+stage ``replay``; the replay goes on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -20,12 +23,16 @@ from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from pipeline.ops.mapping import Mapping
 from pipeline.ops.progress import Progress
-from pipeline.ops.trace_files import BadLine, TraceClick, count_lines, read_trace, resolve_format
+from pipeline.ops.sources import open_source
+from pipeline.ops.trace_files import BadLine, TraceClick, read_mapped, read_trace, resolve_format
 
 STAGE = "replay"
 # Waits shorter than this are not worth a flush and a sleep: the next one catches up.
 MIN_SLEEP_S = 0.002
+# Progress asks the file's position this often (in records), not at every one.
+PROGRESS_EVERY = 4096
 
 
 @dataclass
@@ -93,41 +100,81 @@ class Sender:
                 raise FraudError(f"Redis refused a write: {reply}")
 
 
-def inspect_trace(path: Path, fmt: str) -> tuple[str, int]:
-    """The file's format and how many records it holds (its lines, less a CSV header)."""
-    if not path.is_file():
-        raise FraudError(f"no such file: {path}")
-    fmt = resolve_format(path, fmt)
-    return fmt, count_lines(path) - (fmt == "csv")
+class Retimer:
+    """Moves every ``ts`` by one offset, so that the first click with a ``ts`` happens now."""
+
+    def __init__(self) -> None:
+        self.offset: int | None = None
+
+    def __call__(self, click: TraceClick) -> TraceClick:
+        ts = click.event_time()
+        if ts is None:
+            return click
+        if self.offset is None:
+            self.offset = int(time.time() * 1000) - ts
+        fields = list(click.fields)
+        at = fields[::2].index("ts") * 2 + 1
+        fields[at] = str(max(ts + self.offset, 0))
+        return TraceClick(click.line, fields, click.fraud)
+
+
+@contextmanager
+def trace_items(path: Path, fmt: str, mapping: Mapping | None,
+                progress_out: TextIO | None = None) -> Iterator[tuple[Iterator[TraceClick | BadLine], Progress]]:
+    """The records of a file (decompressed, mapped when a mapping is given), with a progress
+    display that follows the bytes read."""
+    with open_source(path) as source:
+        fmt = resolve_format(source, fmt)
+        items = read_trace(source, fmt) if mapping is None else read_mapped(source, fmt, mapping)
+        progress = Progress(source.size, unit="bytes", out=progress_out)
+
+        def reporting() -> Iterator[TraceClick | BadLine]:
+            for count, item in enumerate(items, 1):
+                yield item
+                if count % PROGRESS_EVERY == 0:
+                    progress.update(source.read_so_far())
+            progress.update(source.size)
+
+        try:
+            yield reporting(), progress
+        finally:
+            progress.finish()
+
+
+async def dead_letter_bad_line(sender: Sender, keys: Keys, bad: BadLine, progress: Progress, path: Path,
+                               max_bytes: int) -> None:
+    progress.note(f"{path}: line {bad.line}: {bad.reason}")
+    await sender.add(("XADD", keys.dead, "*", *bad_line_fields(bad, max_bytes)))
+    # Every dead letter is counted under its stage, as the agents count theirs.
+    await sender.add(("HINCRBY", keys.stats, f"{STAGE}.dead", 1))
 
 
 async def replay_file(path: Path, fmt: str, speed: float | None, settings: Settings,
-                      progress_out: TextIO | None = None) -> ReplaySummary:
-    fmt, total = inspect_trace(path, fmt)
+                      progress_out: TextIO | None = None, mapping: Mapping | None = None,
+                      retime: bool = False) -> ReplaySummary:
     keys = Keys(settings.namespace)
-    progress = Progress(total, out=progress_out)
     pacer = Pacer(speed) if speed else None
+    retimer = Retimer() if retime else None
     summary = ReplaySummary()
+    started = time.monotonic()
     client = await open_fast_client(settings)
     sender = Sender(client, keys, settings.batch_size)
     try:
-        for item in read_trace(path, fmt):
-            if isinstance(item, BadLine):
-                summary.bad_lines += 1
-                progress.note(f"{path}: line {item.line}: {item.reason}")
-                await sender.add(("XADD", keys.dead, "*", *bad_line_fields(item, settings.max_field_bytes)))
-                # Every dead letter is counted under its stage, as the agents count theirs.
-                await sender.add(("HINCRBY", keys.stats, f"{STAGE}.dead", 1))
-            else:
+        with trace_items(path, fmt, mapping, progress_out) as (items, progress):
+            for item in items:
+                if isinstance(item, BadLine):
+                    summary.bad_lines += 1
+                    await dead_letter_bad_line(sender, keys, item, progress, path, settings.max_field_bytes)
+                    continue
+                if retimer:
+                    item = retimer(item)
                 await _pace(pacer, sender, item)
                 await sender.add(("XADD", keys.raw, "*", *item.fields))
                 summary.sent += 1
-            progress.update(item.line - (fmt == "csv"))
-        await sender.flush()
+            await sender.flush()
     finally:
-        progress.finish()
         await client.close()
-    summary.seconds = time.monotonic() - progress.started
+    summary.seconds = time.monotonic() - started
     return summary
 
 

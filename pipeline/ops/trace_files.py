@@ -8,8 +8,10 @@ EMPTY CELL MEANS THE FIELD IS ABSENT: a click without ``ts`` or ``device_id``
 leaves that cell empty. CSV cannot tell an empty value from a missing one, so
 a click whose value is the empty string is written, and replayed, without
 that field (the detector then rejects it as ``missing_field`` rather than
-``invalid_field``; JSONL keeps the difference). One record per line: quoted
-line breaks are not supported, which keeps the reported line numbers exact.
+``invalid_field``; JSONL keeps the difference). Quoted cells may hold commas
+and line breaks; a record is reported by the line it starts on.
+
+Either may be compressed (``.gz``, or a ``.zip`` of one file): see sources.py.
 
 In both formats a ``label`` (what kind of traffic made the click) is for the
 reader only: replay drops it and never sends it.
@@ -17,17 +19,18 @@ reader only: replay drops it and never sends it.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePath
 from typing import IO
 
 import orjson
 
 from pipeline.core.errors import FraudError
 from pipeline.core.replies import pairs
+from pipeline.ops.mapping import Mapping, MappingError, RowMapper
+from pipeline.ops.sources import Source, csv_header, csv_records, record_text
 
 LABEL = "label"
 FORMATS = ("jsonl", "csv")
@@ -40,6 +43,7 @@ _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "c
 class TraceClick:
     line: int
     fields: list[str]  # the flat field/value list to XADD
+    fraud: bool | None = None  # what a mapped log's label column says, for a backtest
 
     def event_time(self) -> int | None:
         """The click's ``ts`` when it is epoch ms, for pacing; None when absent or not a number."""
@@ -57,36 +61,42 @@ class BadLine:
     text: str
 
 
-def resolve_format(path: Path, requested: str) -> str:
-    """The format to read ``path`` in: as requested, or by suffix, or by its first character."""
+def resolve_format(source: Source, requested: str) -> str:
+    """The format to read ``source`` in: as requested, or by its name's suffix, or by its first character."""
     if requested != "auto":
         return requested
-    by_suffix = _SUFFIXES.get(path.suffix.lower())
+    by_suffix = _SUFFIXES.get(PurePath(source.name).suffix.lower())
     if by_suffix:
         return by_suffix
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip()
-    return "jsonl" if head.startswith(b"{") else "csv"
+    peek = getattr(source.stream, "peek", None)
+    head = peek(4096) if peek else b""
+    return "jsonl" if head.lstrip().startswith(b"{") else "csv"
 
 
-def count_lines(path: Path) -> int:
-    """Lines in the file (a last line without a newline counts), read in large blocks."""
-    lines = 0
-    last = b"\n"
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            lines += block.count(b"\n")
-            last = block[-1:]
-    return lines + (last != b"\n")
+def read_trace(source: Source, fmt: str) -> Iterator[TraceClick | BadLine]:
+    """Every record of a trace as a click to send or a bad line to report, in order."""
+    if fmt == "jsonl":
+        yield from _read_jsonl(source.stream)
+    else:
+        yield from _read_csv(source.stream)
 
 
-def read_trace(path: Path, fmt: str) -> Iterator[TraceClick | BadLine]:
-    """Every line of a trace file as a click to send or a bad line to report, in order."""
-    with path.open("rb") as f:
-        if fmt == "jsonl":
-            yield from _read_jsonl(f)
-        else:
-            yield from _read_csv(f)
+def read_mapped(source: Source, fmt: str, mapping: Mapping) -> Iterator[TraceClick | BadLine]:
+    """Every record of a CSV log, its columns mapped to wire fields (see mapping.py)."""
+    if fmt != "csv":
+        raise FraudError("a column mapping applies to CSV logs only")
+    records = csv_records(source.stream)
+    to_click = RowMapper(mapping, csv_header(records))
+    for record in records:
+        if record.cells is None:
+            yield BadLine(record.line, record.error, "")
+            continue
+        try:
+            row = to_click(record.cells)
+        except MappingError as err:
+            yield BadLine(record.line, str(err), record_text(record.cells))
+            continue
+        yield TraceClick(record.line, row.fields, row.fraud)
 
 
 def _text(raw: bytes) -> str:
@@ -131,36 +141,20 @@ def _read_jsonl(lines: IO[bytes]) -> Iterator[TraceClick | BadLine]:
         yield BadLine(number, bad, _text(raw)) if bad else TraceClick(number, fields)
 
 
-def _read_csv(lines: IO[bytes]) -> Iterator[TraceClick | BadLine]:
-    header = _csv_header(lines.readline())
-    for number, raw in enumerate(lines, 2):
-        text = _text(raw)
-        if not text.strip():
+def _read_csv(stream: IO[bytes]) -> Iterator[TraceClick | BadLine]:
+    records = csv_records(stream)
+    header = csv_header(records)
+    for record in records:
+        if record.cells is None:
+            yield BadLine(record.line, record.error, "")
             continue
-        try:
-            (row,) = csv.reader([text], strict=True)
-        except (csv.Error, ValueError) as err:
-            yield BadLine(number, f"not a CSV record: {err}", text)
-            continue
+        row = record.cells
         if len(row) != len(header):
-            yield BadLine(number, f"expected {len(header)} columns, got {len(row)}", text)
+            yield BadLine(record.line, f"expected {len(header)} columns, got {len(row)}", record_text(row))
             continue
         fields = [v for name, value in zip(header, row, strict=True)
                   if value != "" and name != LABEL for v in (name, value)]
-        yield TraceClick(number, fields) if fields else BadLine(number, "no fields", text)
-
-
-def _csv_header(raw: bytes) -> list[str]:
-    try:
-        (header,) = csv.reader([raw.decode("utf-8").rstrip("\r\n")], strict=True)
-    except (UnicodeDecodeError, csv.Error, ValueError) as err:
-        raise FraudError(f"line 1: not a CSV header: {err}") from None
-    if not header or "" in header:
-        raise FraudError("line 1: the CSV header must name every column")
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    if repeated:
-        raise FraudError(f"line 1: the CSV header repeats {', '.join(repeated)}")
-    return header
+        yield TraceClick(record.line, fields) if fields else BadLine(record.line, "no fields", record_text(row))
 
 
 def jsonl_line(fields: list[str], label: str) -> bytes:

@@ -1,0 +1,134 @@
+"""``fraud backtest``: run a labelled click log through the current rules in a key space of its
+own, and count how the verdicts agree with the labels.
+
+Each row is XADDed with the explicit id ``<arrival>-*``, its arrival being its own event time, so
+the detector judges the log as it happened, whatever the wall clock says now. Rows are sent in
+file order; a row older than the newest event time sent before it arrives at that newest time
+(as it would have reached a collector late), and one more than ``FRAUD_DEDUP_HORIZON_MS`` late is
+dead-lettered ``ts_too_old``, as it would be live. A row without a time arrives with the row
+before it. Each click carries what its label says in the field ``backtest_fraud`` (1 or 0), so
+its verdict or dead letter tells, and counting needs no table of the clicks.
+
+The key space is ``<namespace>:replay:<name>`` (as ``fraud replay --from-stream`` uses), seeded
+with a snapshot of the live blacklist; live keys are only read. It is dropped at the end unless
+asked to be kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TextIO
+
+from agents.pipeline import PIPELINE
+from pipeline.client.connection import open_fast_client
+from pipeline.client.resp import RespClient
+from pipeline.core.errors import FraudError
+from pipeline.core.keys import Keys
+from pipeline.core.replies import pairs
+from pipeline.core.settings import Settings
+from pipeline.ops.backtest_report import DEAD, NONE, Outcomes
+from pipeline.ops.mapping import Mapping
+from pipeline.ops.replay_file import Sender, dead_letter_bad_line, trace_items
+from pipeline.ops.reprocess import CONSUMER, PAGE, copy_blacklist, drop, replay_settings
+from pipeline.ops.trace_files import BadLine
+from pipeline.runtime.agent import run_burst
+
+TRUTH = "backtest_fraud"
+
+
+@dataclasses.dataclass
+class BacktestRun:
+    setting: str
+    outcomes: Outcomes
+    sent: int
+    bad_lines: int
+    send_seconds: float
+    judge_seconds: float
+
+
+async def send_at_event_time(client: RespClient, settings: Settings, path: Path, fmt: str, mapping: Mapping,
+                             progress_out: TextIO | None = None) -> tuple[Counter[bool], int]:
+    """XADD every row as arriving at its event time; returns the clicks sent per label, and the bad lines."""
+    keys = Keys(settings.namespace)
+    sender = Sender(client, keys, settings.batch_size)
+    sent: Counter[bool] = Counter()
+    bad_lines = 0
+    arrival = 0
+    with trace_items(path, fmt, mapping, progress_out) as (items, progress):
+        for item in items:
+            if isinstance(item, BadLine):
+                bad_lines += 1
+                await dead_letter_bad_line(sender, keys, item, progress, path, settings.max_field_bytes)
+                continue
+            ts = item.event_time()
+            arrival = max(arrival, ts or 0, 1)
+            fraud = bool(item.fraud)
+            await sender.add(("XADD", keys.raw, f"{arrival}-*", TRUTH, "1" if fraud else "0", *item.fields))
+            sent[fraud] += 1
+    await sender.flush()
+    return sent, bad_lines
+
+
+async def count_outcomes(client: RespClient, keys: Keys, sent: Counter[bool]) -> Outcomes:
+    """(outcome, fraud) -> clicks, read from the key space's verdicts and dead letters."""
+    counts: Counter[tuple[str, bool]] = Counter()
+    truth = TRUTH.encode()
+    for stream, dead in ((keys.verdicts, False), (keys.dead, True)):
+        low = "-"
+        while True:
+            page = await client.execute("XRANGE", stream, low, "+", "COUNT", PAGE)
+            for _, flat in page:
+                named = pairs(flat)
+                if truth not in named or (dead and named.get(b"stage") != b"detector"):
+                    continue
+                outcome = DEAD if dead else named[b"verdict"].decode()
+                counts[outcome, named[truth] == b"1"] += 1
+            if len(page) < PAGE:
+                break
+            low = "(" + page[-1][0].decode()
+    for fraud in (True, False):
+        seen = sum(n for (_, f), n in counts.items() if f == fraud)
+        counts[NONE, fraud] = sent[fraud] - seen
+    return Outcomes(counts)
+
+
+def with_setting(settings: Settings, name: str, value: int) -> Settings:
+    """The settings with one rule setting changed; the horizon grows to hold a longer window."""
+    field = {"threshold": "click_spam_threshold", "window_ms": "click_spam_window_ms"}[name]
+    changed = dataclasses.replace(settings, **{field: value})
+    if changed.dedup_horizon_ms < changed.click_spam_window_ms:
+        changed = dataclasses.replace(changed, dedup_horizon_ms=changed.click_spam_window_ms)
+    changed.validate()
+    return changed
+
+
+async def backtest(settings: Settings, name: str, path: Path, fmt: str, mapping: Mapping, setting: str = "",
+                   keep: bool = False, progress_out: TextIO | None = None) -> BacktestRun:
+    """One run: send, judge with every stage, count; then drop the key space unless ``keep``."""
+    if mapping.label is None:
+        raise FraudError("a backtest needs the label column (--label) and what counts as fraud")
+    if mapping.ts is None:
+        raise FraudError("a backtest needs the event-time column (--ts)")
+    aside = replay_settings(settings, name)
+    replay = Keys(aside.namespace)
+    client = await open_fast_client(settings)
+    try:
+        if await client.execute("EXISTS", replay.raw):
+            raise FraudError(f"key space {replay.namespace} exists: drop it first "
+                             f"(fraud replay --drop --name {name})")
+        await copy_blacklist(client, Keys(settings.namespace).blacklist, replay.blacklist)
+        started = time.monotonic()
+        sent, bad_lines = await send_at_event_time(client, aside, path, fmt, mapping, progress_out)
+        sent_at = time.monotonic()
+        for stage in PIPELINE:
+            await run_burst(stage, aside, CONSUMER)
+        judged_at = time.monotonic()
+        outcomes = await count_outcomes(client, replay, sent)
+    finally:
+        await client.close()
+    if not keep:
+        await drop(settings, name)
+    return BacktestRun(setting, outcomes, sum(sent.values()), bad_lines, sent_at - started, judged_at - sent_at)
