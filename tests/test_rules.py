@@ -8,11 +8,14 @@ from dataclasses import replace
 import pytest
 import redis
 
+from pipeline.client.connection import open_redis
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from pipeline.ops.blacklist import add_ips
 from tests.arrival import xadd_arrived
 from tests.helpers import run_pipeline, series_totals, stream_entries, verdicts_by_raw_id, xadd_all
+from tests.rule_model import RuleModel, ip_address
 
 T0 = 1_700_000_000_000
 # Every click of these traces arrives here: their ts lie within the horizon before it.
@@ -28,12 +31,13 @@ def click(device: str, ts: int, ip: str = "192.0.2.10", tx: str | None = None, *
     return fields
 
 
-def blacklist(settings: Settings, *ips: str) -> None:
-    keys = Keys(settings.namespace)
-    with redis.Redis.from_url(settings.redis_url) as client:
-        client.execute_command("CF.RESERVE", keys.blacklist, 1000)
-        for ip in ips:
-            client.execute_command("CF.ADD", keys.blacklist, ip)
+async def blacklist(settings: Settings, *ips: str) -> None:
+    """List addresses the way `fraud blacklist add` does (filter and member set in step)."""
+    client = await open_redis(settings)
+    try:
+        await add_ips(client, Keys(settings.namespace), settings, list(ips))
+    finally:
+        await client.aclose()
 
 
 async def verdicts_of(settings: Settings, clicks: list[list[str]]) -> list[str | None]:
@@ -84,14 +88,14 @@ async def test_threshold_comes_from_settings(settings: Settings) -> None:
 
 
 async def test_blacklisted_ip_wins_over_spam(settings: Settings) -> None:
-    blacklist(settings, "203.0.113.9")
+    await blacklist(settings, "203.0.113.9")
     verdicts = await verdicts_of(settings, [click("d", T0), click("d", T0 + 1), click("d", T0 + 2, ip="203.0.113.9"),
                                             click("e", T0, ip="203.0.113.9")])
     assert verdicts == ["clean", "clean", "ip_blacklist", "ip_blacklist"]
 
 
 async def test_every_accepted_click_enters_the_window_whatever_its_verdict(settings: Settings) -> None:
-    blacklist(settings, "203.0.113.9")
+    await blacklist(settings, "203.0.113.9")
     verdicts = await verdicts_of(settings, [click("d", T0, ip="203.0.113.9"), click("d", T0 + 1, ip="203.0.113.9"),
                                             click("d", T0 + 2)])
     assert verdicts == ["ip_blacklist", "ip_blacklist", "click_spam"]
@@ -103,7 +107,7 @@ async def test_every_accepted_click_enters_the_window_whatever_its_verdict(setti
     ("203.0.113.5", "::ffff:203.0.113.5"),
 ])
 async def test_ipv6_spellings_match_the_blacklist(settings: Settings, listed: str, sent: str) -> None:
-    blacklist(settings, listed)
+    await blacklist(settings, listed)
     assert await verdicts_of(settings, [click("d", T0, ip=sent)]) == ["ip_blacklist"]
     (_, fields), = stream_entries(settings, Keys(settings.namespace).verdicts)
     assert fields["ip"] == listed
@@ -197,22 +201,35 @@ async def test_malformed_clicks_go_to_the_dead_letter_stream_with_reason(setting
         assert client.xpending(keys.raw, "detector")["pending"] == 0
 
 
-async def test_generated_traffic_gets_exactly_one_outcome_per_click_and_exact_counts(settings: Settings) -> None:
-    from agents.generator import TrafficMix, traffic
+async def test_generated_traffic_gets_the_model_s_outcome_and_its_label_s(settings: Settings) -> None:
+    """The generator's labelled traffic: every outcome equals the independent model's, and agrees
+    with the label (malformed clicks are dead letters, retries duplicates, listed IPs flagged)."""
+    from agents.generator import TrafficMix, blacklisted_ips, traffic
 
+    await blacklist(settings, *blacklisted_ips())
     ticks = iter(range(T0, T0 + 10**9, 37))
     trace = traffic(5, lambda: next(ticks), TrafficMix(humans=300))
-    clicks = [next(trace)[0] for _ in range(5000)]
-    ids = xadd_arrived(settings, [(T0 + 5000 * 37, c) for c in clicks])
+    labelled = [next(trace) for _ in range(5000)]
+    ids = xadd_arrived(settings, [(T0 + 5000 * 37, fields) for fields, _ in labelled])
     await run_pipeline(settings)
-    verdicts = verdicts_by_raw_id(settings)
     keys = Keys(settings.namespace)
-    dead_ids = {fields["raw_id"] for _, fields in stream_entries(settings, keys.dead)}
-    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        duplicates = int(client.hget(keys.stats, "detector.duplicate") or 0)
-    assert not dead_ids & set(verdicts)
-    assert len(verdicts) + len(dead_ids) + duplicates == len(ids)
-    assert set(verdicts) | dead_ids <= set(ids)
+    verdicts = verdicts_by_raw_id(settings)
+    dead = {fields["raw_id"]: fields["reason"].split(":", 1)[0] for _, fields in stream_entries(settings, keys.dead)}
+    outcomes = [verdicts.get(i) or dead.get(i) or "duplicate" for i in ids]
+
+    model = RuleModel(blacklist=frozenset(ip_address(ip) for ip in blacklisted_ips()))
+    expected = [model.outcome(i, [f.encode() for f in fields]) for i, (fields, _) in zip(ids, labelled, strict=True)]
+    assert outcomes == expected
+    for outcome, (_, label) in zip(outcomes, labelled, strict=True):
+        if label == "malformed":
+            assert outcome not in ("clean", "ip_blacklist", "click_spam", "duplicate"), outcome
+        elif label == "retry":
+            assert outcome == "duplicate"
+        elif label == "blacklisted":
+            assert outcome == "ip_blacklist"
+        else:
+            assert outcome in ("clean", "click_spam"), (label, outcome)
     counts = Counter(verdicts.values())
     assert series_totals(settings) == {v: counts.get(v, 0) for v in ("clean", "ip_blacklist", "click_spam")}
-    assert counts["click_spam"] > 0 and counts["clean"] > 0 and dead_ids and duplicates > 0
+    assert {label for _, label in labelled} == {"human", "bot_burst", "blacklisted", "retry", "malformed"}
+    assert counts["click_spam"] > 0 and counts["clean"] > 0 and counts["ip_blacklist"] > 0
