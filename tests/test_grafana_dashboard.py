@@ -40,6 +40,8 @@ KNOWN_PANEL_TYPES = frozenset((
     "heatmap", "histogram", "state-timeline", "status-history", "logs",
 ))
 HEALTH_MEASURES = ("lag", "pending", "dead_letters", "throughput")
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 MINUTE_MS = 60_000
 RAW_CLICKS = "namespace=${namespace} metric=clicks tier=raw"
 
@@ -149,6 +151,14 @@ def dashboard_range(dashboard: dict[str, Any], now_ms: int) -> tuple[int, int]:
     assert match and dashboard["time"]["to"] == "now"
     unit_ms = {"s": 1_000, "m": MINUTE_MS, "h": 3_600_000, "d": 86_400_000}[match[2]]
     return now_ms - int(match[1]) * unit_ms, now_ms
+
+
+def panel_range(p: dict[str, Any], from_ms: int, to_ms: int) -> tuple[int, int]:
+    """The range a panel shows: the dashboard's, or its own relative time override (``timeFrom``)."""
+    match = re.fullmatch(r"(\d+)([smhd])", p.get("timeFrom", ""))
+    if match is None:
+        return from_ms, to_ms
+    return to_ms - int(match[1]) * {"s": 1_000, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS}[match[2]], to_ms
 
 
 def frames(reply: list[Any], target: dict[str, Any]) -> dict[str, dict[int, float]]:
@@ -361,9 +371,9 @@ async def test_clicks_per_second_is_exact(settings: Settings) -> None:
     assert set(verdicts) == set(VERDICTS), "the crafted traffic must produce every verdict"
     expected = verdict_cells(settings, 1_000)
     raw_panels = [(p, t) for p, t in targets(FRAUD) if t.get("filter") == RAW_CLICKS and t["bucket"] == 1_000]
-    assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict"}
+    assert {p["title"] for p, _ in raw_panels} == {"Clicks/s by verdict, last hour"}
     for p, target in raw_panels:
-        got = frames(run(settings, target, *dashboard_range(FRAUD, now_ms)), target)
+        got = frames(run(settings, target, *panel_range(p, *dashboard_range(FRAUD, now_ms))), target)
         # One line per verdict (the rollup tier is filtered out), each sample the count of one second;
         # the aggregator writes explicit zeros for the verdicts a busy second did not see.
         assert set(got) == set(expected), p["title"]
@@ -551,3 +561,39 @@ async def test_panels_show_only_the_namespace_chosen(settings: Settings, namespa
                     (shown.namespace, p["title"])
         (stored_target,) = panel("Dead letters stored")["targets"]
         assert shown_value(shown, stored_target, 0, now_ms) == (3 if shown is settings else 1)
+
+
+# What one panel may ask for, per series: about a week of minutes. The plugin asks Redis for every
+# bucket of the range, whatever Grafana's point limit.
+MAX_POINTS = 11_000
+
+
+@pytest.mark.parametrize("days", [1, 7, 90])
+def test_no_panel_asks_for_more_points_than_it_can_show(days: int) -> None:
+    settings = Settings()
+    now_ms = int(time.time() * 1000)
+    for p, target in targets(FRAUD):
+        if target.get("command") != "ts.mrange":
+            continue
+        from_ms, to_ms = panel_range(p, now_ms - days * DAY_MS, now_ms)
+        kept_ms = settings.rollup_retention_ms if "tier=rollup" in target["filter"] else settings.series_retention_ms
+        asked = min(to_ms - from_ms, kept_ms) // int(target["bucket"])
+        assert asked <= MAX_POINTS, f"{p['title']}: {asked} points per series over {days} days"
+
+
+async def test_long_ranges_read_the_rollup_tier_per_hour(settings: Settings) -> None:
+    now_ms, _, _ = await feed(settings)
+    p = panel("Clicks per hour by verdict (rollup tier)")
+    (target,) = p["targets"]
+    assert "tier=rollup" in target["filter"] and target["bucket"] == HOUR_MS
+    got = frames(run(settings, target, *panel_range(p, now_ms - 90 * DAY_MS, now_ms)), target)
+    # The rollup holds every closed minute (all but the newest, whose series has no later sample yet).
+    per_minute = verdict_cells(settings, MINUTE_MS)
+    newest = max(max(minutes) for minutes in per_minute.values())
+    per_hour: dict[str, dict[int, float]] = {}
+    for verdict, minutes in per_minute.items():
+        for minute, n in minutes.items():
+            if minute != newest:
+                hours = per_hour.setdefault(verdict, {})
+                hours[minute - minute % HOUR_MS] = hours.get(minute - minute % HOUR_MS, 0) + n
+    assert {v: {h: n for h, n in s.items() if n} for v, s in got.items() if any(s.values())} == per_hour
