@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,17 @@ def load_library(url: str) -> None:
         admin.function_load(library_source(), replace=True)
 
 
+@contextlib.contextmanager
+def running(server: EmbeddedRedis) -> Iterator[EmbeddedRedis]:
+    """The server started, with the function library loaded as `fraud setup` does; stopped after."""
+    server.start()
+    load_library(server.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def unused_port() -> int:
     return free_port()
@@ -45,12 +57,8 @@ def libssl_dir() -> Path:
 def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     """The session's shared server; use `redis_url` for a clean database per test."""
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis-stack"), free_port(), libssl_dir=LIBSSL_DIR)
-    server.start()
-    load_library(server.url)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -73,9 +81,5 @@ def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
     """
     server = EmbeddedRedis(tmp_path_factory.mktemp("fresh-server"), free_port(), appendfsync="always",
                            libssl_dir=LIBSSL_DIR)
-    server.start()
-    load_library(server.url)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()

@@ -137,3 +137,24 @@ def bytes_unread_by_server(port: int) -> int:
         if local_port == port:
             unread += int(fields[4].split(":")[1], 16)
     return unread
+
+
+def waiting_on_frozen_server(pid: int, port: int, still_s: float = 1.0) -> Callable[[], bool]:
+    """A condition for wait_until: the client process ``pid`` waits on the frozen server at ``port``.
+
+    Either the server has unread bytes (a command sent after it froze), or the client has used no
+    CPU for ``still_s`` (the server had read its command before freezing and will not answer): a
+    client with work in hand is idle that long only when it waits on the server."""
+    process = psutil.Process(pid)
+    last = {"cpu": -1.0, "since": time.monotonic()}
+
+    def waiting() -> bool:
+        if bytes_unread_by_server(port) > 0:
+            return True
+        times = process.cpu_times()
+        cpu = times.user + times.system
+        if cpu != last["cpu"]:
+            last["cpu"], last["since"] = cpu, time.monotonic()
+        return time.monotonic() - last["since"] >= still_s
+
+    return waiting

@@ -18,7 +18,7 @@ import redis
 from pipeline.core.keys import Keys
 from pipeline.core.log import redact_url
 from pipeline.dev.server import EmbeddedRedis
-from tests.conftest import LIBSSL_DIR, PROJECT_ROOT, free_port, load_library
+from tests.conftest import LIBSSL_DIR, PROJECT_ROOT, free_port, running
 
 ADMIN_PASSWORD = "adm1n-Pa55"
 # Characters that must be quoted in a URL, so that the quoting is exercised too.
@@ -31,12 +31,8 @@ COMMAND_TIMEOUT_S = 60
 def locked_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     server = EmbeddedRedis(tmp_path_factory.mktemp("locked"), free_port(), libssl_dir=LIBSSL_DIR,
                            password=ADMIN_PASSWORD, acl_users=(ACL_RULES,))
-    server.start()
-    load_library(server.url)
-    try:
+    with running(server):
         yield server
-    finally:
-        server.stop()
 
 
 def fraud(url: str, *argv: str, home: Path) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
-from tests.procs import bytes_unread_by_server, group_state, spawn_agent, stop_all, wait_until
+from tests.procs import group_state, spawn_agent, stop_all, wait_until, waiting_on_frozen_server
 
 SHUTDOWN_TIMEOUT_S = 2.0
 # Interpreter teardown and the process' own exit, beyond the shutdown timeout.
@@ -101,8 +101,8 @@ def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_pa
         with redis.Redis.from_url(url) as client:
             wait_until(lambda: verdict_count(client) > 5000, 60, "the detector to get going")
         os.kill(pid, signal.SIGSTOP)
-        wait_until(lambda: bytes_unread_by_server(frozen.port) > 0, 30,
-                   "the detector to send a command the frozen Redis cannot answer")
+        wait_until(waiting_on_frozen_server(process.pid, frozen.port), 30,
+                   "the detector to wait on the frozen Redis")
         process.send_signal(signal.SIGTERM)
         if signals == 2:
             # Two signals in one instant could reach the handler as one: send the second once the first was seen.

@@ -234,10 +234,8 @@ class StreamAgent(mode.Service):
             entries = await self._cap_deliveries(ctx, entries)
         try:
             await self._apply(ctx, entries)
-        except (RespConnectionError, OSError, asyncio.CancelledError):
-            raise
         except Exception as err:
-            if is_server_state_error(err):
+            if not _entries_to_blame(err):
                 raise
             await self._isolate_poison(ctx, entries, err)
         self.processed += len(entries)
@@ -257,10 +255,8 @@ class StreamAgent(mode.Service):
             for entry in entries:
                 try:
                     await self._apply(ctx, [entry])
-                except (RespConnectionError, OSError, asyncio.CancelledError):
-                    raise
                 except Exception as one_err:
-                    if is_server_state_error(one_err):
+                    if not _entries_to_blame(one_err):
                         raise
                     await self._dead_letter_failure(ctx, entry, one_err)
             return
@@ -287,6 +283,12 @@ class StreamAgent(mode.Service):
                            for e in over])
         over_ids = {e[0] for e in over}
         return [e for e in entries if e[0] not in over_ids]
+
+
+def _entries_to_blame(err: Exception) -> bool:
+    """Whether a failed step may be the entries' fault (then they are isolated, and a poison one
+    dead-lettered), rather than the connection's or the server's state (then it is waited out)."""
+    return not isinstance(err, RespConnectionError | OSError) and not is_server_state_error(err)
 
 
 async def run_burst(stage: Stage, settings: Settings, consumer: str, handler: Handler | None = None) -> StreamAgent:
