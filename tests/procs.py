@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 import redis
@@ -39,11 +41,19 @@ def spawn_agent(redis_url: str, stage: str, consumer: str, env: Mapping[str, str
         return subprocess.Popen(argv, env=full_env, cwd=PROJECT_ROOT, stdout=out, stderr=out)
 
 
-def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    """Kill whatever is still running of the processes this test started (by pid)."""
+def stop_all(processes: list[subprocess.Popen[Any]]) -> None:
+    """Kill whatever is still running of the processes this test started, and of theirs (by pid):
+    `fraud up` starts its agents in sessions of their own, which would outlive it."""
     for process in processes:
         if process.poll() is None:
+            try:
+                descendants = psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                descendants = []
             process.send_signal(signal.SIGKILL)
+            for child in descendants:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
     for process in processes:
         process.wait(10)
 
