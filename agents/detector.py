@@ -3,7 +3,8 @@
 Python checks each entry and shapes it (sizes first, then fields, then event
 time against the entry's arrival); the rules themselves (blacklist, per-device
 sliding window, de-duplication) run server-side in ``fraud_detect``, one atomic
-call per batch, together with the verdicts' XADD, the dead letters and the XACK.
+call per batch, together with the verdicts' XADD, the dead letters and the offset's commit,
+all in the click's partition (its input, windows, blacklist copy, verdicts and dead letters).
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from typing import Any
 from agents.blacklist import ensure_filter
 from pipeline.client.resp import RespClient
 from pipeline.client.step import Section, Step, counted
-from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.keys import VERDICTS, Keys, PartitionKeys
 from pipeline.core.settings import Settings
-from pipeline.core.stream_ids import batch_bounds
-from pipeline.runtime.agent import fenced_ids
+from pipeline.runtime.commits import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
+from pipeline.runtime.steps import FENCE_KEYS, FENCE_PARAMS
 from schemas.click import EventTimePolicy, FieldLimits, InvalidClick, check_click
 from schemas.dead_letter import bounded_copy
 
 # fraud_detect in agents/fraud.lua, declared once: it reads every name below by name.
 DETECT = Step(
-    "fraud_detect", keys=("raw", "verdicts", "dead", "blacklist", "stats", "window_index"),
-    params=("group", "consumer", "stage", "lo", "hi", "verdicts", "window_ms", "spam_threshold", "memory_ms",
+    "fraud_detect", keys=(*FENCE_KEYS, "verdicts", "dead", "blacklist", "stats", "window_index"),
+    params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms",
             "window_prefix", "index_slack_ms", "expire_limit"),
     sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "floor", "n")),
               Section("rejects", ("id", "reason", "n"))))
@@ -33,6 +34,7 @@ DETECT = Step(
 
 class Detector:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.limits = FieldLimits(settings.max_field_count, settings.max_field_bytes)
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
@@ -50,8 +52,9 @@ class Detector:
             "expire_limit": 2 * settings.batch_size,
         }
 
-    async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
-        await ensure_filter(client.execute, keys, settings)
+    async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
+        assert partition is not None
+        await ensure_filter(client.execute, partition, self.settings)
 
     def records(self, entries: Sequence[Entry]) -> dict[str, list[list[Any]]]:
         """The sections of ``fraud_detect``: a record per valid click, a record per rejected entry."""
@@ -71,12 +74,12 @@ class Detector:
         return {"clicks": clicks, "rejects": rejects}
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
-        lo, hi = batch_bounds([e[0] for e in entries])
-        keys = ctx.keys
+        part = ctx.partition
+        assert part is not None
+        fence_keys, fence_params = ctx.fence(entries)
         reply = await ctx.client.execute(*DETECT.argv(
-            {"raw": keys.raw, "verdicts": keys.verdicts, "dead": keys.dead, "blacklist": keys.blacklist,
-             "stats": keys.stats, "window_index": keys.window_index},
-            {"group": ctx.group, "consumer": ctx.consumer, "stage": ctx.stage, "lo": lo, "hi": hi,
-             "window_prefix": keys.window_prefix, **self.rule_params},
+            {**fence_keys, "verdicts": part.verdicts, "dead": part.dead, "blacklist": part.blacklist,
+             "stats": part.stats, "window_index": part.window_index},
+            {**fence_params, "window_prefix": part.window_prefix, **self.rule_params},
             self.records(entries)))
         return fenced_ids(reply)

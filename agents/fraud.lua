@@ -1,40 +1,17 @@
 #!lua name=fraud
--- Server-side steps of the pipeline. Each function applies a whole batch's
--- effects and its XACK in one atomic call, so a crash leaves either all of a
--- batch done or none of it, and a redelivered entry cannot count twice.
+-- Server-side steps of the pipeline. Each partition step applies a whole batch's
+-- effects and commits its offset in one atomic call, so a crash leaves either all of
+-- a batch done or none of it, and no entry is applied twice.
 --
--- Every step is fenced on ownership: it applies nothing unless every entry it
--- is given is still pending for the calling consumer. An entry that another
--- consumer claimed meanwhile is that consumer's to apply.
+-- Every partition step is fenced: it applies nothing unless the caller still holds
+-- the partition's lease at the epoch it was given (a stalled former owner can apply
+-- nothing), and unless its batch starts right after the offset the partition's
+-- consumer group has committed (no batch is applied twice, none skipped, none out of
+-- order). The offset is the group's last-delivered-id, moved with XGROUP SETID in the
+-- step itself, so that XINFO GROUPS shows each partition's true lag.
 
-local BIG = 1000000
-
--- Map of id -> delivery count for the entries in [lo, hi] that `consumer` owns.
-local function owned_entries(stream, group, consumer, lo, hi)
-  local owned = {}
-  local rows = redis.call('XPENDING', stream, group, lo, hi, BIG, consumer)
-  for _, row in ipairs(rows) do
-    owned[row[1]] = row[4]
-  end
-  return owned
-end
-
--- The fence: `owned` (id -> delivery count) when every id is still pending for
--- `consumer`, else nil and the reply that reports the ids it no longer owns.
-local function fence(stream, group, consumer, lo, hi, ids)
-  local owned = owned_entries(stream, group, consumer, lo, hi)
-  local lost = nil
-  for _, id in ipairs(ids) do
-    if owned[id] == nil then
-      lost = lost or {'fenced'}
-      lost[#lost + 1] = id
-    end
-  end
-  if lost then
-    return nil, lost
-  end
-  return owned
-end
+-- How many applied batches each partition's commit log keeps (the audit of fencing).
+local COMMITS_KEPT = 10000
 
 -- Runs a variadic command over `items` in slices (unpack is bounded by Lua's
 -- stack) and returns the concatenated replies.
@@ -57,10 +34,6 @@ local function in_slices(command, key, arg, items)
   return out
 end
 
-local function ack(stream, group, ids)
-  in_slices('XACK', stream, group, ids)
-end
-
 -- Trimming a device window on every click costs a call each; every TRIM_EVERY-th
 -- click is enough to bound it. The trim bound never reaches what a verdict can
 -- still need (see detect), so the cadence affects memory only, never a verdict.
@@ -79,13 +52,13 @@ local function count_stats(stats_key, stage, counts)
 end
 
 -- The n original fields are args[from .. from + n - 1].
-local function dead_letter(dead_key, stage, id, reason, deliveries, args, from, n)
+local function dead_letter(dead_key, stage, id, reason, args, from, n)
   if n > DEAD_MAX_ITEMS then
     reason = reason .. '; cut: items ' .. n .. '>' .. DEAD_MAX_ITEMS
     n = DEAD_MAX_ITEMS
   end
   redis.call('XADD', dead_key, '*', 'reason', reason, 'stage', stage, 'raw_id', id,
-             'deliveries', tostring(deliveries), unpack(args, from, from + n - 1))
+             unpack(args, from, from + n - 1))
 end
 
 -- The contract of every step (pipeline/client/step.py): ARGV names the KEYS and the
@@ -135,24 +108,6 @@ local function ok_reply(counts)
   return out
 end
 
--- The ids of a section's records (its `id` field), appended to `out`.
-local function section_ids(args, section, out)
-  out = out or {}
-  for _, at in ipairs(section.starts) do
-    out[#out + 1] = args[at + section.at.id]
-  end
-  return out
-end
-
--- Every batch step opens so: no ids, nothing to do; else the fence. Returns the
--- owned map, or nil and the reply to give ('ok' with no counts, or 'fenced').
-local function open_batch(stream, p, ids)
-  if #ids == 0 then
-    return nil, ok_reply({})
-  end
-  return fence(stream, p.group, p.consumer, p.lo, p.hi, ids)
-end
-
 -- An integer (every one here is below 2^53) as exact decimal text: Lua's own
 -- number-to-string conversion keeps 14 significant digits only.
 local function int_text(n)
@@ -164,24 +119,58 @@ local function id_ms(id)
   return tonumber(string.match(id, '^(%d+)'))
 end
 
--- The lowest arrival time of any entry `group` has yet to judge: the oldest
--- pending one, or the first after its last-delivered id (lower after a reset).
-local function oldest_unjudged_ms(stream, group)
-  local oldest = math.huge
-  local summary = redis.call('XPENDING', stream, group)
-  if summary[2] then
-    oldest = id_ms(summary[2])
+-- A flat reply of name, value pairs as a table.
+local function fields_of(flat)
+  local out = {}
+  for j = 1, #flat, 2 do
+    out[flat[j]] = flat[j + 1]
   end
+  return out
+end
+
+-- XINFO GROUPS' record of `group` on `stream`, as a table; nil when there is none.
+local function group_info(stream, group)
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-    local info = {}
-    for j = 1, #g, 2 do
-      info[g[j]] = g[j + 1]
-    end
+    local info = fields_of(g)
     if info['name'] == group then
-      oldest = math.min(oldest, id_ms(info['last-delivered-id']))
+      return info
     end
   end
-  return oldest
+  return nil
+end
+
+-- The fence of a partition step (keys lease, input; params owner, epoch, group, after):
+-- the caller holds the lease at its epoch and its batch follows the committed offset.
+-- Returns the group's record, or nil and the 'fenced' reply saying why.
+local function open_partition(k, p)
+  local lease = redis.call('HMGET', k.lease, 'owner', 'epoch')
+  if lease[1] ~= p.owner or lease[2] ~= p.epoch then
+    return nil, {'fenced', 'lease', lease[1] or '', lease[2] or ''}
+  end
+  local group = group_info(k.input, p.group)
+  if not group then
+    return nil, {'fenced', 'group', p.group}
+  end
+  if group['last-delivered-id'] ~= p.after then
+    return nil, {'fenced', 'offset', group['last-delivered-id']}
+  end
+  return group
+end
+
+-- Moves the group's offset to `last`, with its entries-read count so that XINFO GROUPS
+-- reports the lag exactly, and records the batch in the partition's commit log.
+local function commit(stream, k, p, group, count)
+  local read = group['entries-read']
+  if not read and group['last-delivered-id'] == '0-0' then
+    read = 0
+  end
+  if read then
+    redis.call('XGROUP', 'SETID', stream, p.group, p.last, 'ENTRIESREAD', read + count)
+  else
+    redis.call('XGROUP', 'SETID', stream, p.group, p.last)
+  end
+  redis.call('XADD', k.commits, 'MAXLEN', '~', COMMITS_KEPT, '*', 'owner', p.owner, 'epoch', p.epoch,
+             'first', p.first, 'last', p.last, 'count', count)
 end
 
 -- The rules, one small named function each: true when the click earns that verdict.
@@ -215,8 +204,8 @@ local function judge(click, p, order)
   return order[1]
 end
 
--- Keys: raw, verdicts, dead, blacklist, stats, window_index
--- Params: group, consumer, stage, lo, hi, verdicts, window_ms, spam_threshold,
+-- Keys: lease, commits, input, verdicts, dead, blacklist, stats, window_index (one partition's)
+-- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
 --         memory_ms (H + W), window_prefix, index_slack_ms, expire_limit
 -- Sections: clicks (id, device, member, ts, ip, floor, n + the verdict's fields),
 --           rejects (id, reason, n + the bounded copy of the original fields)
@@ -226,7 +215,8 @@ end
 -- floor can never count again. Hence (1) an existing member scored below the
 -- click's floor is stale and treated exactly as if absent, and (2) windows are
 -- trimmed, and removed whole, below the lowest floor of any click still to be
--- judged; neither changes a verdict, whenever (or whether) it runs.
+-- judged; neither changes a verdict, whenever (or whether) it runs. Every click of the
+-- partition not judged yet comes after the committed offset `after`, so arrived no earlier.
 local function detect(keys, args)
   local k, p, s = decode(keys, args)
   local clicks, rejects = s.clicks, s.rejects
@@ -241,20 +231,20 @@ local function detect(keys, args)
   p.spam_threshold = tonumber(p.spam_threshold)
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
 
-  local ids = section_ids(args, rejects, section_ids(args, clicks))
+  local count = #clicks.starts + #rejects.starts
   local ips = {}
   local lowest_floor = math.huge
   for _, at in ipairs(clicks.starts) do
     ips[#ips + 1] = args[at + C.ip]
     lowest_floor = math.min(lowest_floor, tonumber(args[at + C.floor]))
   end
-  local owned, reply = open_batch(k.raw, p, ids)
-  if not owned then
+  local group, reply = open_partition(k, p)
+  if not group then
     return reply
   end
-  -- Below every floor of this batch and of every click not judged yet (other
-  -- consumers' batches in flight, entries a group reset will deliver again).
-  local forget_below = '(' .. int_text(math.min(lowest_floor, oldest_unjudged_ms(k.raw, p.group) - memory_ms))
+  -- Below every floor of this batch and of every click not judged yet (those after the
+  -- committed offset, lower after a group reset: they will be judged again).
+  local forget_below = '(' .. int_text(math.min(lowest_floor, id_ms(p.after) - memory_ms))
 
   -- One CF.MEXISTS for the whole batch instead of a module call per click.
   local listed = in_slices('CF.MEXISTS', k.blacklist, nil, ips)
@@ -300,7 +290,7 @@ local function detect(keys, args)
   end
   for _, at in ipairs(rejects.starts) do
     local id, n = args[at + R.id], at + R.n
-    dead_letter(k.dead, p.stage, id, args[at + R.reason], owned[id], args, n + 1, tonumber(args[n]))
+    dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
   -- Windows whose every click is below the bound go whole, a bounded number per call.
   local gone = redis.call('ZRANGEBYSCORE', k.window_index, '-inf', forget_below, 'LIMIT', 0, expire_limit)
@@ -310,7 +300,7 @@ local function detect(keys, args)
   if #gone > 0 then
     in_slices('ZREM', k.window_index, nil, gone)
   end
-  ack(k.raw, p.group, ids)
+  commit(k.input, k, p, group, count)
   count_stats(k.stats, p.stage, counts)
   return ok_reply(counts)
 end
@@ -357,9 +347,12 @@ local function offend(prefix, section, args, p)
   end
 end
 
--- Keys: verdicts, stats, then 'series:<verdict>' for every verdict
--- Params: group, consumer, stage, lo, hi, retention_ms (0: none)
--- Sections: entries (id), cells (verdict, bucket, count)
+-- Keys: lease, commits, input (the partition's verdicts), dead, stats, offenders, then
+--       'series:<verdict>' for every verdict (the partition's series)
+-- Params: group, owner, epoch, after, first, last, stage (the fence and commit), retention_ms
+--         (0: none), fine_ms, coarse_ms, offenders_cap
+-- Sections: entries (id), rejects (id, reason, n + copy), cells (verdict, bucket, count),
+--           offenders (dimension, verdict, bucket, member, count)
 --
 -- Every sample is checked before any is written: RedisTimeSeries refuses one
 -- older than the series' newest sample less the retention, and a refusal half
@@ -368,11 +361,10 @@ end
 -- aggregator lags the detector by about the retention, which must be seen.
 local function aggregate(keys, args)
   local k, p, s = decode(keys, args)
-  local entries, cells = s.entries, s.cells
-  local X = cells.at
-  local ids = section_ids(args, entries)
-  local owned, reply = open_batch(k.verdicts, p, ids)
-  if not owned then
+  local entries, cells, rejects = s.entries, s.cells, s.rejects
+  local X, R = cells.at, rejects.at
+  local group, reply = open_partition(k, p)
+  if not group then
     return reply
   end
   local retention = tonumber(p.retention_ms)
@@ -402,17 +394,37 @@ local function aggregate(keys, args)
     counted = counted + n
   end
   offend(k.offenders, s.offenders, args, p)
-  ack(k.verdicts, p.group, ids)
-  count_stats(k.stats, p.stage, {counted = counted})
-  return ok_reply({counted = counted})
+  for _, at in ipairs(rejects.starts) do
+    local n = at + R.n
+    dead_letter(k.dead, p.stage, args[at + R.id], args[at + R.reason], args, n + 1, tonumber(args[n]))
+  end
+  commit(k.input, k, p, group, #entries.starts + #rejects.starts)
+  local counts = {counted = counted, dead = #rejects.starts}
+  count_stats(k.stats, p.stage, counts)
+  return ok_reply(counts)
+end
+
+-- Adds a bucket's rows (member, count...) to the running totals of a read of offenders.
+local function tally(rows, verdict, totals, per, members)
+  for j = 1, #rows, 2 do
+    local member, n = rows[j], tonumber(rows[j + 1])
+    if not totals[member] then
+      totals[member], per[member] = 0, {}
+      members[#members + 1] = member
+    end
+    totals[member] = totals[member] + n
+    per[member][verdict] = (per[member][verdict] or 0) + n
+  end
 end
 
 -- Reads the offender buckets covering [from, to] (edges in fine buckets, whole coarse
 -- buckets inside, from at most max_range_ms before to) and returns the `limit` members
 -- with the most flagged clicks, one JSON object a member: the dimension, the total, and
 -- the count per verdict, in that order; the dashboard's table parses them (types kept).
+-- KEYS are the offender prefixes of the partitions to read (all of them for the whole picture):
+-- a device's counts live in its partition, an address's are summed over every partition.
 local function offenders(keys, args)
-  local k, p = decode(keys, args)
+  local _, p = decode(keys, args)
   local fine, coarse = tonumber(p.fine_ms), tonumber(p.coarse_ms)
   local to = tonumber(p.to)
   local from = math.max(tonumber(p.from), to - tonumber(p.max_range_ms))
@@ -422,15 +434,9 @@ local function offenders(keys, args)
   while t <= to do
     local span = (t % coarse == 0 and t + coarse - 1 <= to) and coarse or fine
     for _, verdict in ipairs(verdicts) do
-      local rows = redis.call('ZRANGE', offender_key(k.offenders, p.dimension, verdict, span, t), 0, -1, 'WITHSCORES')
-      for j = 1, #rows, 2 do
-        local member, n = rows[j], tonumber(rows[j + 1])
-        if not totals[member] then
-          totals[member], per[member] = 0, {}
-          members[#members + 1] = member
-        end
-        totals[member] = totals[member] + n
-        per[member][verdict] = (per[member][verdict] or 0) + n
+      for _, prefix in ipairs(keys) do
+        local rows = redis.call('ZRANGE', offender_key(prefix, p.dimension, verdict, span, t), 0, -1, 'WITHSCORES')
+        tally(rows, verdict, totals, per, members)
       end
     end
     t = t + span
@@ -452,25 +458,25 @@ local function offenders(keys, args)
   return out
 end
 
--- Keys: stream, dead, stats
--- Params: group, consumer, stage, lo, hi
+-- Keys: lease, commits, input, dead, stats
+-- Params: group, owner, epoch, after, first, last, stage
 -- Sections: entries (id, reason, n + the bounded copy of the original fields)
+-- Dead-letters a batch (the entries a stage could not apply, one by one) and commits it.
 local function reject(keys, args)
   local k, p, s = decode(keys, args)
   local entries = s.entries
   local E = entries.at
-  local ids = section_ids(args, entries)
-  local owned, reply = open_batch(k.stream, p, ids)
-  if not owned then
+  local group, reply = open_partition(k, p)
+  if not group then
     return reply
   end
   for _, at in ipairs(entries.starts) do
-    local id, n = args[at + E.id], at + E.n
-    dead_letter(k.dead, p.stage, id, args[at + E.reason], owned[id], args, n + 1, tonumber(args[n]))
+    local n = at + E.n
+    dead_letter(k.dead, p.stage, args[at + E.id], args[at + E.reason], args, n + 1, tonumber(args[n]))
   end
-  ack(k.stream, p.group, ids)
-  count_stats(k.stats, p.stage, {dead = #ids})
-  return ok_reply({dead = #ids})
+  commit(k.input, k, p, group, #entries.starts)
+  count_stats(k.stats, p.stage, {dead = #entries.starts})
+  return ok_reply({dead = #entries.starts})
 end
 
 local function parse_id(id)
@@ -521,23 +527,129 @@ local function trim(keys, args)
   return redis.call('XTRIM', k.stream, 'MINID', '~', target)
 end
 
--- Keys: stream. Params: group, idle_ms. Deletes consumers idle that long with
--- nothing pending; checking and deleting in one step means none can read in between.
-local function forget_idle(keys, args)
+-- The server's clock in ms: leases and memberships run out by one clock, whoever asks.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Keys: lease (a hash: owner, epoch, until). Params: action, owner, epoch, ttl_ms.
+-- acquire: taken when free, run out, or the caller's; every acquisition is a new epoch.
+-- renew: extends the caller's lease at its epoch. release: frees it (the epoch stays, so
+-- the next owner's is higher). Returns {epoch held by the caller or 0, current owner}.
+local function lease(keys, args)
   local k, p = decode(keys, args)
-  local removed = {}
-  local consumers = redis.call('XINFO', 'CONSUMERS', k.stream, p.group)
-  for _, c in ipairs(consumers) do
-    local info = {}
-    for j = 1, #c, 2 do
-      info[c[j]] = c[j + 1]
+  local now, ttl = now_ms(), tonumber(p.ttl_ms)
+  local held = redis.call('HMGET', k.lease, 'owner', 'epoch', 'until')
+  local owner, epoch, till = held[1] or '', tonumber(held[2] or '0'), tonumber(held[3] or '0')
+  local mine = owner == p.owner and int_text(epoch) == p.epoch
+  if p.action == 'acquire' then
+    if owner ~= '' and owner ~= p.owner and till > now then
+      return {0, owner}
     end
-    if info['pending'] == 0 and info['idle'] > tonumber(p.idle_ms) then
-      redis.call('XGROUP', 'DELCONSUMER', k.stream, p.group, info['name'])
-      removed[#removed + 1] = info['name']
+    epoch = epoch + 1
+    redis.call('HSET', k.lease, 'owner', p.owner, 'epoch', int_text(epoch), 'until', int_text(now + ttl))
+    return {epoch, p.owner}
+  elseif p.action == 'renew' then
+    if not mine then
+      return {0, owner}
+    end
+    redis.call('HSET', k.lease, 'until', int_text(now + ttl))
+    return {epoch, owner}
+  elseif p.action == 'release' then
+    if mine then
+      redis.call('HSET', k.lease, 'owner', '', 'until', '0')
+    end
+    return {0, ''}
+  end
+  return redis.error_reply('ERR unknown lease action ' .. tostring(p.action))
+end
+
+-- Keys: members (a sorted set: member -> when its heartbeat runs out).
+-- Params: action (join | leave), name, ttl_ms. Forgets members whose heartbeat ran out,
+-- then returns the live members.
+local function member(keys, args)
+  local k, p = decode(keys, args)
+  local now = now_ms()
+  redis.call('ZREMRANGEBYSCORE', k.members, '-inf', int_text(now))
+  if p.action == 'join' then
+    redis.call('ZADD', k.members, int_text(now + tonumber(p.ttl_ms)), p.name)
+  else
+    redis.call('ZREM', k.members, p.name)
+  end
+  return redis.call('ZRANGE', k.members, 0, -1)
+end
+
+-- Appends a routed click to a partition: under its ``clicks:raw`` id (so its arrival, and
+-- every verdict, is the same as if it had been judged there), or, when producers write
+-- into the partition too and its top is past that id, right after the top.
+local function append_routed(stream, id, args, from, n)
+  local added = redis.pcall('XADD', stream, id, unpack(args, from, from + n - 1))
+  if type(added) == 'table' and added.err then
+    local top = fields_of(redis.call('XINFO', 'STREAM', stream))['last-generated-id']
+    redis.call('XADD', stream, int_text(id_ms(top)) .. '-*', unpack(args, from, from + n - 1))
+  end
+end
+
+-- Keys: input, dead, stats, routed (one partition's). Params: stage.
+-- Sections: entries (id, n + fields), rejects (id, reason, n + bounded copy), both in
+-- ``clicks:raw`` order. Copies the router's batch for this partition, idempotently: an id at
+-- or below the partition's `routed` mark was copied before (a retry after a crash).
+local function route(keys, args)
+  local k, p, s = decode(keys, args)
+  local mark = redis.call('GET', k.routed)
+  local newest = mark
+  local counts = {routed = 0, dead = 0}
+  local function fresh(id)
+    if mark and not id_less(mark, id) then
+      return false
+    end
+    if not newest or id_less(newest, id) then
+      newest = id
+    end
+    return true
+  end
+  local E, R = s.entries.at, s.rejects.at
+  for _, at in ipairs(s.entries.starts) do
+    local id, n = args[at + E.id], at + E.n
+    if fresh(id) then
+      append_routed(k.input, id, args, n + 1, tonumber(args[n]))
+      counts.routed = counts.routed + 1
     end
   end
-  return removed
+  for _, at in ipairs(s.rejects.starts) do
+    local id, n = args[at + R.id], at + R.n
+    if fresh(id) then
+      dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
+      counts.dead = counts.dead + 1
+    end
+  end
+  if newest and newest ~= mark then
+    redis.call('SET', k.routed, newest)
+  end
+  count_stats(k.stats, p.stage, counts)
+  return ok_reply(counts)
+end
+
+-- Keys: stream. Params: group, after, last, count. Moves a group's offset forward to `last`
+-- (never back: a stalled former router's late call changes nothing), with its exact
+-- entries-read count when the batch followed the current offset.
+local function advance(keys, args)
+  local k, p = decode(keys, args)
+  local group = group_info(k.stream, p.group)
+  if not group or not id_less(group['last-delivered-id'], p.last) then
+    return 0
+  end
+  local read = group['entries-read']
+  if not read and group['last-delivered-id'] == '0-0' then
+    read = 0
+  end
+  if read and group['last-delivered-id'] == p.after then
+    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + tonumber(p.count))
+  else
+    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last)
+  end
+  return 1
 end
 
 redis.register_function('fraud_detect', detect)
@@ -545,29 +657,7 @@ redis.register_function('fraud_aggregate', aggregate)
 redis.register_function{function_name = 'fraud_offenders', callback = offenders, flags = {'no-writes'}}
 redis.register_function('fraud_reject', reject)
 redis.register_function('fraud_trim', trim)
-redis.register_function('fraud_forget_idle', forget_idle)
-
--- Keys: stream, dead, stats. Params: group, consumer, stage, min_idle_ms, start, count
--- XAUTOCLAIM, and in the same step a `deleted` dead letter for each pending id whose entry
--- is gone from the stream (XAUTOCLAIM drops those from the PEL itself): a click trimmed or
--- deleted while pending still gets its one outcome. Returns XAUTOCLAIM's reply.
-local function claim(keys, args)
-  local k, p = decode(keys, args)
-  local count = tonumber(p.count)
-  -- XAUTOCLAIM looks at most count * 10 PEL entries from start: read their delivery counts
-  -- first, since those of deleted entries are gone with them afterwards.
-  local deliveries = {}
-  for _, row in ipairs(redis.call('XPENDING', k.stream, p.group, p.start, '+', count * 10)) do
-    deliveries[row[1]] = row[4]
-  end
-  local reply = redis.call('XAUTOCLAIM', k.stream, p.group, p.consumer, p.min_idle_ms, p.start, 'COUNT', count)
-  local deleted = reply[3] or {}
-  for _, id in ipairs(deleted) do
-    dead_letter(k.dead, p.stage, id, 'deleted: gone from the stream while pending', deliveries[id] or 0,
-                args, 1, 0)
-  end
-  count_stats(k.stats, p.stage, {dead = #deleted})
-  return reply
-end
-
-redis.register_function('fraud_claim', claim)
+redis.register_function('fraud_lease', lease)
+redis.register_function('fraud_member', member)
+redis.register_function('fraud_route', route)
+redis.register_function('fraud_advance', advance)

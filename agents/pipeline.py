@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from agents.aggregator import Aggregator
 from agents.detector import Detector
+from agents.router import Router
 from pipeline.core.keys import VERDICTS
 from pipeline.runtime.stage import Stage, by_name
 
+ROUTER = Stage(
+    name="router", handler=Router, input="raw", output="input",
+    counters=("routed", "dead"), finished=("routed", "dead"), partitioned=False,
+    help="copy each raw click into its device's partition")
 DETECTOR = Stage(
-    name="detector", handler=Detector, input="raw", output="verdicts",
+    name="detector", handler=Detector, input="input", output="verdicts",
     counters=(*VERDICTS, "duplicate", "dead"), finished=(*VERDICTS, "duplicate", "dead"),
     help="give each raw click its verdict")
 AGGREGATOR = Stage(
@@ -21,7 +26,7 @@ AGGREGATOR = Stage(
     counters=("counted", "rejected", "dead"), finished=("counted", "rejected", "dead"),
     help="count the verdicts as TimeSeries")
 
-PIPELINE: tuple[Stage, ...] = (DETECTOR, AGGREGATOR)
+PIPELINE: tuple[Stage, ...] = (ROUTER, DETECTOR, AGGREGATOR)
 
 
 def stage(name: str) -> Stage:

@@ -121,14 +121,9 @@ _KNOWN_WIRE = frozenset(name.encode() for name in KNOWN_FIELDS)
 _RESERVED_WIRE = frozenset(name.encode() for name in RESERVED_FIELDS)
 
 
-def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLimits,
-                policy: EventTimePolicy) -> CheckedClick:
-    """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
-
-    This runs once per click on the hot path, so it decodes only the fields
-    it must read and passes the entry's own field list on when it can. The
-    size limits are checked first, before any field is looked at.
-    """
+def check_size(flat: list[bytes] | None, limits: FieldLimits) -> dict[bytes, bytes]:
+    """The size checks, first of all (the router makes them too, before it copies an entry on);
+    returns the fields as a mapping, or raises InvalidClick."""
     if not flat:
         raise InvalidClick("deleted: entry was trimmed" if flat is None else "missing_field: entry has no fields")
     if len(flat) > 2 * limits.max_fields:
@@ -139,6 +134,18 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     if max(map(len, flat)) > limits.max_bytes:
         name = next(n for n, v in fields.items() if len(n) > limits.max_bytes or len(v) > limits.max_bytes)
         raise InvalidClick(f"oversized_field: {_text(name)[:64]!r} exceeds {limits.max_bytes} bytes")
+    return fields
+
+
+def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLimits,
+                policy: EventTimePolicy) -> CheckedClick:
+    """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
+
+    This runs once per click on the hot path, so it decodes only the fields
+    it must read and passes the entry's own field list on when it can. The
+    size limits are checked first, before any field is looked at.
+    """
+    fields = check_size(flat, limits)
     if not _RESERVED_WIRE.isdisjoint(fields):
         name = next(n for n in fields if n in _RESERVED_WIRE)
         raise InvalidClick(f"reserved_field: {_text(name)!r} is set by the detector")

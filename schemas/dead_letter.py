@@ -1,6 +1,6 @@
 """The dead letter's copy of a rejected entry: bounded, whatever the entry holds.
 
-A dead letter is ``reason, stage, raw_id, deliveries`` followed by the original
+A dead letter is ``reason, stage, raw_id`` followed by the original
 entry's fields. An entry may hold any number of fields of any size (a stream
 value can be 512 MB), so the copy keeps at most ``max_fields`` fields and cuts
 every name and value to ``max_bytes``. What was cut is recorded at the end of
@@ -28,7 +28,7 @@ CUT_MARK = "; cut: "
 # Every reason starts with one of these stable codes and a colon; README lists the same.
 REASON_CODES = ("missing_field", "invalid_field", "oversized_field", "too_many_fields", "duplicate_field",
                 "reserved_field", "undecodable", "invalid_id", "ts_too_old", "ts_in_future", "deleted",
-                "max_deliveries", "error")
+                "error")
 
 
 def bounded_copy(reason: str, flat: Sequence[Value] | None,

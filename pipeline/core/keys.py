@@ -1,9 +1,10 @@
 """Every Redis key name the pipeline uses, and nothing else.
 
-All names start with one namespace. With the default ``clicks`` the streams are
-the documented ``clicks:raw``, ``clicks:verdicts`` and ``clicks:dead``. With a
-hash tag as namespace (``{clicks}``) every key hashes to the same cluster slot,
-which the atomic server-side steps need on Redis Cluster.
+All names start with one namespace. The ingest stream is the documented ``clicks:raw``; the rest
+of the pipeline lives in P partitions, and every key of partition p carries the hash tag ``{p}``
+(``clicks:{3}:in``, ``clicks:{3}:verdicts``, ``clicks:{3}:window:<device>``...): a partition's
+atomic steps touch one Redis Cluster slot, and partitions spread over the cluster's shards.
+The namespace itself holds no braces, so that the partition's tag is the key's first one.
 """
 
 from __future__ import annotations
@@ -12,14 +13,96 @@ from dataclasses import dataclass
 
 VERDICTS: tuple[str, ...] = ("clean", "ip_blacklist", "click_spam")
 
-# Prefix of per-device window keys, relative to the namespace; the server-side
-# detector step builds ``<namespace>:window:<device_id>`` itself.
+# Prefix of per-device window keys, relative to a partition; the server-side
+# detector step builds ``<partition prefix>window:<device_id>`` itself.
 WINDOW_INFIX = "window"
 
-# The offender buckets: ``<namespace>:offenders:<dimension>:<verdict>:<span_ms>:<start_ms>``, one
+# The offender buckets: ``<partition prefix>offenders:<dimension>:<verdict>:<span_ms>:<start_ms>``, one
 # sorted set of the heaviest members of one dimension (device_id, ip) for one flagged verdict in
-# one event-time bucket; the aggregator's step writes them and the dashboard's read builds them.
+# one event-time bucket; the aggregator's step writes them and the dashboard's read merges them.
 OFFENDER_DIMENSIONS: tuple[str, ...] = ("device_id", "ip")
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """The keys of one partition: its streams, its state, its lease and offsets' audit."""
+
+    namespace: str
+    number: int
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.namespace}:{{{self.number}}}:"
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    @property
+    def input(self) -> str:
+        """The partition's clicks: routed from ``clicks:raw``, or written here by a producer."""
+        return self._key("in")
+
+    @property
+    def verdicts(self) -> str:
+        return self._key("verdicts")
+
+    @property
+    def dead(self) -> str:
+        return self._key("dead")
+
+    @property
+    def blacklist(self) -> str:
+        """The partition's copy of the blacklist filter (its step reads it in its own slot)."""
+        return self._key("blacklist")
+
+    @property
+    def blacklist_members(self) -> str:
+        """Set of the addresses in this copy: the truth its filter is kept in step with."""
+        return self._key("blacklist", "members")
+
+    @property
+    def window_prefix(self) -> str:
+        return self._key(WINDOW_INFIX, "")
+
+    def window(self, device_id: str) -> str:
+        return self.window_prefix + device_id
+
+    @property
+    def window_index(self) -> str:
+        """Sorted set of device -> an upper bound of the newest ts in its window: which windows
+        can go, found without the wall clock (outside the window prefix)."""
+        return self._key("windows")
+
+    @property
+    def routed(self) -> str:
+        """The last ``clicks:raw`` id the router copied here: re-routing after a crash skips to it."""
+        return self._key("routed")
+
+    @property
+    def stats(self) -> str:
+        """Hash of running counters per stage (``detector.clean``, ``router.dead``...)."""
+        return self._key("stats")
+
+    def lease(self, stage: str) -> str:
+        """Hash (owner, epoch, until): which member of the stage owns the partition, since when."""
+        return self._key("lease", stage)
+
+    def commits(self, stage: str) -> str:
+        """Stream of the stage's applied batches (owner, epoch, first and last id): the audit of fencing."""
+        return self._key("commits", stage)
+
+    def series(self, verdict: str) -> str:
+        return self._key("series", verdict)
+
+    def rollup(self, verdict: str) -> str:
+        return self._key("series", verdict, "rollup")
+
+    @property
+    def offenders_prefix(self) -> str:
+        return self._key("offenders", "")
+
+    def offenders(self, dimension: str, verdict: str, span_ms: int, start_ms: int) -> str:
+        return f"{self.offenders_prefix}{dimension}:{verdict}:{span_ms}:{start_ms}"
 
 
 @dataclass(frozen=True)
@@ -34,52 +117,28 @@ class Keys:
         return self._key("raw")
 
     @property
-    def verdicts(self) -> str:
-        return self._key("verdicts")
-
-    @property
-    def dead(self) -> str:
-        return self._key("dead")
-
-    @property
-    def blacklist(self) -> str:
-        return self._key("blacklist")
+    def config(self) -> str:
+        """Hash of what every agent and producer must agree on (the number of partitions)."""
+        return self._key("config")
 
     @property
     def blacklist_members(self) -> str:
-        """Set of the listed addresses: the truth the filter is kept in step with."""
+        """Set of the listed addresses: the list every partition's copy is kept equal to."""
         return self._key("blacklist", "members")
 
-    @property
-    def window_prefix(self) -> str:
-        return self._key(WINDOW_INFIX, "")
+    def partition(self, number: int) -> PartitionKeys:
+        return PartitionKeys(self.namespace, number)
 
-    def window(self, device_id: str) -> str:
-        return self.window_prefix + device_id
+    def partitions(self, count: int) -> list[PartitionKeys]:
+        return [self.partition(p) for p in range(count)]
 
-    @property
-    def window_index(self) -> str:
-        """Sorted set of device -> an upper bound of the newest ts in its window: which windows
-        can go, found without the wall clock (``<namespace>:windows``, outside the window prefix)."""
-        return self._key("windows")
+    def members(self, stage: str) -> str:
+        """Sorted set of a stage's live members (score: when their heartbeat runs out)."""
+        return self._key("members", stage)
 
-    @property
-    def stats(self) -> str:
-        """Hash of running counters per stage (processed, duplicates, dead...)."""
-        return self._key("stats")
-
-    def series(self, verdict: str) -> str:
-        return self._key("series", verdict)
-
-    def rollup(self, verdict: str) -> str:
-        return self._key("series", verdict, "rollup")
-
-    @property
-    def offenders_prefix(self) -> str:
-        return self._key("offenders", "")
-
-    def offenders(self, dimension: str, verdict: str, span_ms: int, start_ms: int) -> str:
-        return f"{self.offenders_prefix}{dimension}:{verdict}:{span_ms}:{start_ms}"
+    def lease(self, stage: str) -> str:
+        """The lease of an unpartitioned stage (the router, over ``clicks:raw``)."""
+        return self._key("lease", stage)
 
     def series_labels(self) -> tuple[str, str]:
         """The label pair every series of this namespace carries. Labels are global to the server

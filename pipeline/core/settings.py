@@ -16,7 +16,7 @@ class SettingsError(ValueError):
 
 def _default_consumer() -> str:
     # Unique per process so that a restarted agent never inherits a dead one's
-    # identity by accident; the dead one's entries are reclaimed instead.
+    # identity by accident: the dead one's leases run out and are taken over instead.
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -28,8 +28,7 @@ class Settings:
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Prefix of every key. Set it to a hash tag such as ``{clicks}`` on Redis
-    # Cluster: every key then lands in one slot, as atomic steps require.
+    # Prefix of every key (no braces: each partition's keys carry a hash tag of their own).
     namespace: str = "clicks"
     home: Path = Path(".fraud")
     consumer: str = field(default_factory=_default_consumer)
@@ -49,13 +48,14 @@ class Settings:
     blacklist_max_iterations: int = 20
     blacklist_expansion: int = 1
 
+    # P: clicks are split by device_id into this many partitions, each owned by one member of a
+    # stage at a time. Every agent and producer must agree on it (it is recorded in Redis).
+    partitions: int = 8
+    # How long a member's lease on its partitions lasts without a heartbeat: a member that dies
+    # has its partitions taken over within about this time (heartbeats run every third of it).
+    lease_ms: int = 3_000
     batch_size: int = 500
     block_ms: int = 1_000
-    # Must exceed the worst time a batch can take, or a slow but live consumer
-    # would have its entries processed by another one as well.
-    claim_min_idle_ms: int = 30_000
-    max_deliveries: int = 5
-    consumer_idle_delete_ms: int = 3_600_000
     maintenance_interval_ms: int = 5_000
     shutdown_timeout_ms: int = 10_000
 
@@ -93,8 +93,7 @@ class Settings:
     def validate(self) -> None:
         positive = (
             "click_spam_threshold", "click_spam_window_ms", "dedup_horizon_ms",
-            "blacklist_capacity", "batch_size", "block_ms", "claim_min_idle_ms",
-            "max_deliveries", "bucket_ms", "rollup_bucket_ms", "max_field_count",
+            "blacklist_capacity", "batch_size", "block_ms", "partitions", "lease_ms", "bucket_ms", "rollup_bucket_ms", "max_field_count",
             "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
             "offenders_per_bucket",
         )
@@ -114,8 +113,10 @@ class Settings:
             raise SettingsError("FRAUD_LOG_FORMAT must be one of auto, json, console")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise SettingsError("FRAUD_TLS_CERT_FILE and FRAUD_TLS_KEY_FILE go together")
-        if not self.namespace or any(c.isspace() for c in self.namespace):
-            raise SettingsError("FRAUD_NAMESPACE must be a non-empty word")
+        if not self.namespace or any(c.isspace() or c in "{}" for c in self.namespace):
+            raise SettingsError("FRAUD_NAMESPACE must be a non-empty word without braces")
+        if self.partitions > PARTITIONS_MAX:
+            raise SettingsError(f"FRAUD_PARTITIONS must be at most {PARTITIONS_MAX}, got {self.partitions}")
 
     def _validate_event_time_span(self) -> None:
         """Accepted event times span H + F around arrival; that span must sit well inside the
@@ -128,6 +129,9 @@ class Settings:
                 "FRAUD_SERIES_RETENTION_MS must be at least twice FRAUD_DEDUP_HORIZON_MS + FRAUD_MAX_FUTURE_MS"
                 " + FRAUD_BUCKET_MS, so that no accepted click's count can be refused as too old")
 
+
+# More partitions than this would cost more in per-partition state and polling than they could spread.
+PARTITIONS_MAX = 1024
 
 # Arrival times end at year 9999 (2.5e14 ms); event times up to 1e15 ms stay exact in Lua's doubles.
 EVENT_TIME_SPAN_MAX = 10**15

@@ -1,9 +1,10 @@
 """A stage of the pipeline as the runtime, the tools and the tests see it: one declaration each.
 
-A stage is a consumer group on one input stream; its handler applies a batch's effects with
-the batch's acknowledgement in one atomic server-side step. The declarations themselves are in
-``agents/pipeline.py``; everything that lists stages (the agent command, ``fraud up``, status,
-the monitor, re-processing, bench, soak, the tests) reads them from there.
+A stage is a consumer group. A partitioned stage has one input stream per partition, each owned
+by one member of the stage at a time (a lease with a fencing epoch); its handler applies a batch's
+effects and commits the group's offset in one atomic server-side step. The declarations
+themselves are in ``agents/pipeline.py``; everything that lists stages (the agent command,
+``fraud up``, status, the monitor, re-processing, bench, soak, the tests) reads them from there.
 """
 
 from __future__ import annotations
@@ -13,55 +14,80 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.client.resp import RespClient
-from pipeline.core.keys import Keys
+from pipeline.core.keys import Keys, PartitionKeys
 from pipeline.core.settings import Settings
+from pipeline.runtime.steps import FENCE_KEYS, FENCE_PARAMS
 
 Entry = tuple[bytes, list[bytes] | None]
 
 
 @dataclass
 class BatchContext:
-    """What a handler needs to apply one batch: the connection and who it is acting as."""
+    """What a handler needs to apply one batch: the connection, the partition, and the fence."""
 
     client: RespClient
-    group: str
-    consumer: str
     keys: Keys
+    # The partition's keys (None for an unpartitioned stage: the router).
+    partition: PartitionKeys | None
     settings: Settings
     stage: str
     stream: str
+    owner: str
+    epoch: int
+    # The offset the batch follows: the group's last committed id.
+    after: bytes
+
+    def fence(self, entries: Sequence[Entry]) -> tuple[dict[str, str], dict[str, Any]]:
+        """The keys and parameters every partition step is fenced and committed by."""
+        assert self.partition is not None
+        keys = dict(zip(FENCE_KEYS, (self.partition.lease(self.stage), self.partition.commits(self.stage),
+                                     self.stream), strict=True))
+        params = dict(zip(FENCE_PARAMS, (self.stage, self.owner, self.epoch, self.after, entries[0][0],
+                                         entries[-1][0], self.stage), strict=True))
+        return keys, params
 
 
 class Handler(Protocol):
-    async def setup(self, client: RespClient, keys: Keys, settings: Settings) -> None:
-        """Create what the stage writes to (series, filters), idempotently."""
+    async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
+        """Create what the stage writes to in a partition it takes (series, filters), idempotently."""
         ...
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
-        """Apply a batch with its XACK atomically; return the ids it was fenced off (not owned)."""
+        """Apply a batch with its offset commit atomically; return why it was fenced (empty: applied)."""
         ...
 
 
 @dataclass(frozen=True)
 class Stage:
     """One stage: its name (also its consumer group's, and its counters' prefix), its handler,
-    the streams it reads and writes (as ``Keys`` attribute names) and the counters it keeps."""
+    the streams it reads and writes (as attribute names of ``PartitionKeys``, or of ``Keys`` for
+    an unpartitioned stage) and the counters it keeps."""
 
     name: str
     handler: Callable[[Settings], Handler]
     input: str
     output: str | None
-    # Counters in the stats hash, each ``<name>.<counter>``; `finished` ones add up to the
-    # entries the stage is done with (an outcome each), which throughput is measured on.
+    # Counters in the partitions' stats hashes, each ``<name>.<counter>``; `finished` ones add up
+    # to the entries the stage is done with (an outcome each), which throughput is measured on.
     counters: tuple[str, ...]
     finished: tuple[str, ...]
     help: str
+    partitioned: bool = True
 
-    def input_stream(self, keys: Keys) -> str:
-        return str(getattr(keys, self.input))
+    def units(self, settings: Settings) -> list[int]:
+        """What members of the stage share: its partitions, or the one unpartitioned input."""
+        return list(range(settings.partitions)) if self.partitioned else [0]
 
-    def output_stream(self, keys: Keys) -> str | None:
-        return None if self.output is None else str(getattr(keys, self.output))
+    def input_stream(self, keys: Keys, unit: int = 0) -> str:
+        return str(getattr(keys.partition(unit) if self.partitioned else keys, self.input))
+
+    def output_stream(self, keys: Keys, unit: int = 0) -> str | None:
+        if self.output is None:
+            return None
+        return str(getattr(keys.partition(unit), self.output))
+
+    def lease_key(self, keys: Keys, unit: int) -> str:
+        return keys.partition(unit).lease(self.name) if self.partitioned else keys.lease(self.name)
 
     def counter(self, name: str) -> str:
         return f"{self.name}.{name}"

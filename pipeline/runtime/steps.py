@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pipeline.client.step import Section, Step
 
-REJECT = Step("fraud_reject", keys=("stream", "dead", "stats"), params=("group", "consumer", "stage", "lo", "hi"),
+# What every partition step is fenced and committed by (see ``open_partition`` and ``commit`` in
+# fraud.lua): the partition's lease and commit log and the stage's input stream; the stage's group,
+# the member and epoch it acts as, the offset its batch follows and the batch's first and last ids.
+FENCE_KEYS: tuple[str, ...] = ("lease", "commits", "input")
+FENCE_PARAMS: tuple[str, ...] = ("group", "owner", "epoch", "after", "first", "last", "stage")
+
+REJECT = Step("fraud_reject", keys=(*FENCE_KEYS, "dead", "stats"), params=FENCE_PARAMS,
               sections=(Section("entries", ("id", "reason", "n")),))
-CLAIM = Step("fraud_claim", keys=("stream", "dead", "stats"),
-             params=("group", "consumer", "stage", "min_idle_ms", "start", "count"))
 TRIM = Step("fraud_trim", keys=("stream",), params=("keep_from",))
-FORGET_IDLE = Step("fraud_forget_idle", keys=("stream",), params=("group", "idle_ms"))
+LEASE = Step("fraud_lease", keys=("lease",), params=("action", "owner", "epoch", "ttl_ms"))
+MEMBER = Step("fraud_member", keys=("members",), params=("action", "name", "ttl_ms"))
+ADVANCE = Step("fraud_advance", keys=("stream",), params=("group", "after", "last", "count"))

@@ -1,0 +1,51 @@
+"""A batch's commit: the dead-lettering step, what a fenced reply says, and where an offset stands."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.client.create import create_once
+from pipeline.client.resp import RespClient, RespError
+from pipeline.client.step import Step, counted
+from pipeline.core.replies import text_pairs
+from pipeline.runtime.stage import BatchContext
+from pipeline.runtime.steps import REJECT
+from schemas.click import FieldLimits
+from schemas.dead_letter import bounded_copy
+
+
+@dataclass
+class Rejection:
+    entry_id: bytes
+    reason: str
+    fields: Sequence[bytes | str] = ()
+
+
+async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[bytes]:
+    """Dead-letter entries with their reasons and commit them, atomically and fenced. Each copy is
+    bounded (fields cut to the limits, what was cut said in the reason), so it can always be written."""
+    limits = FieldLimits(ctx.settings.max_field_count, ctx.settings.max_field_bytes)
+    records = [counted((r.entry_id, reason), fields)
+               for r in rejections for reason, fields in [bounded_copy(r.reason, r.fields, limits)]]
+    assert ctx.partition is not None
+    keys, params = ctx.fence([(r.entry_id, None) for r in rejections])
+    reply = await ctx.client.execute(*REJECT.argv(
+        {**keys, "dead": ctx.partition.dead, "stats": ctx.partition.stats}, params, {"entries": records}))
+    return fenced_ids(reply)
+
+
+def fenced_ids(reply: list[Any]) -> list[bytes]:
+    """Why a step was fenced off (another owner or offset now); empty when it applied."""
+    return Step.reply(reply).fenced
+
+
+async def committed_offset(client: RespClient, stream: str, group: str) -> bytes:
+    """The group's committed offset on `stream`, the group created at the start when missing."""
+    await create_once(client.execute, "XGROUP", "CREATE", stream, group, "0", "MKSTREAM")
+    for info in await client.execute("XINFO", "GROUPS", stream):
+        fields = text_pairs(info)
+        if fields.get("name") == group:
+            return fields["last-delivered-id"].encode()
+    raise RespError(f"ERR group {group} vanished from {stream}")
