@@ -10,27 +10,12 @@ from dataclasses import dataclass, field
 
 import redis
 
-from agents.pipeline import AGGREGATOR, DETECTOR
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from tests.helpers import series_totals
-from tests.procs import group_state
+from tests.outputs import read_partitions, read_stream, stage_drained, stats_totals
 
 Flat = dict[bytes, bytes]
-
-
-def read_stream(client: redis.Redis, stream: str) -> list[tuple[bytes, list[bytes]]]:
-    """Every entry of a stream as (id, flat field list), in chunks so big streams stay cheap."""
-    # redis-py turns XRANGE replies into dicts, which would hide a field given twice.
-    client.set_response_callback("XRANGE", lambda reply, **_: reply)
-    out: list[tuple[bytes, list[bytes]]] = []
-    start: bytes | str = "-"
-    while True:
-        chunk = client.execute_command("XRANGE", stream, start, "+", "COUNT", 10_000)
-        if not chunk:
-            return out
-        out += [(entry_id, list(flat)) for entry_id, flat in chunk]
-        start = b"(" + chunk[-1][0]
 
 
 def as_dict(flat: list[bytes]) -> Flat:
@@ -66,26 +51,26 @@ def check_exactly_once(settings: Settings, *, aggregated: bool = True, retries_m
     for traces where a retry comes after the horizon (the caller checks which, with a model).
     """
     with redis.Redis.from_url(settings.redis_url) as client:
-        out = _check(client, Keys(settings.namespace), aggregated, retries_may_expire)
+        out = _check(client, settings, aggregated, retries_may_expire)
     if aggregated:
         assert series_totals(settings) == out.verdict_counts(), "series sums differ from the verdict counts"
     return out
 
 
-def _check(client: redis.Redis, keys: Keys, aggregated: bool, retries_may_expire: bool) -> Outcomes:
-    raw = read_stream(client, keys.raw)
+def _check(client: redis.Redis, settings: Settings, aggregated: bool, retries_may_expire: bool) -> Outcomes:
+    raw = read_stream(client, Keys(settings.namespace).raw)
     out = Outcomes(raw)
-    for _, flat in read_stream(client, keys.verdicts):
+    for _, flat in read_partitions(client, settings, "verdicts"):
         fields = as_dict(flat)
         raw_id = fields[b"raw_id"]
         assert raw_id not in out.verdicts, f"two verdicts for raw entry {raw_id!r}"
         out.verdicts[raw_id] = fields
         out.verdict_order.append(raw_id)
-    for _, flat in read_stream(client, keys.dead):
+    for _, flat in read_partitions(client, settings, "dead"):
         # The header comes first; the original fields after it may repeat its names.
-        fields = as_dict(flat[8:]) | as_dict(flat[:8])
+        fields = as_dict(flat[6:]) | as_dict(flat[:6])
         assert fields[b"reason"], f"dead letter without a reason: {fields!r}"
-        if fields[b"stage"] != b"detector":
+        if fields[b"stage"] not in (b"router", b"detector"):
             continue
         raw_id = fields[b"raw_id"]
         assert raw_id not in out.dead, f"two dead letters for raw entry {raw_id!r}"
@@ -113,16 +98,17 @@ def _check(client: redis.Redis, keys: Keys, aggregated: bool, retries_may_expire
         out.duplicates |= set(ids) - set(with_verdict)
 
     assert len(out.verdicts) + len(out.dead) + len(out.duplicates) == len(raw)
-    assert group_state(client, keys.raw, DETECTOR.name) == (0, 0), "detector group not drained"
+    assert stage_drained(client, settings, "router"), "router group not drained"
+    assert stage_drained(client, settings, "detector"), "detector groups not drained"
 
-    stats = {k.decode(): int(v) for k, v in client.hgetall(keys.stats).items()}
+    stats = stats_totals(client, settings)
     counts = out.verdict_counts()
     for verdict, n in counts.items():
         assert stats.get(f"detector.{verdict}", 0) == n, f"stats detector.{verdict} != {n}"
     assert stats.get("detector.duplicate", 0) == len(out.duplicates)
-    assert stats.get("detector.dead", 0) == len(out.dead)
+    assert stats.get("detector.dead", 0) + stats.get("router.dead", 0) == len(out.dead)
     if aggregated:
-        assert group_state(client, keys.verdicts, AGGREGATOR.name) == (0, 0), "aggregator group not drained"
+        assert stage_drained(client, settings, "aggregator"), "aggregator groups not drained"
         assert stats.get("aggregator.counted", 0) == len(out.verdicts)
         assert stats.get("aggregator.dead", 0) == 0
     return out

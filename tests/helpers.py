@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 
+from agents.pipeline import PIPELINE
 from agents.pipeline import stage as stage_named
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
@@ -31,8 +32,9 @@ async def run_burst(settings: Settings, stage: str, consumer: str = "test") -> S
 
 
 async def run_pipeline(settings: Settings) -> None:
-    await run_burst(settings, "detector")
-    await run_burst(settings, "aggregator")
+    """Every stage in flow order, each until its inputs hold nothing more for it."""
+    for stage in PIPELINE:
+        await run_burst(settings, stage.name)
 
 
 def stream_entries(settings: Settings, stream: str) -> list[tuple[str, dict[str, str]]]:
@@ -43,7 +45,9 @@ def stream_entries(settings: Settings, stream: str) -> list[tuple[str, dict[str,
 def verdicts_by_raw_id(settings: Settings) -> dict[str, str]:
     """raw id -> verdict; fails on a raw id with two verdicts, or an entry that is not a Verdict."""
     out: dict[str, str] = {}
-    for _, fields in stream_entries(settings, Keys(settings.namespace).verdicts):
+    entries = [e for part in Keys(settings.namespace).partitions(settings.partitions)
+               for e in stream_entries(settings, part.verdicts)]
+    for _, fields in entries:
         verdict = Verdict.from_fields(fields)
         assert verdict.raw_id not in out, f"two verdicts for {verdict.raw_id}"
         assert verdict.verdict in VERDICTS, verdict
@@ -52,11 +56,14 @@ def verdicts_by_raw_id(settings: Settings) -> dict[str, str]:
 
 
 def series_totals(settings: Settings) -> dict[str, int]:
-    """Sum of every sample of each verdict's raw series, over all time."""
+    """Sum of every sample of each verdict's raw series (every partition's), over all time."""
     keys = Keys(settings.namespace)
-    totals: dict[str, int] = {}
+    totals: dict[str, int] = dict.fromkeys(VERDICTS, 0)
     with redis.Redis.from_url(settings.redis_url) as client:
-        for verdict in VERDICTS:
-            samples: list[Any] = client.execute_command("TS.RANGE", keys.series(verdict), "-", "+")
-            totals[verdict] = int(sum(float(value) for _, value in samples))
+        for part in keys.partitions(settings.partitions):
+            for verdict in VERDICTS:
+                if not client.exists(part.series(verdict)):
+                    continue
+                samples: list[Any] = client.execute_command("TS.RANGE", part.series(verdict), "-", "+")
+                totals[verdict] += int(sum(float(value) for _, value in samples))
     return totals

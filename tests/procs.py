@@ -15,14 +15,16 @@ from typing import Any
 import psutil
 import redis
 
-from agents.pipeline import AGGREGATOR, DETECTOR
+from agents.pipeline import PIPELINE
 from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from tests.outputs import group_state, lease_owners
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Quick reclaim and maintenance, so that a killed agent's entries come back within seconds.
 FAST_RECOVERY = {
-    "FRAUD_CLAIM_MIN_IDLE_MS": "1500",
+    "FRAUD_LEASE_MS": "1500",
     "FRAUD_MAINTENANCE_INTERVAL_MS": "500",
     "FRAUD_LOG_LEVEL": "warning",
     "FRAUD_LOG_FORMAT": "json",
@@ -58,24 +60,6 @@ def stop_all(processes: list[subprocess.Popen[Any]]) -> None:
         process.wait(10)
 
 
-def group_state(client: redis.Redis, stream: str, group: str) -> tuple[int | None, int] | None:
-    """(lag, pending) of a group, or None while the group does not exist."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return None
-    for info in groups:
-        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-        if name == group:
-            return info["lag"], info["pending"]
-    return None
-
-
-def pipeline_drained(client: redis.Redis, keys: Keys) -> bool:
-    return (group_state(client, keys.raw, DETECTOR.name) == (0, 0)
-            and group_state(client, keys.verdicts, AGGREGATOR.name) == (0, 0))
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -94,13 +78,6 @@ def tcp_addrs(pid: int) -> set[str]:
     return {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
 
 
-def entries_held(client: redis.Redis, stream: str, group: str, consumer: str, alive_for_s: float) -> int:
-    """Entries pending for ``consumer`` that were delivered within the last ``alive_for_s`` seconds:
-    those its current process read, not those an earlier process of the same name left behind."""
-    rows = client.xpending_range(stream, group, "-", "+", 100_000, consumername=consumer)
-    return sum(1 for row in rows if row["time_since_delivered"] < alive_for_s * 1000)
-
-
 def freeze(process: subprocess.Popen[bytes]) -> None:
     """SIGSTOP the process and wait until it is stopped: from then on it sends Redis nothing."""
     process.send_signal(signal.SIGSTOP)
@@ -115,26 +92,6 @@ def kill_and_settle(client: redis.Redis, process: subprocess.Popen[bytes]) -> No
     process.kill()
     process.wait()
     wait_until(lambda: not addrs & redis_side_addrs(client), 10, "Redis to close the killed process's connections")
-
-
-def wait_pending_idle(client: redis.Redis, stream: str, group: str, idle_ms: int) -> None:
-    """Wait until every entry pending in the group has been idle at least ``idle_ms``: from then on,
-    XAUTOCLAIM with that minimum takes them all."""
-    def all_idle() -> bool:
-        rows = client.xpending_range(stream, group, "-", "+", 100_000)
-        return all(row["time_since_delivered"] >= idle_ms for row in rows)
-
-    wait_until(all_idle, 30, f"the pending entries of {group} on {stream} to be idle {idle_ms} ms", interval=0.02)
-
-
-def wait_consumers_idle(client: redis.Redis, stream: str, group: str, names: set[str], idle_ms: int) -> None:
-    """Wait until each named consumer has been idle at least ``idle_ms``."""
-    def all_idle() -> bool:
-        idle = {c["name"] if isinstance(c["name"], str) else c["name"].decode(): c["idle"]
-                for c in client.xinfo_consumers(stream, group)}
-        return all(idle.get(name, -1) >= idle_ms for name in names)
-
-    wait_until(all_idle, 30, f"consumers {sorted(names)} of {group} to be idle {idle_ms} ms", interval=0.02)
 
 
 def bytes_unread_by_server(port: int) -> int:
@@ -168,3 +125,15 @@ def waiting_on_frozen_server(pid: int, port: int, still_s: float = 1.0) -> Calla
         return time.monotonic() - last["since"] >= still_s
 
     return waiting
+
+
+def uncommitted_owned(client: redis.Redis, settings: Settings, stage: str, member: str) -> int:
+    """Entries in the partitions whose lease `member` holds that the stage has not committed yet:
+    killing the member then leaves work that only its partitions' next owners can do."""
+    keys = Keys(settings.namespace)
+    declared = next(s for s in PIPELINE if s.name == stage)
+    total = 0
+    for unit, owner in lease_owners(client, settings, stage).items():
+        state = group_state(client, declared.input_stream(keys, unit), stage) if owner == member else None
+        total += (state[0] or 0) if state else 0
+    return total

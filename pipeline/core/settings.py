@@ -92,9 +92,9 @@ class Settings:
 
     def validate(self) -> None:
         positive = (
-            "click_spam_threshold", "click_spam_window_ms", "dedup_horizon_ms",
-            "blacklist_capacity", "batch_size", "block_ms", "partitions", "lease_ms", "bucket_ms", "rollup_bucket_ms", "max_field_count",
-            "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
+            "click_spam_threshold", "click_spam_window_ms", "dedup_horizon_ms", "blacklist_capacity",
+            "batch_size", "block_ms", "partitions", "lease_ms", "bucket_ms", "rollup_bucket_ms",
+            "max_field_count", "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
             "offenders_per_bucket",
         )
         for name in positive:
