@@ -26,10 +26,10 @@ async def run_blacklist(args: argparse.Namespace, settings: Settings) -> int:
             added = await add_ips(client, keys, settings, ips)
             print(f"added {added} address(es), {len(ips) - added} already listed")
         elif args.action == "remove":
-            removed = await remove_ips(client, keys, ips)
+            removed = await remove_ips(client, keys, settings, ips)
             print(f"removed {removed} address(es), {len(ips) - removed} were not listed")
         else:
-            for ip, listed, in_filter in await check_ips(client, keys, ips):
+            for ip, listed, in_filter in await check_ips(client, keys, settings, ips):
                 note = "" if listed == in_filter else " (filter false positive: the detector flags it)"
                 print(f"{ip} {'listed' if listed else 'not listed'}{note}")
     finally:

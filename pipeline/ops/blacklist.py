@@ -6,6 +6,11 @@ safely delete what was really inserted, so a set of the listed addresses is
 kept beside it as the source of truth: an address is added to or removed from
 the filter only when the set says it is new or really present, in one atomic
 script, so the two never disagree.
+
+Each partition has its own filter and set (its detector step reads the filter in the partition's
+slot); a change is applied to every partition's copy, each copy atomically, then to the
+namespace's set of listed addresses, which is what ``fraud blacklist`` lists and checks against.
+A click is judged against one copy, whole before or whole after a change of it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import redis.asyncio as aioredis
 
 from agents.blacklist import ensure_filter
 from pipeline.core.errors import FraudError
-from pipeline.core.keys import Keys
+from pipeline.core.keys import Keys, PartitionKeys
 from pipeline.core.settings import Settings
 from schemas.click import InvalidClick, canonical_ip
 
@@ -53,31 +58,43 @@ def canonical_ips(texts: Iterable[str]) -> list[str]:
     return out
 
 
-async def _run_script(client: aioredis.Redis, keys: Keys, script: str, ips: list[str]) -> int:
+async def _run_script(client: aioredis.Redis, copy: PartitionKeys, script: str, ips: list[str]) -> int:
     total = 0
     for first in range(0, len(ips), BATCH):
-        total += int(await client.eval(script, 2, keys.blacklist, keys.blacklist_members,
+        total += int(await client.eval(script, 2, copy.blacklist, copy.blacklist_members,
                                        *ips[first:first + BATCH]))
     return total
 
 
 async def add_ips(client: aioredis.Redis, keys: Keys, settings: Settings, ips: list[str]) -> int:
-    await ensure_filter(client.execute_command, keys, settings)
-    return await _run_script(client, keys, ADD_SCRIPT, canonical_ips(ips))
+    """Add to every partition's copy, then to the list; returns how many addresses were new."""
+    canonical = canonical_ips(ips)
+    for copy in keys.partitions(settings.partitions):
+        await ensure_filter(client.execute_command, copy, settings)
+        await _run_script(client, copy, ADD_SCRIPT, canonical)
+    return int(await client.sadd(keys.blacklist_members, *canonical)) if canonical else 0
 
 
-async def remove_ips(client: aioredis.Redis, keys: Keys, ips: list[str]) -> int:
-    return await _run_script(client, keys, REMOVE_SCRIPT, canonical_ips(ips))
+async def remove_ips(client: aioredis.Redis, keys: Keys, settings: Settings, ips: list[str]) -> int:
+    """Remove from every partition's copy, then from the list; returns how many were listed."""
+    canonical = canonical_ips(ips)
+    for copy in keys.partitions(settings.partitions):
+        await _run_script(client, copy, REMOVE_SCRIPT, canonical)
+    return int(await client.srem(keys.blacklist_members, *canonical)) if canonical else 0
 
 
-async def check_ips(client: aioredis.Redis, keys: Keys, ips: list[str]) -> list[tuple[str, bool, bool]]:
-    """(ip, listed in the set, what the detector's filter answers) for each address."""
+async def check_ips(client: aioredis.Redis, keys: Keys, settings: Settings,
+                    ips: list[str]) -> list[tuple[str, bool, bool]]:
+    """(ip, listed in the set, what the detectors' filters answer: listed in every copy) per address."""
     canonical = canonical_ips(ips)
     if not canonical:
         return []
-    in_filter = [False] * len(canonical)
-    if await client.exists(keys.blacklist):
-        in_filter = [bool(x) for x in await client.execute_command("CF.MEXISTS", keys.blacklist, *canonical)]
+    in_filter = [True] * len(canonical)
+    for copy in keys.partitions(settings.partitions):
+        answers = [0] * len(canonical)
+        if await client.exists(copy.blacklist):
+            answers = await client.execute_command("CF.MEXISTS", copy.blacklist, *canonical)
+        in_filter = [was and bool(now) for was, now in zip(in_filter, answers, strict=True)]
     in_set = await client.smismember(keys.blacklist_members, canonical)
     return list(zip(canonical, [bool(x) for x in in_set], in_filter, strict=True))
 

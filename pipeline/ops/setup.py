@@ -1,5 +1,6 @@
-"""The admin's set-up step: the Function library, every stage's consumer group and what its
-stage writes to (filter, series). Idempotent: run it before the agents, and again to upgrade."""
+"""The admin's set-up step: the Function library, the number of partitions, every stage's consumer
+group in each of its inputs and what it writes to there (filters, series). Idempotent: run it
+before the agents, and again to upgrade."""
 
 from __future__ import annotations
 
@@ -7,22 +8,29 @@ from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_fast_client
 from pipeline.client.create import create_once
 from pipeline.client.functions import LIBRARY_NAME, load_functions
+from pipeline.client.partitioning import agree_partitions
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 
 
 async def set_up(settings: Settings) -> list[str]:
-    """Load the library and create every stage's group and things; returns what was done."""
+    """Load the library and create every stage's groups and things; returns what was done."""
     keys = Keys(settings.namespace)
     client = await open_fast_client(settings)
     try:
         await load_functions(client)
         done = [f"function library '{LIBRARY_NAME}' loaded"]
+        await agree_partitions(client.execute, keys, settings.partitions)
+        done.append(f"{settings.partitions} partitions ({keys.config})")
         for stage in PIPELINE:
-            stream = stage.input_stream(keys)
-            created = await create_once(client.execute, "XGROUP", "CREATE", stream, stage.name, "0", "MKSTREAM")
-            await stage.handler(settings).setup(client, keys, settings)
-            done.append(f"group {stage.name} on {stream} {'created' if created else 'already there'}")
+            handler = stage.handler(settings)
+            created = 0
+            for unit in stage.units(settings):
+                stream = stage.input_stream(keys, unit)
+                created += await create_once(client.execute, "XGROUP", "CREATE", stream, stage.name, "0", "MKSTREAM")
+                await handler.setup(client, keys, keys.partition(unit) if stage.partitioned else None)
+            units = len(stage.units(settings))
+            done.append(f"group {stage.name}: {created} of {units} input(s) created, {units - created} already there")
         return done
     finally:
         await client.close()
