@@ -12,9 +12,13 @@ from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 
 
-async def agree_partitions(execute: Execute, keys: Keys, wanted: int) -> int:
-    await execute("HSETNX", keys.config, "partitions", wanted)
-    recorded = int(await execute("HGET", keys.config, "partitions"))
+async def agree_partitions(execute: Execute, keys: Keys, wanted: int, record: bool = True) -> int:
+    """The recorded number of partitions, checked against `wanted`; recorded first if none is and
+    `record` (agents and set-up do; a producer, which may only write clicks, only checks)."""
+    if record:
+        await execute("HSETNX", keys.config, "partitions", wanted)
+    found = await execute("HGET", keys.config, "partitions")
+    recorded = wanted if found is None else int(found)
     if recorded != wanted:
         raise FraudError(
             f"FRAUD_PARTITIONS is {wanted} here but the pipeline in namespace {keys.namespace!r} runs "
