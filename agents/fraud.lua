@@ -170,7 +170,7 @@ local function commit(stream, k, p, group, count)
     redis.call('XGROUP', 'SETID', stream, p.group, p.last)
   end
   redis.call('XADD', k.commits, 'MAXLEN', '~', COMMITS_KEPT, '*', 'owner', p.owner, 'epoch', p.epoch,
-             'first', p.first, 'last', p.last, 'count', count)
+             'after', p.after, 'first', p.first, 'last', p.last, 'count', count)
 end
 
 -- The rules, one small named function each: true when the click earns that verdict.
