@@ -1,0 +1,145 @@
+"""Partitions end to end, with agents as separate processes: the same outcomes as the sequential
+model for any number of detectors, members joining and leaving mid-flow, fencing on record, and
+the time a dead member's partitions take to move."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from agents.generator import blacklisted_ips
+from pipeline.client.connection import open_redis
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.ops.blacklist import add_ips
+from tests.helpers import xadd_all
+from tests.outputs import lease_owners, pipeline_drained
+from tests.partition_audit import check_against_model, check_commit_logs, labelled_trace
+from tests.procs import FAST_RECOVERY, kill_and_settle, spawn_agent, stop_all, wait_until
+
+CLICKS = 12_000
+LEASE_MS = int(FAST_RECOVERY["FRAUD_LEASE_MS"])
+
+
+def load_blacklist(settings: Settings) -> None:
+    async def load() -> None:
+        client = await open_redis(settings)
+        try:
+            await add_ips(client, Keys(settings.namespace), settings, blacklisted_ips())
+        finally:
+            await client.aclose()
+    asyncio.run(load())
+
+
+class Agents:
+    """The agents a test started (as `fraud agent <stage>` processes), stopped by pid at the end."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.settings = settings
+        self.log = log
+        self.started: list[subprocess.Popen[bytes]] = []
+        self.by_name: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, stage: str, name: str) -> subprocess.Popen[bytes]:
+        process = spawn_agent(self.settings.redis_url, stage, name, log=self.log)
+        self.started.append(process)
+        self.by_name[name] = process
+        return process
+
+    def stop_all(self) -> None:
+        stop_all(self.started)
+
+
+def owners(client: redis.Redis, settings: Settings, stage: str = "detector") -> set[str]:
+    return set(lease_owners(client, settings, stage).values())
+
+
+def drain(client: redis.Redis, settings: Settings) -> None:
+    wait_until(lambda: pipeline_drained(client, settings), 120, "every stage to commit all its input")
+
+
+@pytest.mark.parametrize("detectors", [1, 2, 4])
+def test_outcomes_match_the_model_for_any_number_of_detectors(settings: Settings, tmp_path: Path,
+                                                              detectors: int) -> None:
+    """A seeded labelled trace sent at once (a backlog: every batch holds several clicks of a device):
+    every outcome is the sequential model's, whatever the number of detectors."""
+    load_blacklist(settings)
+    agents = Agents(settings, tmp_path / "agents.log")
+    try:
+        agents.start("router", "router-1")
+        for n in range(detectors):
+            agents.start("detector", f"detector-{n}")
+        agents.start("aggregator", "aggregator-1")
+        with redis.Redis.from_url(settings.redis_url) as client:
+            # Every detector holds its share before the clicks come, so that all of them judge some.
+            wait_until(lambda: len(owners(client, settings) - {""}) == detectors, 30,
+                       f"the partitions to be shared by {detectors} detectors")
+            xadd_all(settings, labelled_trace(seed=detectors, count=CLICKS))
+            drain(client, settings)
+            assert check_commit_logs(client, settings, "detector") > 0
+            check_commit_logs(client, settings, "aggregator")
+    finally:
+        agents.stop_all()
+    check_against_model(settings)
+
+
+def test_members_joining_and_leaving_mid_flow_change_no_outcome(settings: Settings, tmp_path: Path) -> None:
+    """Detectors join while a backlog is judged and one leaves (SIGTERM) in the middle: partitions
+    move between members, and every outcome is still the model's, every batch applied once."""
+    load_blacklist(settings)
+    agents = Agents(settings, tmp_path / "agents.log")
+    trace = labelled_trace(seed=7, count=3 * CLICKS // 2)
+    third = len(trace) // 3
+    try:
+        agents.start("router", "router-1")
+        agents.start("detector", "detector-0")
+        agents.start("aggregator", "aggregator-1")
+        with redis.Redis.from_url(settings.redis_url) as client:
+            wait_until(lambda: owners(client, settings) == {"detector-0"}, 30, "detector-0 to own every partition")
+            xadd_all(settings, trace[:third])
+            agents.start("detector", "detector-1")
+            agents.start("detector", "detector-2")
+            wait_until(lambda: owners(client, settings) == {"detector-0", "detector-1", "detector-2"}, 30,
+                       "the partitions to be shared by the three detectors")
+            xadd_all(settings, trace[third:2 * third])
+            leaving = agents.by_name["detector-1"]
+            leaving.send_signal(signal.SIGTERM)
+            assert leaving.wait(30) == 0
+            xadd_all(settings, trace[2 * third:])
+            wait_until(lambda: owners(client, settings) == {"detector-0", "detector-2"}, 30,
+                       "detector-1's partitions to move to the others")
+            drain(client, settings)
+            check_commit_logs(client, settings, "detector")
+            check_commit_logs(client, settings, "aggregator")
+    finally:
+        agents.stop_all()
+    check_against_model(settings)
+
+
+def test_partitions_of_a_killed_member_move_within_the_lease(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL one of two detectors: its partitions are the survivor's within a lease and a heartbeat
+    (FRAUD_LEASE_MS, a heartbeat every third of it), measured from the kill."""
+    agents = Agents(settings, tmp_path / "agents.log")
+    try:
+        agents.start("detector", "survivor")
+        victim = agents.start("detector", "victim")
+        with redis.Redis.from_url(settings.redis_url) as client:
+            wait_until(lambda: owners(client, settings) == {"survivor", "victim"}, 30,
+                       "the two detectors to share the partitions")
+            killed_at = time.monotonic()
+            kill_and_settle(client, victim)
+            wait_until(lambda: owners(client, settings) == {"survivor"}, 30,
+                       "the survivor to own every partition", interval=0.01)
+            took = time.monotonic() - killed_at
+    finally:
+        agents.stop_all()
+    bound = LEASE_MS * 4 / 3 / 1000
+    print(f"rebalance after SIGKILL: {took:.2f} s (lease {LEASE_MS} ms, bound {bound:.2f} s)")
+    # The bound plus the scheduling slack of a loaded 2-core machine (processes may wait for a core).
+    assert took <= bound + 1.0, f"partitions moved after {took:.2f} s, the bound is {bound:.2f} s"
