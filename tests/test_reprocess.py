@@ -1,4 +1,4 @@
-"""`fraud replay --from-stream` / `--drop` and `fraud group reset` against a live server."""
+"""`fraud replay --from-stream` / `--drop` against a live server (`fraud group reset`: test_group_reset)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ import pytest
 import redis
 
 from agents.blacklist import ensure_filter
-from agents.pipeline import DETECTOR
 from pipeline.cli.main import build_parser
 from pipeline.client.connection import open_fast_client
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from tests.arrival import xadd_at_event_time
-from tests.helpers import run_burst, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
-from tests.procs import wait_consumers_idle
+from tests.helpers import run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 
 BASE_MS = 1_700_000_000_000
 
@@ -116,87 +114,3 @@ async def test_range_by_time_and_empty_range(settings: Settings, capsys: pytest.
     with pytest.raises(FraudError, match="holds no entries"):
         await run(settings, "replay", "--from-stream", "--name", "u", "--start", "2001-01-01T00:00:00Z",
                   "--end", "2001-01-02T00:00:00Z")
-
-
-async def group_info(settings: Settings, stream: str, group: str) -> dict[str, Any]:
-    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        return next(g for g in client.xinfo_groups(stream) if g["name"] == group)
-
-
-async def test_group_reset_dry_run_execute_and_redelivery(settings: Settings,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    # A short block time: the burst consumer below counts as inactive after 2x of it.
-    settings = dataclasses.replace(settings, block_ms=100)
-    keys = Keys(settings.namespace)
-    ids = xadd_at_event_time(settings, [click(f"d{i}", "10.2.0.1", i * 1000, f"t{i}") for i in range(6)])
-    await run_burst(settings, "detector")
-    with redis.Redis.from_url(settings.redis_url) as client:
-        # A reset is refused while a consumer is active (seen within two block times).
-        wait_consumers_idle(client, keys.raw, DETECTOR.name, {"test"}, 2 * settings.block_ms)
-    before = await group_info(settings, keys.raw, DETECTOR.name)
-    assert before["last-delivered-id"] == ids[-1]
-
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
-                     "--to-id", ids[2]) == 0
-    out = capsys.readouterr().out
-    assert "would re-deliver 3 entries" in out and "dry run" in out
-    assert await group_info(settings, keys.raw, DETECTOR.name) == before
-
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
-                     "--to-id", ids[2], "--execute") == 0
-    after = await group_info(settings, keys.raw, DETECTOR.name)
-    assert after["last-delivered-id"] == ids[2]
-    assert after["entries-read"] == 3 and after["lag"] == 3
-
-    agent = await run_burst(settings, "detector")
-    # Exactly the three entries after the new position came again; the dedup window swallowed them.
-    assert agent.processed == 3
-    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        assert client.hget(keys.stats, "detector.duplicate") == "3"
-        assert client.xlen(keys.verdicts) == 6
-
-
-async def test_group_reset_by_time_to_earliest_and_latest(settings: Settings,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    settings = dataclasses.replace(settings, block_ms=100)
-    keys = Keys(settings.namespace)
-    with redis.Redis.from_url(settings.redis_url) as client:
-        for ms in (1000, 2000, 2000, 3000):
-            client.xadd(keys.raw, {"device_id": "d", "ip": "10.0.0.1"}, id=f"{ms}-*")
-        client.xgroup_create(keys.raw, DETECTOR.name, id="0")
-    # Entries at the time itself are delivered again: 2 at 2000 ms, 1 at 3000 ms.
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
-                     "--to-latest", "--execute") == 0
-    assert (await group_info(settings, keys.raw, DETECTOR.name))["last-delivered-id"] == "3000-0"
-    assert "skips 4 entries" in capsys.readouterr().out
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
-                     "--to-time", "2000", "--execute") == 0
-    info = await group_info(settings, keys.raw, DETECTOR.name)
-    assert info["last-delivered-id"] == f"1999-{2**64 - 1}" and info["lag"] == 3
-    assert "re-delivers 3 entries" in capsys.readouterr().out
-    assert await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name,
-                     "--to-earliest", "--execute") == 0
-    info = await group_info(settings, keys.raw, DETECTOR.name)
-    assert info["last-delivered-id"] == "0-0" and info["lag"] == 4
-
-
-async def test_group_reset_refuses_with_pending_entries(settings: Settings) -> None:
-    keys = Keys(settings.namespace)
-    xadd_all(settings, [click("a", "10.0.0.1", 0, "t1")])
-    with redis.Redis.from_url(settings.redis_url) as client:
-        client.xgroup_create(keys.raw, DETECTOR.name, id="0")
-        client.xreadgroup(DETECTOR.name, "worker-1", {keys.raw: ">"})
-    before = await group_info(settings, keys.raw, DETECTOR.name)
-    argv = ("group", "reset", "--stream", "raw", "--group", DETECTOR.name, "--to-earliest", "--execute")
-    with pytest.raises(FraudError, match="1 pending entries and active consumers worker-1"):
-        await run(settings, *argv)
-    with pytest.raises(FraudError, match="no stream clicks:verdicts"):
-        await run(settings, "group", "reset", "--stream", "verdicts", "--group", "aggregator", "--to-earliest")
-    assert await group_info(settings, keys.raw, DETECTOR.name) == before
-    with pytest.raises(FraudError, match="no group 'nope'"):
-        await run(settings, "group", "reset", "--stream", "raw", "--group", "nope", "--to-earliest")
-    with pytest.raises(FraudError, match="beyond the last id"):
-        await run(settings, "group", "reset", "--stream", "raw", "--group", DETECTOR.name, "--force",
-                  "--to-time", "2999-01-01T00:00:00Z")
-    assert await run(settings, *argv, "--force") == 0
-    assert (await group_info(settings, keys.raw, DETECTOR.name))["last-delivered-id"] == "0-0"

@@ -1,6 +1,7 @@
 """Bytes that are not UTF-8, anywhere a reading tool looks (the first and last entries of the raw and
-dead-letter streams, field names, values, a dead letter's reason, a consumer's name): `fraud status`,
-its JSON, its thresholds, the monitor and the live view show them backslash-escaped and never crash."""
+dead-letter streams, field names, values, a dead letter's reason, a member's and a lease owner's
+name): `fraud status`, its JSON, its thresholds, the monitor and the live view show them
+backslash-escaped and never crash."""
 
 from __future__ import annotations
 
@@ -19,21 +20,22 @@ from tests.test_monitor import last_value, monitor_once
 from tests.test_status import clicks, status_json
 
 BAD = b"\xff\xfe\x80"
-# Dead letters as the detector writes them (reason, stage, raw_id, deliveries, then the original fields),
+# Dead letters as the detector writes them (reason, stage, raw_id, then the original fields),
 # with undecodable bytes in the reason and in the fields beside it.
 DEAD_LETTERS = [
-    [b"reason", b"undecodable: " + BAD, b"stage", b"detector", b"raw_id", b"1-1", b"deliveries", b"1",
+    [b"reason", b"undecodable: " + BAD, b"stage", b"detector", b"raw_id", b"1-1",
      b"device" + BAD, b"ip" + BAD],
-    [b"reason", b"invalid_field: ip", b"stage", b"detector", b"raw_id", b"1-2", b"deliveries", b"1",
+    [b"reason", b"invalid_field: ip", b"stage", b"detector", b"raw_id", b"1-2",
      b"ip", BAD, BAD, b"x"],
-    [b"reason", b"missing_field: device_id", b"stage", b"detector", b"raw_id", b"1-3", b"deliveries", b"1",
+    [b"reason", b"missing_field: device_id", b"stage", b"detector", b"raw_id", b"1-3",
      BAD + b"name", BAD + b"value"],
 ]
 
 
 @pytest.fixture
 def undecodable(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Raw and dead-letter streams whose first and last entries hold undecodable bytes; a consumer named so."""
+    """Raw and dead-letter streams whose first and last entries hold undecodable bytes; a member and a
+    lease owner named so."""
     monkeypatch.setenv("FRAUD_REDIS_URL", settings.redis_url)
     keys = Keys(settings.namespace)
     with redis.Redis.from_url(settings.redis_url) as client:
@@ -42,9 +44,12 @@ def undecodable(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings
             client.execute_command("XADD", keys.raw, "*", *click)
         client.execute_command("XADD", keys.raw, "*", BAD, BAD, b"ts", b"1000")
         for fields in DEAD_LETTERS:
-            client.execute_command("XADD", keys.dead, "*", *fields)
-        client.xgroup_create(keys.raw, "detector", "0")
-        client.xreadgroup("detector", b"consumer-" + BAD, {keys.raw: ">"}, count=1)
+            client.execute_command("XADD", keys.partition(2).dead, "*", *fields)
+        client.hset(keys.config, "partitions", settings.partitions)
+        until = int(client.time()[0]) * 1000 + 3_600_000
+        client.zadd(keys.members("detector"), {b"member-" + BAD: until})
+        client.hset(keys.partition(1).lease("detector"),
+                    mapping={"owner": b"member-" + BAD, "epoch": 1, "until": until})
     return settings
 
 
@@ -54,12 +59,13 @@ async def test_status_json_and_thresholds_show_undecodable_bytes_escaped(
     assert (code, err) == (0, "")
     assert doc["streams"]["raw"]["length"] == 4
     assert doc["dead_letters"]["reasons"] == {"undecodable": 1, "invalid_field": 1, "missing_field": 1}
-    [member] = doc["groups"]["detector"]["members"]
-    assert member["name"] == "consumer-\\xff\\xfe\\x80"
+    assert doc["stages"]["detector"]["members"] == ["member-\\xff\\xfe\\x80"]
+    assert doc["stages"]["detector"]["units"][1]["lease"]["owner"] == "member-\\xff\\xfe\\x80"
 
     code, _, err = await status_json(capsys, "--max-dead", "2")
     assert code == THRESHOLD_EXIT
-    assert err.splitlines() == [f"fraud status: 3 dead letters in {undecodable.namespace}:dead exceed --max-dead 2"]
+    assert err.splitlines() == [
+        f"fraud status: 3 dead letters in {undecodable.namespace}:{{*}}:dead exceed --max-dead 2"]
 
 
 async def test_status_table_shows_undecodable_bytes_escaped(
@@ -68,7 +74,8 @@ async def test_status_table_shows_undecodable_bytes_escaped(
     code = await asyncio.to_thread(main, ["status", "--interval", "0"])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
-    assert any(line.split()[:2] == ["consumer-\\xff\\xfe\\x80", "detector"] for line in out.splitlines())
+    assert any(line.split()[:3] == ["detector", "1", "member-\\xff\\xfe\\x80"] for line in out.splitlines())
+    assert any(line.split() == ["detector", "member-\\xff\\xfe\\x80"] for line in out.splitlines())
     assert any(line.split() == ["1", "undecodable"] for line in out.splitlines())
 
 

@@ -1,22 +1,30 @@
-"""``fraud group reset``: move a consumer group like Kafka's offset reset tool."""
+"""``fraud group reset``: move a stage's consumer group on each of its inputs, like Kafka's offset reset tool."""
 
 from __future__ import annotations
 
 import argparse
 
+from agents.pipeline import PIPELINE
+from agents.pipeline import stage as stage_named
+from pipeline.cli.args import non_negative_int
 from pipeline.cli.positions import entry_id, id_before_time, time_ms
 from pipeline.client.connection import open_fast_client
+from pipeline.client.partitioning import agree_partitions
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.ops.groups import describe, group_state, plan_reset
+from pipeline.ops import groups
 
-HELP = """Move a consumer group's position (last-delivered-id), like Kafka's consumer-groups reset.
-Without --execute, print what would happen. A time is an arrival time (as entry ids are) and maps
+HELP = """Move a stage's consumer group (last-delivered-id) on each of its inputs (clicks:raw for the
+router, every partition's input for the detector, every partition's verdicts for the aggregator),
+like Kafka's consumer-groups reset. A partition whose newest entry is older than the target is set
+to that entry. Without --execute, print what would happen. A time is an arrival time (as entry ids are) and maps
 to the id just before <ms>-0, so entries added at that time are delivered again. Note: re-delivered
 clicks that the detector has seen within FRAUD_DEDUP_HORIZON_MS are de-duplicated by its
 per-device window (by transaction_id, or by entry id when a click has none): they give no second
-verdict. Refused while the group has pending entries or active consumers, unless --force."""
+verdict; the router copies no entry into its partition twice (the partition's routed mark), so
+re-processing is the detector's and aggregator's. Refused while the stage has live members or
+live leases on its inputs, unless --force."""
 
 
 def target_id(args: argparse.Namespace) -> str:
@@ -29,21 +37,31 @@ def target_id(args: argparse.Namespace) -> str:
 
 async def run_reset(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(settings.namespace)
-    stream = keys.raw if args.stream == "raw" else keys.verdicts
+    stage = stage_named(args.stage)
+    units = stage.units(settings)
+    if args.partition:
+        if not stage.partitioned:
+            raise FraudError(f"stage {stage.name} has no partitions: it reads {stage.input_stream(keys)} alone")
+        outside = sorted(set(args.partition) - set(units))
+        if outside:
+            raise FraudError(f"no partition {', '.join(map(str, outside))}: "
+                             f"the pipeline has {len(units)} (0-{units[-1]})")
+        units = sorted(set(args.partition))
     client = await open_fast_client(settings)
     try:
-        state = await group_state(client, stream, args.group, 2 * settings.block_ms)
-        if not args.force and (state.pending or state.active_consumers):
-            busy = [f"{state.pending} pending entries"] if state.pending else []
-            if state.active_consumers:
-                busy.append("active consumers " + ", ".join(state.active_consumers))
-            raise FraudError(f"group {args.group} on {stream} has {' and '.join(busy)}: stop its agents "
-                             "and let them finish first, or pass --force")
-        plan = await plan_reset(client, state, target_id(args))
+        await agree_partitions(client.execute, keys, settings.partitions, record=False)
+        now_ms = await groups.server_time_ms(client)
+        states = [await groups.group_state(client, keys, stage, unit, now_ms) for unit in units]
+        members = await groups.live_members(client, keys, stage, now_ms)
+        busy = groups.refusals(states, members)
+        if busy and not args.force:
+            raise FraudError(f"stage {stage.name} has {' and '.join(busy)}: stop its agents and let them "
+                             "finish first, or pass --force")
+        plans = await groups.plan_stage_reset(client, states, target_id(args))
         if args.execute:
-            extra = ("ENTRIESREAD", plan.entries_read) if plan.entries_read is not None else ()
-            await client.execute("XGROUP", "SETID", stream, args.group, plan.new_id, *extra)
-        print(describe(plan, args.execute))
+            for plan in plans:
+                await groups.apply(client, plan)
+        print(groups.describe(plans, members, args.execute))
     finally:
         await client.close()
     return 0
@@ -54,8 +72,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(parser))
     reset = actions.add_parser("reset", help="move a group to an id, a time, the start or the end",
                                description=HELP)
-    reset.add_argument("--stream", choices=("raw", "verdicts"), required=True, help="which stream")
-    reset.add_argument("--group", required=True, help="group name (detector on raw, aggregator on verdicts)")
+    reset.add_argument("--stage", "--group", dest="stage", choices=[s.name for s in PIPELINE], required=True,
+                       help="the stage whose group moves (the group is named after it) on each of its inputs: "
+                            "clicks:raw for the router, every partition's for the others")
+    reset.add_argument("--partition", type=non_negative_int, action="append", metavar="P",
+                       help="only this partition (repeat for several; default: all of them)")
     to = reset.add_mutually_exclusive_group(required=True)
     to.add_argument("--to-id", type=entry_id, metavar="ID", help="deliver what comes after this entry id")
     to.add_argument("--to-time", type=time_ms, metavar="TIME", help="deliver from this time on (epoch ms or ISO-8601)")
@@ -63,5 +84,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     to.add_argument("--to-latest", action="store_true", help="skip everything in the stream now")
     reset.add_argument("--execute", action="store_true", help="apply (default: dry run)")
     reset.add_argument("--force", action="store_true",
-                       help="reset even with pending entries or active consumers")
+                       help="reset even while the stage has live members or leases")
     reset.set_defaults(run=run_reset)

@@ -70,9 +70,9 @@ async def _report_once(client: aioredis.Redis, keys: Keys, args: argparse.Namesp
     try:
         previous = None
         if args.interval > 0:
-            previous = await read_stats(client, keys)
+            previous = await read_stats(client, keys, settings.partitions)
             await asyncio.sleep(args.interval)
-        snap = await snapshot(client, keys, previous)
+        snap = await snapshot(client, keys, previous, partitions=settings.partitions)
     except Exception as err:
         if not is_unavailable(err):
             raise
@@ -100,10 +100,10 @@ async def _watch(client: aioredis.Redis, keys: Keys, args: argparse.Namespace, s
     previous: dict[str, Any] | None = None
     try:
         if args.interval > 0:
-            previous = await attempt(read_stats(client, keys))
+            previous = await attempt(read_stats(client, keys, settings.partitions))
             await wait_or_stop(stop, args.interval)
         while not stop.is_set():
-            snap = await attempt(snapshot(client, keys, previous))
+            snap = await attempt(snapshot(client, keys, previous, partitions=settings.partitions))
             if snap is not None:
                 if redraw:
                     sys.stdout.write("\x1b[2J\x1b[H")

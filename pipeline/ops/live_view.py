@@ -40,8 +40,9 @@ def render(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     verdicts = "  ".join(
         f"{v} {c.get('detector.' + v, 0):,} ({rate(c.get('detector.' + v, 0), p.get('detector.' + v, 0))})"
         for v in VERDICTS)
-    lag = "  ".join(f"{name} {'~' if g['lag_estimated'] else ''}{g['lag']:,}"
-                    for name, g in current["groups"].items()) or "no groups yet"
+    # Each stage's lag summed over its partitions.
+    lag = "  ".join(f"{name} {'~' if t['lag_estimated'] else ''}{t['lag']:,}"
+                    for name, s in current["stages"].items() for t in [s["totals"]])
     return [
         f"clicks in   {added:,} ({rate(added, added_before)})",
         f"verdicts    {verdicts}",

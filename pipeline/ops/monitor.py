@@ -4,9 +4,10 @@ Grafana's Redis plugin cannot run XINFO GROUPS, so lag and the rest are
 sampled here every ``--interval`` seconds from a status snapshot and written
 as series labelled ``namespace=<ns> metric=pipeline_health measure=<measure> stage=<stage>``:
 
-- ``lag`` and ``pending`` of each stage's group (``detector``, ``aggregator``),
+- ``lag`` and ``pending`` of each stage (``router``, ``detector``, ``aggregator``), summed over
+  its partitions (the router's: of ``clicks:raw``),
 - ``throughput`` of each stage, in clicks/s over the last interval,
-- ``dead_letters`` (the dead-letter stream's length) under stage ``dead``.
+- ``dead_letters`` (every partition's dead-letter stream, summed) under stage ``dead``.
 
 It is no consumer-group member: it only reads, so any number may run.
 """
@@ -44,10 +45,8 @@ def health_samples(snap: Mapping[str, Any]) -> list[Sample]:
     """(measure, stage, value) for every health figure a snapshot holds."""
     samples: list[Sample] = []
     for stage in (s.name for s in PIPELINE):
-        group = snap["groups"].get(stage)
-        # A group that does not exist yet has no lag to speak of: its stage never ran.
-        if group is not None:
-            samples += [("lag", stage, group["lag"]), ("pending", stage, group["pending"])]
+        totals = snap["stages"][stage]["totals"]
+        samples += [("lag", stage, totals["lag"]), ("pending", stage, totals["pending"])]
     samples.append(("dead_letters", DEAD_SUBJECT, snap["dead_letters"]["count"]))
     if snap["throughput"] is not None:
         samples += [("throughput", stage, rate)

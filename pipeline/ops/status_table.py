@@ -38,29 +38,52 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _lag(lag: int, estimated: bool) -> int | str:
+    return f"~{lag:,}" if estimated else lag
+
+
+def _owner(unit: Mapping[str, Any], now_ms: int) -> str:
+    """The lease's owner, and for how long it still holds (by the server's clock), or that it ran out."""
+    lease = unit["lease"]
+    if lease["owner"] is None:
+        return "(free)"
+    if lease["live"]:
+        return f"{lease['owner']} (epoch {lease['epoch']}, {duration(lease['until_ms'] - now_ms)} left)"
+    return f"{lease['owner']} (epoch {lease['epoch']}, ran out)"
+
+
+def stage_rows(snap: Mapping[str, Any]) -> list[str]:
+    """One row per unit of each stage (the router's ``clicks:raw``, then each partition), a total
+    per stage, then each stage's live members."""
+    rows: list[tuple[Any, ...]] = []
+    for name, stage in snap["stages"].items():
+        for u in stage["units"]:
+            rows.append((name, "raw" if u["partition"] is None else u["partition"], _owner(u, snap["server_time_ms"]),
+                         u["length"], u["pending"], _lag(u["lag"], u["lag_estimated"]),
+                         u["last_delivered_id"], u["entries_read"]))
+        if stage["partitioned"]:
+            t = stage["totals"]
+            rows.append((name, "total", f"{t['owned']} of {t['units']} owned", t["length"], t["pending"],
+                         _lag(t["lag"], t["lag_estimated"]), None, None))
+    out = table(("STAGE", "PARTITION", "OWNER", "LENGTH", "PENDING", "LAG", "LAST DELIVERED", "ENTRIES READ"), rows)
+    out.append("")
+    out += table(("STAGE", "LIVE MEMBERS"),
+                 [(name, ", ".join(stage["members"]) or "none") for name, stage in snap["stages"].items()])
+    if any(s["totals"]["lag_estimated"] for s in snap["stages"].values()):
+        out.append("~ lag estimated: Redis reports none after deletions in the stream")
+    return out
+
+
 def render(snap: Mapping[str, Any], where: str) -> str:
-    out = [f"fraud status  {where}  namespace {snap['namespace']}  at {clock(snap['taken_at_ms'])} UTC", ""]
+    out = [f"fraud status  {where}  namespace {snap['namespace']}  partitions {snap['partitions']}  "
+           f"at {clock(snap['taken_at_ms'])} UTC", ""]
     out += table(
         ("STREAM", "LENGTH", "ADDED", "FIRST ENTRY (UTC)", "LAST ENTRY (UTC)", "MEMORY"),
         [(s["key"] + ("" if s["exists"] else " (absent)"), s["length"], s["entries_added"],
           clock(s["first_time_ms"]), clock(s["last_time_ms"]), size(s["memory_bytes"]))
          for s in snap["streams"].values()])
     out.append("")
-    groups = snap["groups"]
-    if groups:
-        out += table(
-            ("GROUP", "STREAM", "CONSUMERS", "PENDING", "LAG", "LAST DELIVERED", "ENTRIES READ"),
-            [(name, g["stream"], g["consumers"], g["pending"], f"~{g['lag']:,}" if g["lag_estimated"] else g["lag"],
-              g["last_delivered_id"], g["entries_read"]) for name, g in groups.items()])
-        members = [(m["name"], name, m["pending"], duration(m["idle_ms"]), duration(m["inactive_ms"]))
-                   for name, g in groups.items() for m in g["members"]]
-        if members:
-            out.append("")
-            out += table(("CONSUMER", "GROUP", "PENDING", "IDLE", "INACTIVE"), members)
-        if any(g["lag_estimated"] for g in groups.values()):
-            out.append("~ lag estimated: Redis reports none after deletions in the stream")
-    else:
-        out.append("no consumer groups yet: no stage has run")
+    out += stage_rows(snap)
     out.append("")
     rates = snap["throughput"]
     if rates is None:
@@ -75,5 +98,5 @@ def render(snap: Mapping[str, Any], where: str) -> str:
     out += [f"  {n:>8,}  {reason}" for reason, n in dead["reasons"].items()]
     if snap["stats"]:
         out.append("")
-        out += table(("COUNTER", "VALUE"), list(snap["stats"].items()))
+        out += table(("COUNTER (all partitions)", "VALUE"), list(snap["stats"].items()))
     return "\n".join(out)
