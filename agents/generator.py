@@ -24,6 +24,8 @@ import orjson
 import structlog
 
 from pipeline.client.connection import open_fast_client, open_patiently
+from pipeline.client.partitioning import agree_partitions
+from pipeline.client.producer import Partitioner
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
@@ -117,9 +119,14 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def produce(client: RespClient, stream: str, clicks: Iterator[tuple[Click, str]], *,
+Destination = Callable[[Click], str]
+
+
+async def produce(client: RespClient, stream: str | Destination, clicks: Iterator[tuple[Click, str]], *,
                   rate: float, total: int | None, stop: asyncio.Event, batch: int = 200) -> int:
-    """XADD clicks in pipelined batches, at ``rate`` per second (0: as fast as Redis takes them)."""
+    """XADD clicks in pipelined batches, at ``rate`` per second (0: as fast as Redis takes them), to
+    one stream or to the stream a function names for each click (its partition's input)."""
+    destination: Destination = (lambda _: stream) if isinstance(stream, str) else stream
     sent = 0
     started = time.monotonic()
     if rate > 0:
@@ -128,7 +135,8 @@ async def produce(client: RespClient, stream: str, clicks: Iterator[tuple[Click,
     backoff = 0.0
     while not stop.is_set() and (total is None or sent < total):
         size = batch if total is None else min(batch, total - sent)
-        commands = [("XADD", stream, "*", *next(clicks)[0]) for _ in range(size)]
+        fields = [next(clicks)[0] for _ in range(size)]
+        commands = [("XADD", destination(f), "*", *f) for f in fields]
         while not await _sent(client, commands):
             # Redis is away (restarting, loading): send the batch again once it is back. Clicks that
             # had landed come twice with their transaction ids, and the detector keeps one of each.
@@ -166,10 +174,16 @@ async def run_generator(args: argparse.Namespace, settings: Settings) -> int:
     clicks = traffic(args.seed, wall_clock_ms)
     if args.pregenerate:
         clicks = pregenerated(args.seed, args.total)
-    log.info("generator started", rate=args.rate, total=args.total, stream=keys.raw)
+    destination: str | Destination = keys.raw
+    if args.direct:
+        # Straight into the partitions' inputs (no router hop), split as the pipeline records it.
+        partitions = await agree_partitions(client.execute, keys, settings.partitions, record=False)
+        destination = Partitioner(keys, partitions).stream
+    log.info("generator started", rate=args.rate, total=args.total,
+             stream="partitions" if args.direct else keys.raw)
     cpu_before, started = time.process_time(), time.monotonic()
     try:
-        sent = await produce(client, keys.raw, clicks, rate=args.rate, total=args.total, stop=stop)
+        sent = await produce(client, destination, clicks, rate=args.rate, total=args.total, stop=stop)
     finally:
         await client.close()
     if args.pregenerate:

@@ -121,7 +121,8 @@ async def test_rows_out_of_order_arrive_late(settings: Settings, tmp_path: Path,
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
         ids = [entry_id for entry_id, _ in client.xrange(keys.raw)]
         assert [i.split("-")[0] for i in ids] == ["1000000000", "2000000000", "2000000000", "2000000000"]
-        (dead,) = [f for _, f in client.xrange(keys.dead) if f["stage"] == "detector"]
+        (dead,) = [f for part in keys.partitions(settings.partitions) for _, f in client.xrange(part.dead)
+                   if f["stage"] == "detector"]
         assert dead["reason"].startswith("ts_too_old")
     assert await run(settings, "replay", "--drop", "--name", "late") == 0
 

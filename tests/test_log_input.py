@@ -19,7 +19,7 @@ from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.ops.mapping import mapping_from
-from pipeline.ops.replay_file import replay_file
+from pipeline.ops.replay_file import bad_line_partition, replay_file
 from pipeline.ops.sample_log import HEADER, write_sample
 from tests.helpers import run_pipeline, stream_entries
 from tests.test_replay import raw_fields, run
@@ -61,8 +61,9 @@ async def test_ten_talkingdata_rows_replayed_with_a_mapping_are_all_judged(
     assert before <= int(sent[0]["ts"]) <= int(time.time() * 1000)
     await run_pipeline(settings)
     keys = Keys(settings.namespace)
-    assert stream_entries(settings, keys.dead) == []
-    assert len(stream_entries(settings, keys.verdicts)) == 10
+    parts = keys.partitions(settings.partitions)
+    assert [e for part in parts for e in stream_entries(settings, part.dead)] == []
+    assert sum(len(stream_entries(settings, part.verdicts)) for part in parts) == 10
 
 
 QUOTED = ('ip,device,os,click_time,note\r\n'
@@ -96,7 +97,8 @@ async def test_a_bad_record_after_a_multi_line_one_is_reported_by_its_first_line
     log.write_text('device_id,ip,note\nd1,10.0.0.1,"one\ntwo\nthree"\nd2,10.0.0.2\nd3,10.0.0.3,x\n')
     summary = await replay_file(log, "auto", None, settings, io.StringIO())
     assert (summary.sent, summary.bad_lines) == (2, 1)
-    reasons = [f["reason"] for _, f in stream_entries(settings, Keys(settings.namespace).dead)]
+    dead = bad_line_partition(Keys(settings.namespace), settings).dead
+    reasons = [f["reason"] for _, f in stream_entries(settings, dead)]
     assert reasons == ["bad_line: line 5: expected 3 columns, got 2"]
 
 

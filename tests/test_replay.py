@@ -17,6 +17,7 @@ from pipeline.cli.positions import id_before_time, position
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.ops.progress import Progress
+from pipeline.ops.replay_file import bad_line_partition
 from tests.helpers import stream_entries
 
 
@@ -112,18 +113,20 @@ async def test_bad_lines_are_reported_and_dead_lettered(settings: Settings, tmp_
         assert f"line {number}:" in out.err
     # Semantically invalid clicks (a bad ip, no device_id) go through: the detector judges them.
     assert [f.get("device_id") for f in raw_fields(settings)] == ["d1", "d3", None]
-    dead = stream_entries(settings, Keys(settings.namespace).dead)
+    # A bad line has no device: it is dead-lettered where a click without one would be.
+    bad_lines = bad_line_partition(Keys(settings.namespace), settings)
+    dead = stream_entries(settings, bad_lines.dead)
     assert [fields["reason"].split(":")[0:2] for _, fields in dead] == [["bad_line", " line 2"],
                                                                         ["bad_line", " line 3"],
                                                                         ["bad_line", " line 4"],
                                                                         ["bad_line", " line 7"]]
     first = dead[0][1]
-    assert first == {"reason": first["reason"], "stage": "replay", "raw_id": "", "deliveries": "0",
+    assert first == {"reason": first["reason"], "stage": "replay", "raw_id": "",
                      "line": "not json at all"}
     assert "not JSON" in first["reason"]
     assert dead[2][1]["line"] == '{"device_id": "d2", "ip": "10.0.0.2", "nested": {"a": 1}}'
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        assert client.hget(Keys(settings.namespace).stats, "replay.dead") == "4"
+        assert client.hget(bad_lines.stats, "replay.dead") == "4"
 
 
 async def test_csv_wrong_column_count_is_a_bad_line(settings: Settings, tmp_path: Path,
@@ -132,7 +135,8 @@ async def test_csv_wrong_column_count_is_a_bad_line(settings: Settings, tmp_path
     trace.write_text("device_id,ip,ts\nd1,10.0.0.1,5\nd2,10.0.0.2\nd3,10.0.0.3,7,extra\nd4,10.0.0.4,8\n")
     assert await run(settings, "replay", str(trace)) == 0
     assert [f["device_id"] for f in raw_fields(settings)] == ["d1", "d4"]
-    reasons = [fields["reason"] for _, fields in stream_entries(settings, Keys(settings.namespace).dead)]
+    dead = bad_line_partition(Keys(settings.namespace), settings).dead
+    reasons = [fields["reason"] for _, fields in stream_entries(settings, dead)]
     assert reasons == ["bad_line: line 3: expected 3 columns, got 2", "bad_line: line 4: expected 3 columns, got 4"]
     assert "line 3: expected 3 columns" in capsys.readouterr().err
 

@@ -42,6 +42,8 @@ def _register_generator(agents: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=int(time.time()), help="random seed")
     parser.add_argument("--pregenerate", action="store_true",
                         help="make all --total clicks before sending (benchmarks measure sending alone)")
+    parser.add_argument("--direct", action="store_true",
+                        help="write each click into its partition's input instead of clicks:raw (no router hop)")
     parser.set_defaults(run=run_generator)
 
 

@@ -19,6 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clicks", type=positive_int, default=200_000, help="clicks to push through")
     parser.add_argument("--detectors", type=positive_int, default=2)
     parser.add_argument("--aggregators", type=positive_int, default=1)
+    parser.add_argument("--routers", type=positive_int, default=1,
+                        help="router agents (one routes at a time; more are stand-bys)")
+    parser.add_argument("--direct", action="store_true",
+                        help="the producer writes into the partitions itself, no router (the producer API)")
     parser.add_argument("--rate", type=non_negative_float, default=0.0,
                         help="offered load in clicks/s (default 0: flat out, which measures throughput; "
                              "a rate below it measures latency at that load)")

@@ -1,8 +1,10 @@
 """``fraud bench``: push N clicks through every stage and report what it took.
 
 It starts an embedded Redis Stack of its own (unless ``--use-running``), then a
-producer, detectors and aggregators as separate processes, as in production,
-and waits until every click is counted. Reported: end-to-end clicks/s (first
+producer, the router, detectors and aggregators as separate processes, as in
+production, and waits until every stage has committed all of its inputs. With
+``--direct`` the producer writes each click into its partition itself (the
+producer API) and no router runs: the difference is what the router's hop costs. Reported: end-to-end clicks/s (first
 XADD to last count), latency from XADD to verdict (entry id times), CPU per
 click of every process including Redis, and Redis memory.
 """
@@ -27,14 +29,16 @@ import orjson
 import psutil
 import redis
 
-from agents.pipeline import PIPELINE
+from agents.pipeline import AGGREGATOR, DETECTOR, PIPELINE, ROUTER
 from pipeline.client.connection import open_fast_client
 from pipeline.client.functions import library_source
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
-from pipeline.core.replies import pairs, text_pairs
+from pipeline.core.replies import text_pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
+from pipeline.ops.partition_reads import pipeline_drained, stats_totals
+from pipeline.runtime.stage import Stage
 
 
 @dataclass
@@ -77,7 +81,7 @@ def spawn_cli(settings: Settings, consumer: str, *argv: str, env: Mapping[str, s
     """A ``fraud`` command in a process of its own, on these settings, logging only warnings."""
     full_env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
                     FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
-                    FRAUD_CONSUMER=consumer, **(env or {}))
+                    FRAUD_CONSUMER=consumer, FRAUD_PARTITIONS=str(settings.partitions), **(env or {}))
     return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env, stdout=stdout)
 
 
@@ -85,43 +89,47 @@ def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None)
     return StageProcess(name, spawn_cli(settings, f"bench-{name}", *argv, stdout=stdout))
 
 
-async def group_drained(client: RespClient, stream: str, group: str) -> bool:
-    for info in await client.execute("XINFO", "GROUPS", stream):
-        fields = pairs(info)
-        if fields[b"name"].decode() == group:
-            return fields[b"pending"] == 0 and fields[b"lag"] == 0
-    return False
+def active_stages(direct: bool) -> list[Stage]:
+    """The stages a run uses: a direct producer writes into the partitions, and needs no router."""
+    return [stage for stage in PIPELINE if not (direct and stage is ROUTER)]
 
 
-async def pipeline_drained(client: RespClient, keys: Keys) -> bool:
-    """Every stage's group has read and acknowledged everything on its input stream."""
-    for stage in PIPELINE:
-        if not await group_drained(client, stage.input_stream(keys), stage.name):
-            return False
-    return True
-
-
-async def _wait_until_counted(client: RespClient, keys: Keys, producer: StageProcess,
-                              timeout: float) -> None:
+async def _wait_until_counted(client: RespClient, keys: Keys, settings: Settings, stages: list[Stage],
+                              producer: StageProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if producer.process.poll() is not None and await pipeline_drained(client, keys):
+        if producer.process.poll() is not None and await pipeline_drained(client, keys, settings.partitions, stages):
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("the pipeline did not finish in time")
 
 
-async def _latencies_ms(client: RespClient, stream: str) -> list[int]:
+async def _latencies_ms(client: RespClient, streams: list[str]) -> list[int]:
     latencies: list[int] = []
-    start = "-"
-    while True:
-        entries = await client.execute("XRANGE", stream, start, "+", "COUNT", 10_000)
-        if not entries:
-            return latencies
-        for entry_id, flat in entries:
-            raw_id = flat[flat.index(b"raw_id") + 1]
-            latencies.append(parse_id(entry_id)[0] - parse_id(raw_id)[0])
-        start = "(" + entries[-1][0].decode()
+    for stream in streams:
+        start = "-"
+        while True:
+            entries = await client.execute("XRANGE", stream, start, "+", "COUNT", 10_000)
+            if not entries:
+                break
+            for entry_id, flat in entries:
+                raw_id = flat[flat.index(b"raw_id") + 1]
+                latencies.append(parse_id(entry_id)[0] - parse_id(raw_id)[0])
+            start = "(" + entries[-1][0].decode()
+    return latencies
+
+
+async def _first_arrival_s(client: RespClient, streams: list[str]) -> float | None:
+    """The arrival time of the earliest click (its entry id's time), over the streams it entered by."""
+    firsts = [reply[0][0] for reply in await client.pipeline([("XRANGE", s, "-", "+", "COUNT", 1) for s in streams])
+              if reply]
+    return min(parse_id(entry_id)[0] for entry_id in firsts) / 1000 if firsts else None
+
+
+def _fresh_keys(keys: Keys, partitions: int) -> list[str]:
+    """What a previous run on a running server left that would be counted again."""
+    return [keys.raw, keys.config, *(key for part in keys.partitions(partitions)
+                                     for key in (part.input, part.verdicts, part.dead, part.stats, part.routed))]
 
 
 def _percentile(values: list[int], fraction: float) -> float:
@@ -139,30 +147,31 @@ async def _redis_cpu_s(client: RespClient) -> float:
     return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
 
 
-async def read_counters(client: RespClient, keys: Keys) -> dict[str, int]:
-    flat = await client.execute("HGETALL", keys.stats)
-    return {name: int(value) for name, value in text_pairs(flat).items()}
-
-
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(settings.namespace)
+    direct = getattr(args, "direct", False)
     client = await open_fast_client(settings)
-    await client.execute("DEL", keys.raw, keys.verdicts, keys.dead, keys.stats)
-    stages = [_spawn(f"detector-{i}", settings, "agent", "detector") for i in range(args.detectors)]
-    stages += [_spawn(f"aggregator-{i}", settings, "agent", "aggregator") for i in range(args.aggregators)]
-    for stage in PIPELINE:
-        while not await _group_exists(client, stage.input_stream(keys), stage.name):
-            await asyncio.sleep(0.05)
+    await client.execute("DEL", *_fresh_keys(keys, settings.partitions))
+    active = active_stages(direct)
+    counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
+    stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
+              for stage in active for i in range(counts[stage.name])]
+    # Every input of every stage is taken (its group made by its owner) before the clock starts.
+    for stage in active:
+        for unit in stage.units(settings):
+            while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
+                await asyncio.sleep(0.05)
     redis_cpu = await _redis_cpu_s(client)
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
     started = time.time()
     producer = _spawn("producer", settings, "agent", "generator", "--rate", str(args.rate), "--pregenerate",
-                      "--total", str(args.clicks), "--seed", "7", stdout=subprocess.PIPE)
+                      "--total", str(args.clicks), "--seed", "7", *(["--direct"] if direct else []),
+                      stdout=subprocess.PIPE)
     stages.append(producer)
     cpu: dict[str, float] = {}
     try:
-        await _wait_until_counted(client, keys, producer, args.timeout)
+        await _wait_until_counted(client, keys, settings, active, producer, args.timeout)
         finished = time.time()
         for stage in stages:
             if stage.process.poll() is None:
@@ -176,16 +185,23 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
                 stage.process.terminate()
         for stage in stages:
             stage.process.wait(30)
-    first_raw = await client.execute("XRANGE", keys.raw, "-", "+", "COUNT", 1)
-    if first_raw:
-        started = parse_id(first_raw[0][0])[0] / 1000
-    latencies = await _latencies_ms(client, keys.verdicts)
-    stats = await read_counters(client, keys)
+    parts = keys.partitions(settings.partitions)
+    first = await _first_arrival_s(client, [p.input for p in parts] if direct else [keys.raw])
+    if first is not None:
+        started = first
+    latencies = await _latencies_ms(client, [p.verdicts for p in parts])
+    stats = await stats_totals(client, keys, settings.partitions)
     memory = int((await client.execute("MEMORY", "STATS"))[1])
     persistence = await _persistence(client)
     await client.close()
-    _report(args, started, finished, latencies, cpu, redis_cpu, stats, memory, persistence)
+    _report(args, started, finished, latencies, cpu, redis_cpu, stats, memory, persistence,
+            _setup(args, settings, direct))
     return 0
+
+
+def _setup(args: argparse.Namespace, settings: Settings, direct: bool) -> dict[str, Any]:
+    """How the run was set up: the partitions, and how the clicks entered them."""
+    return {"partitions": settings.partitions, "direct": direct, "routers": 0 if direct else args.routers}
 
 
 async def _persistence(client: RespClient) -> str:
@@ -199,7 +215,7 @@ def _cpu_s(stage: StageProcess) -> float:
     return float(times.user + times.system)
 
 
-async def _group_exists(client: RespClient, stream: str, group: str) -> bool:
+async def group_exists(client: RespClient, stream: str, group: str) -> bool:
     if not await client.execute("EXISTS", stream):
         return False
     return any(text_pairs(g)["name"] == group
@@ -208,7 +224,7 @@ async def _group_exists(client: RespClient, stream: str, group: str) -> bool:
 
 def _report(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
             cpu: dict[str, float], redis_cpu: float, stats: dict[str, int], memory: int,
-            persistence: str) -> None:
+            persistence: str, setup: dict[str, Any]) -> None:
     clicks = args.clicks
     elapsed = finished - started
     result: dict[str, Any] = {
@@ -223,12 +239,17 @@ def _report(args: argparse.Namespace, started: float, finished: float, latencies
         "counted": stats.get("aggregator.counted", 0),
         "redis_memory_bytes": memory,
         "persistence": persistence,
+        **setup,
+        # Each stage's finished entries (an outcome each), summed over the partitions.
+        "finished": {stage.name: stage.finished_count(stats) for stage in PIPELINE},
     }
     if args.json:
         print(orjson.dumps(result).decode())
         return
+    entry = "written into the partitions (direct)" if setup["direct"] else f"{setup['routers']} router(s)"
     print(f"{clicks} clicks end to end in {elapsed:.2f} s: {result['clicks_per_s']:,} clicks/s"
-          f" ({args.detectors} detector(s), {args.aggregators} aggregator(s), Redis {persistence})")
+          f" ({setup['partitions']} partitions, {entry}, {args.detectors} detector(s),"
+          f" {args.aggregators} aggregator(s), Redis {persistence})")
     print(f"latency XADD -> verdict: p50 {result['latency_ms_p50']:.0f} ms, "
           f"p99 {result['latency_ms_p99']:.0f} ms")
     print("CPU per click (us): " + ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_click"].items()))

@@ -1,7 +1,7 @@
 """``fraud soak``: push many clicks through short retention and watch Redis memory stay flat.
 
-It starts an embedded Redis Stack of its own (as ``fraud bench`` does), runs a
-detector and an aggregator with short retention (streams trimmed after a few
+It starts an embedded Redis Stack of its own (as ``fraud bench`` does), runs the
+router, a detector and an aggregator with short retention (streams trimmed after a few
 seconds, device windows forgotten within two ``dedup_horizon_ms``), feeds N clicks
 at a steady rate and samples ``INFO memory`` every second. Memory that still
 grows after the warm-up is a leak: the report gives its slope per 100k clicks.
@@ -17,12 +17,14 @@ from typing import Any
 
 import psutil
 
+from agents.pipeline import PIPELINE
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import info_fields, pipeline_drained, read_counters, spawn_cli
+from pipeline.dev.bench import group_exists, info_fields, spawn_cli
+from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 
 # Short retention, so that a steady state is reached within seconds, not hours.
 RETENTION_ENV: dict[str, str] = {
@@ -43,6 +45,12 @@ class Sample:
     produced: int
     raw_len: int
     verdicts_len: int
+    # Summed over the partitions: the routed clicks not yet trimmed.
+    input_len: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.raw_len + self.input_len + self.verdicts_len
 
 
 @dataclass
@@ -72,8 +80,7 @@ class SoakResult:
 
     def bytes_per_click_in_flight(self) -> float:
         """Memory above the empty server per entry held in the streams, averaged after the warm-up."""
-        ratios = [(s.used_memory - self.baseline_memory) / (s.raw_len + s.verdicts_len)
-                  for s in self.warm() if s.raw_len + s.verdicts_len > 0]
+        ratios = [(s.used_memory - self.baseline_memory) / s.in_flight for s in self.warm() if s.in_flight > 0]
         return sum(ratios) / len(ratios) if ratios else 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -102,12 +109,19 @@ async def _used_memory(client: RespClient) -> int:
     return int((await info_fields(client, "memory"))["used_memory"])
 
 
-async def _sample(client: RespClient, keys: Keys, started: float) -> Sample:
-    replies = await client.pipeline([("XINFO", "STREAM", keys.raw), ("XLEN", keys.raw), ("XLEN", keys.verdicts)])
+async def _partition_lengths(client: RespClient, keys: Keys, partitions: int, stream: str) -> int:
+    """The entries of one stream (`input`, `verdicts`, `dead`), summed over the partitions."""
+    return sum(int(n) for n in await client.pipeline(
+        [("XLEN", getattr(part, stream)) for part in keys.partitions(partitions)]))
+
+
+async def _sample(client: RespClient, keys: Keys, partitions: int, started: float) -> Sample:
+    replies = await client.pipeline([("XINFO", "STREAM", keys.raw), ("XLEN", keys.raw)])
     info = replies[0]
     produced = 0 if isinstance(info, Exception) else int(pairs(info)[b"entries-added"])
-    return Sample(time.monotonic() - started, await _used_memory(client), produced,
-                  int(replies[1]), int(replies[2]))
+    return Sample(time.monotonic() - started, await _used_memory(client), produced, int(replies[1]),
+                  await _partition_lengths(client, keys, partitions, "verdicts"),
+                  await _partition_lengths(client, keys, partitions, "input"))
 
 
 async def _count_keys(client: RespClient, pattern: str) -> int:
@@ -120,27 +134,35 @@ async def _count_keys(client: RespClient, pattern: str) -> int:
             return total
 
 
+async def count_window_keys(client: RespClient, keys: Keys, partitions: int) -> int:
+    """Device windows alive in every partition."""
+    return sum([await _count_keys(client, part.window_prefix + "*") for part in keys.partitions(partitions)])
+
+
 async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str, str] = RETENTION_ENV,
                settle_s: float = 4.0, timeout: float = 1800.0) -> SoakResult:
     """Run the pipeline over ``clicks`` clicks at ``rate`` and sample memory; ``settle_s`` after the
     last count lets maintenance trim the tails before the end figures are taken."""
     keys = Keys(settings.namespace)
+    partitions = settings.partitions
     client = await open_fast_client(settings)
     processes: list[psutil.Popen] = []
     try:
         baseline = await _used_memory(client)
-        processes += [_spawn(settings, env, "detector", "agent", "detector"),
-                      _spawn(settings, env, "aggregator", "agent", "aggregator")]
-        while not (await client.execute("EXISTS", keys.raw) and await client.execute("EXISTS", keys.verdicts)):
-            await asyncio.sleep(0.05)
+        processes += [_spawn(settings, env, stage.name, "agent", stage.name) for stage in PIPELINE]
+        # Every input taken by its stage (its group made by its owner) before clicks come.
+        for stage in PIPELINE:
+            for unit in stage.units(settings):
+                while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
+                    await asyncio.sleep(0.05)
         started = time.monotonic()
         producer = _spawn(settings, env, "producer", "agent", "generator", "--rate", str(rate),
                           "--total", str(clicks), "--seed", "7")
         processes.append(producer)
         samples: list[Sample] = []
         while True:
-            samples.append(await _sample(client, keys, started))
-            if producer.poll() is not None and await pipeline_drained(client, keys):
+            samples.append(await _sample(client, keys, partitions, started))
+            if producer.poll() is not None and await pipeline_drained(client, keys, partitions):
                 break
             if time.monotonic() - started > timeout:
                 raise TimeoutError("the soak did not finish in time")
@@ -149,14 +171,14 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
             await asyncio.sleep(1.0)
         seconds = time.monotonic() - started
         await asyncio.sleep(settle_s)
-        end = await _sample(client, keys, started)
+        end = await _sample(client, keys, partitions, started)
         return SoakResult(
             clicks=clicks, seconds=seconds, samples=samples, baseline_memory=baseline,
             end_memory=end.used_memory,
-            stream_lengths={"raw": end.raw_len, "verdicts": end.verdicts_len,
-                            "dead": int(await client.execute("XLEN", keys.dead))},
-            window_keys=await _count_keys(client, keys.window_prefix + "*"),
-            stats=await read_counters(client, keys))
+            stream_lengths={"raw": end.raw_len, "input": end.input_len, "verdicts": end.verdicts_len,
+                            "dead": await _partition_lengths(client, keys, partitions, "dead")},
+            window_keys=await count_window_keys(client, keys, partitions),
+            stats=await stats_totals(client, keys, partitions))
     finally:
         for process in processes:
             if process.poll() is None:

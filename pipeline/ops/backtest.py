@@ -32,7 +32,7 @@ from pipeline.core.settings import Settings
 from pipeline.ops.backtest_report import DEAD, NONE, Outcomes
 from pipeline.ops.mapping import Mapping
 from pipeline.ops.replay_file import Sender, dead_letter_bad_line, trace_items
-from pipeline.ops.reprocess import CONSUMER, PAGE, copy_blacklist, drop, replay_settings
+from pipeline.ops.reprocess import CONSUMER, JUDGING_STAGES, PAGE, copy_blacklists, drop, replay_settings
 from pipeline.ops.trace_files import BadLine
 from pipeline.runtime.agent import run_burst
 
@@ -61,7 +61,7 @@ async def send_at_event_time(client: RespClient, settings: Settings, path: Path,
         for item in items:
             if isinstance(item, BadLine):
                 bad_lines += 1
-                await dead_letter_bad_line(sender, keys, item, progress, path, settings.max_field_bytes)
+                await dead_letter_bad_line(sender, keys, settings, item, progress, path)
                 continue
             ts = item.event_time()
             arrival = max(arrival, ts or 0, 1)
@@ -72,17 +72,19 @@ async def send_at_event_time(client: RespClient, settings: Settings, path: Path,
     return sent, bad_lines
 
 
-async def count_outcomes(client: RespClient, keys: Keys, sent: Counter[bool]) -> Outcomes:
+async def count_outcomes(client: RespClient, keys: Keys, partitions: int, sent: Counter[bool]) -> Outcomes:
     """(outcome, fraud) -> clicks, read from the key space's verdicts and dead letters."""
     counts: Counter[tuple[str, bool]] = Counter()
     truth = TRUTH.encode()
-    for stream, dead in ((keys.verdicts, False), (keys.dead, True)):
+    streams = [(stream, dead) for part in keys.partitions(partitions)
+               for stream, dead in ((part.verdicts, False), (part.dead, True))]
+    for stream, dead in streams:
         low = "-"
         while True:
             page = await client.execute("XRANGE", stream, low, "+", "COUNT", PAGE)
             for _, flat in page:
                 named = pairs(flat)
-                if truth not in named or (dead and named.get(b"stage") != b"detector"):
+                if truth not in named or (dead and named.get(b"stage") not in JUDGING_STAGES):
                     continue
                 outcome = DEAD if dead else named[b"verdict"].decode()
                 counts[outcome, named[truth] == b"1"] += 1
@@ -119,14 +121,14 @@ async def backtest(settings: Settings, name: str, path: Path, fmt: str, mapping:
         if await client.execute("EXISTS", replay.raw):
             raise FraudError(f"key space {replay.namespace} exists: drop it first "
                              f"(fraud replay --drop --name {name})")
-        await copy_blacklist(client, Keys(settings.namespace).blacklist, replay.blacklist)
+        await copy_blacklists(client, Keys(settings.namespace), replay, settings.partitions)
         started = time.monotonic()
         sent, bad_lines = await send_at_event_time(client, aside, path, fmt, mapping, progress_out)
         sent_at = time.monotonic()
         for stage in PIPELINE:
             await run_burst(stage, aside, CONSUMER)
         judged_at = time.monotonic()
-        outcomes = await count_outcomes(client, replay, sent)
+        outcomes = await count_outcomes(client, replay, settings.partitions, sent)
     finally:
         await client.close()
     if not keep:

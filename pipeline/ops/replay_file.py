@@ -21,7 +21,8 @@ from typing import Any, TextIO
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
-from pipeline.core.keys import Keys
+from pipeline.core.keys import Keys, PartitionKeys
+from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from pipeline.ops.mapping import Mapping
 from pipeline.ops.progress import Progress
@@ -73,8 +74,7 @@ class Pacer:
 
 def bad_line_fields(bad: BadLine, max_bytes: int) -> list[str]:
     text = bad.text if len(bad.text) <= max_bytes else bad.text[:max_bytes] + "...(truncated)"
-    return ["reason", f"bad_line: line {bad.line}: {bad.reason}", "stage", STAGE, "raw_id", "",
-            "deliveries", "0", "line", text]
+    return ["reason", f"bad_line: line {bad.line}: {bad.reason}", "stage", STAGE, "raw_id", "", "line", text]
 
 
 class Sender:
@@ -141,12 +141,18 @@ def trace_items(path: Path, fmt: str, mapping: Mapping | None,
             progress.finish()
 
 
-async def dead_letter_bad_line(sender: Sender, keys: Keys, bad: BadLine, progress: Progress, path: Path,
-                               max_bytes: int) -> None:
+def bad_line_partition(keys: Keys, settings: Settings) -> PartitionKeys:
+    """Where a line that is no click is dead-lettered: the partition of a click without a device."""
+    return keys.partition(partition_of(b"", settings.partitions))
+
+
+async def dead_letter_bad_line(sender: Sender, keys: Keys, settings: Settings, bad: BadLine, progress: Progress,
+                               path: Path) -> None:
     progress.note(f"{path}: line {bad.line}: {bad.reason}")
-    await sender.add(("XADD", keys.dead, "*", *bad_line_fields(bad, max_bytes)))
+    part = bad_line_partition(keys, settings)
+    await sender.add(("XADD", part.dead, "*", *bad_line_fields(bad, settings.max_field_bytes)))
     # Every dead letter is counted under its stage, as the agents count theirs.
-    await sender.add(("HINCRBY", keys.stats, f"{STAGE}.dead", 1))
+    await sender.add(("HINCRBY", part.stats, f"{STAGE}.dead", 1))
 
 
 async def replay_file(path: Path, fmt: str, speed: float | None, settings: Settings,
@@ -164,7 +170,7 @@ async def replay_file(path: Path, fmt: str, speed: float | None, settings: Setti
             for item in items:
                 if isinstance(item, BadLine):
                     summary.bad_lines += 1
-                    await dead_letter_bad_line(sender, keys, item, progress, path, settings.max_field_bytes)
+                    await dead_letter_bad_line(sender, keys, settings, item, progress, path)
                     continue
                 if retimer:
                     item = retimer(item)

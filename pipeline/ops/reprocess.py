@@ -1,10 +1,13 @@
-"""``fraud replay --from-stream``: re-run a range of the raw stream through the current rules, aside.
+"""``fraud replay --from-stream``: re-run a range of clicks through the current rules, aside.
 
-The range is copied, with the same entry ids (so clicks without ``ts`` keep
-the same event time), into the key space ``<namespace>:replay:<name>``,
-together with a snapshot of the live blacklist; the detector and the
-aggregator then run there in burst mode. Live keys are only read. The
-summary compares the replay's outcome per click with the live one.
+The clicks of the range are those of ``clicks:raw`` and those producers wrote straight into the
+partitions' inputs (a routed click is in both, under one id: it is taken once). They are copied,
+with the same entry ids (so clicks without ``ts`` keep the same event time), into the key space
+``<namespace>:replay:<name>``: the raw range to its ``clicks:raw`` as a record, and every click
+into its partition's input there, in id order (routed as the router does, which the replay's
+router group is then set past). A snapshot of the live blacklist's copies goes along; the
+detector and the aggregator then run there in burst mode. Live keys are only read. The summary
+compares the replay's outcome per click with the live one.
 
 Clicks at the start of the range see no window of the clicks before it, so a
 burst that straddles the start can be judged differently: start the range a
@@ -19,11 +22,13 @@ from collections import Counter
 from collections.abc import Collection
 from typing import Any
 
-from agents.pipeline import PIPELINE
+from agents.pipeline import DETECTOR, PIPELINE, ROUTER
 from pipeline.client.connection import open_fast_client
+from pipeline.client.partitioning import agree_partitions
 from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.partitions import device_field, partition_of
 from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
@@ -36,6 +41,8 @@ CONSUMER = "replay"
 DEAD = "dead"
 NONE = "none"
 OUTCOMES = (*VERDICTS, DEAD, NONE)
+# Dead letters that are a click's outcome: too big to route, or refused by the detector.
+JUDGING_STAGES = (ROUTER.name.encode(), DETECTOR.name.encode())
 
 
 def replay_settings(settings: Settings, name: str) -> Settings:
@@ -47,22 +54,43 @@ def replay_settings(settings: Settings, name: str) -> Settings:
     return dataclasses.replace(settings, namespace=replay.namespace, stream_keep_ms=int(time.time() * 1000))
 
 
-async def copy_range(client: RespClient, source: str, target: str, start: str, end: str) -> list[bytes]:
-    """XADD every entry of ``source`` in [start, end] to ``target`` with its own id; returns the ids."""
-    ids: list[bytes] = []
+Entries = list[tuple[bytes, list[bytes]]]
+# A click of the range: its partition and its entry id (ids are unique within a partition only).
+ClickRef = tuple[int, bytes]
+
+
+async def read_range(client: RespClient, source: str, start: str, end: str) -> Entries:
+    """Every entry of ``source`` in [start, end], in id order."""
+    out: Entries = []
     low = start
     while True:
         page = await client.execute("XRANGE", source, low, end, "COUNT", PAGE)
-        if not page:
-            return ids
-        replies = await client.pipeline([("XADD", target, entry_id, *fields) for entry_id, fields in page])
-        for reply in replies:
+        out += ((entry_id, list(fields)) for entry_id, fields in page)
+        if len(page) < PAGE:
+            return out
+        low = "(" + page[-1][0].decode()
+
+
+async def write_entries(client: RespClient, target: str, entries: Entries) -> None:
+    """XADD each entry to ``target`` under its own id (ascending), in pages."""
+    for first in range(0, len(entries), PAGE):
+        page = entries[first:first + PAGE]
+        for reply in await client.pipeline([("XADD", target, entry_id, *fields) for entry_id, fields in page]):
             if isinstance(reply, RespError):
                 raise FraudError(f"copying to {target} failed: {reply}")
-        ids += (entry_id for entry_id, _ in page)
-        if len(page) < PAGE:
-            return ids
-        low = "(" + page[-1][0].decode()
+
+
+async def range_by_partition(client: RespClient, live: Keys, partitions: int, raw: Entries,
+                             start: str, end: str) -> dict[int, Entries]:
+    """The range's clicks of each partition: the raw ones (by device, as routed) and the ones written
+    into the partition's input directly; a routed copy is the raw entry again, under its id."""
+    shares: dict[int, dict[bytes, list[bytes]]] = {p: {} for p in range(partitions)}
+    for entry_id, fields in raw:
+        shares[partition_of(device_field(fields), partitions)][entry_id] = fields
+    for number in range(partitions):
+        for entry_id, fields in await read_range(client, live.partition(number).input, start, end):
+            shares[number].setdefault(entry_id, fields)
+    return {p: sorted(share.items()) for p, share in shares.items() if share}
 
 
 async def copy_blacklist(client: RespClient, source: str, target: str) -> int:
@@ -79,23 +107,37 @@ async def copy_blacklist(client: RespClient, source: str, target: str) -> int:
         chunks += 1
 
 
-async def outcomes(client: RespClient, keys: Keys, first: bytes, raw_ids: Collection[bytes]) -> dict[bytes, str]:
-    """raw id -> what the detector made of it in this key space (a verdict, ``dead`` or ``none``)."""
-    found: dict[bytes, str] = {}
+async def copy_blacklists(client: RespClient, live: Keys, replay: Keys, partitions: int) -> int:
+    """Snapshot every partition's blacklist copy (filter and its member set) and the list of record
+    into the replay's key space; returns the filter chunks copied (0: no live blacklist yet)."""
+    chunks = 0
+    for number in range(partitions):
+        source, target = live.partition(number), replay.partition(number)
+        chunks += await copy_blacklist(client, source.blacklist, target.blacklist)
+        await client.execute("COPY", source.blacklist_members, target.blacklist_members)
+    await client.execute("COPY", live.blacklist_members, replay.blacklist_members)
+    return chunks
+
+
+async def outcomes(client: RespClient, keys: Keys, first: bytes, clicks: Collection[ClickRef]) -> dict[ClickRef, str]:
+    """click -> what the pipeline made of it in this key space (a verdict, ``dead`` or ``none``)."""
+    found: dict[ClickRef, str] = {}
     # A verdict or dead letter is written after its click, so its id is not lower.
     low = first.decode()
-    for stream, is_dead in ((keys.verdicts, False), (keys.dead, True)):
-        async for fields in _scan(client, stream, low):
-            named = pairs(fields)
-            raw_id = named.get(b"raw_id")
-            if raw_id not in raw_ids:
-                continue
-            if is_dead:
-                if named.get(b"stage") == b"detector":
-                    found[raw_id] = DEAD
-            else:
-                found[raw_id] = named[b"verdict"].decode()
-    return {raw_id: found.get(raw_id, NONE) for raw_id in raw_ids}
+    for number in sorted({p for p, _ in clicks}):
+        part = keys.partition(number)
+        for stream, is_dead in ((part.verdicts, False), (part.dead, True)):
+            async for fields in _scan(client, stream, low):
+                named = pairs(fields)
+                click = (number, named.get(b"raw_id", b""))
+                if click not in clicks:
+                    continue
+                if is_dead:
+                    if named.get(b"stage") in JUDGING_STAGES:
+                        found[click] = DEAD
+                else:
+                    found[click] = named[b"verdict"].decode()
+    return {click: found.get(click, NONE) for click in clicks}
 
 
 async def _scan(client: RespClient, stream: str, low: str) -> Any:
@@ -108,14 +150,16 @@ async def _scan(client: RespClient, stream: str, low: str) -> Any:
         low = "(" + page[-1][0].decode()
 
 
-async def series_sums(client: RespClient, keys: Keys) -> dict[str, int]:
-    sums: dict[str, int] = {}
-    for verdict in VERDICTS:
-        try:
-            samples = await client.execute("TS.RANGE", keys.series(verdict), "-", "+")
-        except RespError:
-            samples = []
-        sums[verdict] = int(sum(float(value) for _, value in samples))
+async def series_sums(client: RespClient, keys: Keys, partitions: int) -> dict[str, int]:
+    """Every sample of each verdict's series, summed over the partitions."""
+    sums: dict[str, int] = dict.fromkeys(VERDICTS, 0)
+    for part in keys.partitions(partitions):
+        for verdict in VERDICTS:
+            try:
+                samples = await client.execute("TS.RANGE", part.series(verdict), "-", "+")
+            except RespError:
+                samples = []
+            sums[verdict] += int(sum(float(value) for _, value in samples))
     return sums
 
 
@@ -127,8 +171,8 @@ class ReprocessReport:
     last: str
     copied: int
     blacklist_chunks: int
-    live: dict[bytes, str]
-    replay: dict[bytes, str]
+    live: dict[ClickRef, str]
+    replay: dict[ClickRef, str]
     series: dict[str, int]
 
     def changes(self) -> Counter[tuple[str, str]]:
@@ -138,8 +182,8 @@ class ReprocessReport:
         live, replay = Counter(self.live.values()), Counter(self.replay.values())
         blacklist = (f"a snapshot of the live blacklist ({self.blacklist_chunks} chunks)"
                      if self.blacklist_chunks else "no live blacklist (empty)")
-        lines = [f"replay {self.name!r}: {self.copied} raw entries {self.first} .. {self.last} "
-                 f"copied to {self.keys.raw}, with {blacklist}",
+        lines = [f"replay {self.name!r}: {self.copied} clicks {self.first} .. {self.last} "
+                 f"copied to {self.keys.namespace}, with {blacklist}",
                  f"{'outcome':<14}{'live':>8}{'replay':>8}"]
         lines += [f"{o:<14}{live[o]:>8}{replay[o]:>8}" for o in OUTCOMES]
         changes = self.changes()
@@ -155,21 +199,32 @@ async def reprocess(settings: Settings, name: str, start: str, end: str) -> Repr
     aside = replay_settings(settings, name)
     replay = Keys(aside.namespace)
     client = await open_fast_client(settings)
+    partitions = settings.partitions
     try:
-        if await client.execute("EXISTS", replay.raw):
+        if await client.execute("EXISTS", replay.config, replay.raw):
             raise FraudError(f"replay {name!r} exists: drop it first (fraud replay --drop --name {name})")
-        ids = await copy_range(client, live.raw, replay.raw, start, end)
-        if not ids:
-            raise FraudError(f"{live.raw} holds no entries from {start} to {end}")
-        chunks = await copy_blacklist(client, live.blacklist, replay.blacklist)
+        # The replay splits devices as the live pipeline does.
+        await agree_partitions(client.execute, live, partitions, record=False)
+        await agree_partitions(client.execute, replay, partitions)
+        raw = await read_range(client, live.raw, start, end)
+        shares = await range_by_partition(client, live, partitions, raw, start, end)
+        clicks = frozenset((p, entry_id) for p, share in shares.items() for entry_id, _ in share)
+        if not clicks:
+            raise FraudError(f"{live.raw} (nor any partition's input) holds no entries from {start} to {end}")
+        await write_entries(client, replay.raw, raw)
+        for number, share in shares.items():
+            await write_entries(client, replay.partition(number).input, share)
+        # Its clicks are in the partitions already: the replay's router has nothing left to route.
+        await client.execute("XGROUP", "CREATE", replay.raw, ROUTER.name, "$", "MKSTREAM", "ENTRIESREAD", len(raw))
+        chunks = await copy_blacklists(client, live, replay, partitions)
         for stage in PIPELINE:
             await run_burst(stage, aside, CONSUMER)
+        ids = sorted(entry_id for _, entry_id in clicks)
         first, last = ids[0], ids[-1]
-        id_set = frozenset(ids)
         return ReprocessReport(
-            name, replay, first.decode(), last.decode(), len(ids), chunks,
-            await outcomes(client, live, first, id_set), await outcomes(client, replay, first, id_set),
-            await series_sums(client, replay))
+            name, replay, first.decode(), last.decode(), len(clicks), chunks,
+            await outcomes(client, live, first, clicks), await outcomes(client, replay, first, clicks),
+            await series_sums(client, replay, partitions))
     finally:
         await client.close()
 
