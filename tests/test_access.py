@@ -17,8 +17,10 @@ import redis
 
 from pipeline.core.keys import Keys
 from pipeline.core.log import redact_url
+from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 from tests.conftest import LIBSSL_DIR, PROJECT_ROOT, free_port, running
+from tests.outputs import read_partitions, stats_totals
 
 ADMIN_PASSWORD = "adm1n-Pa55"
 # Characters that must be quoted in a URL, so that the quoting is exercised too.
@@ -76,22 +78,23 @@ def test_every_fast_path_works_with_credentials_and_a_database(
     ok(fraud(url, "generate", "--out", str(trace), "--clicks", "300", "--seed", "3", home=tmp_path))
     output = ok(fraud(url, "replay", str(trace), home=tmp_path))
     output += ok(fraud(url, "agent", "generator", "--rate", "0", "--total", "200", "--seed", "4", home=tmp_path))
+    output += ok(fraud(url, "agent", "router", "--burst", home=tmp_path))
     output += ok(fraud(url, "agent", "detector", "--burst", home=tmp_path))
     output += ok(fraud(url, "agent", "aggregator", "--burst", home=tmp_path))
-    output += ok(fraud(url, "group", "reset", "--stream", "raw", "--group", "detector", "--to-earliest", "--force",
+    output += ok(fraud(url, "group", "reset", "--stream", "raw", "--group", "router", "--to-earliest", "--force",
                        home=tmp_path))
     output += ok(fraud(url, "replay", "--from-stream", "--name", "again", home=tmp_path))
     output += ok(fraud(url, "status", home=tmp_path))
     assert_no_secret(output)
-    keys = Keys()
+    settings = Settings()
+    keys = Keys(settings.namespace)
     # The work landed in the URL's database, and only there.
     with redis.Redis(port=locked_server.port, password=ADMIN_PASSWORD, db=db) as admin:
         assert admin.xlen(keys.raw) == 500
-        verdicts = admin.xlen(keys.verdicts)
-        dead = admin.xlen(keys.dead)
+        verdicts = len(read_partitions(admin, settings, "verdicts"))
+        dead = len(read_partitions(admin, settings, "dead"))
         assert verdicts + dead > 0
-        counted = int(admin.hget(keys.stats, "aggregator.counted") or 0)
-        assert counted == verdicts
+        assert stats_totals(admin, settings)["aggregator.counted"] == verdicts
     with redis.Redis(port=locked_server.port, password=ADMIN_PASSWORD, db=1 - db) as other:
         assert other.dbsize() == 0
 

@@ -14,10 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from agents.aggregator import OFFENDERS, offender_spans
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys
+from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
+from pipeline.ops.blacklist import add_ips
 from tests.arrival import xadd_at_event_time
 from tests.helpers import run_pipeline, stream_entries
 
@@ -26,15 +29,24 @@ FLAGGED = VERDICTS[1:]
 LISTED_IP = "203.0.113.9"
 
 
-def read_offenders(settings: Settings, dimension: str, from_ms: int, to_ms: int, limit: int = 1_000) -> list[Any]:
-    """The read the dashboard makes (FCALL_RO: it writes nothing), each row parsed."""
+def offenders_command(settings: Settings, dimension: str, from_ms: int, to_ms: int, limit: int) -> list[str]:
+    """The read the dashboard makes (FCALL_RO: it writes nothing): the declared step, with every
+    partition's offender prefix as KEYS (beyond the step's named keys, of which it has none)."""
     fine_ms, coarse_ms = offender_spans(settings)
     argv = OFFENDERS.argv(
-        {"offenders": Keys(settings.namespace).offenders_prefix},
-        {"dimension": dimension, "verdicts": ",".join(FLAGGED), "from": from_ms, "to": to_ms,
-         "fine_ms": fine_ms, "coarse_ms": coarse_ms, "max_range_ms": settings.series_retention_ms, "limit": limit})
+        {}, {"dimension": dimension, "verdicts": ",".join(FLAGGED), "from": from_ms, "to": to_ms,
+             "fine_ms": fine_ms, "coarse_ms": coarse_ms, "max_range_ms": settings.series_retention_ms,
+             "limit": limit})
+    prefixes = [part.offenders_prefix for part in Keys(settings.namespace).partitions(settings.partitions)]
+    assert argv[2] == 0, "no named keys: every key is a partition's prefix"
+    return [str(word) for word in ("FCALL_RO", argv[1], len(prefixes), *prefixes, *argv[3:])]
+
+
+def read_offenders(settings: Settings, dimension: str, from_ms: int, to_ms: int, limit: int = 1_000) -> list[Any]:
+    """The dashboard's read, each row parsed."""
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        return [json.loads(row) for row in client.execute_command("FCALL_RO", *argv[1:])]
+        return [json.loads(row) for row in client.execute_command(
+            *offenders_command(settings, dimension, from_ms, to_ms, limit))]
 
 
 def spam_bursts(t0: int, minutes: int) -> list[list[str]]:
@@ -52,16 +64,28 @@ def spam_bursts(t0: int, minutes: int) -> list[list[str]]:
 def exact_offenders(settings: Settings, dimension: str, lo_ms: int, hi_ms: int) -> dict[str, dict[str, int]]:
     """From the verdict stream: flagged clicks per member and verdict with ts in [lo, hi)."""
     out: dict[str, Counter[str]] = {}
-    for _, fields in stream_entries(settings, Keys(settings.namespace).verdicts):
+    for _, fields in verdict_entries(settings):
         if fields["verdict"] in FLAGGED and lo_ms <= int(fields["ts"]) < hi_ms:
             out.setdefault(fields[dimension], Counter())[fields["verdict"]] += 1
     return {member: {v: counts[v] for v in FLAGGED} for member, counts in out.items()}
 
 
+def verdict_entries(settings: Settings) -> list[tuple[str, dict[str, str]]]:
+    """Every partition's verdicts: an address's clicks come from devices of many partitions."""
+    return [e for part in Keys(settings.namespace).partitions(settings.partitions)
+            for e in stream_entries(settings, part.verdicts)]
+
+
+async def blacklist(settings: Settings, *ips: str) -> None:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await add_ips(client, Keys(settings.namespace), settings, list(ips))
+    finally:
+        await client.aclose()
+
+
 async def feed(settings: Settings, t0: int, minutes: int) -> None:
-    with redis.Redis.from_url(settings.redis_url) as client:
-        client.execute_command("CF.RESERVE", Keys(settings.namespace).blacklist, 1000)
-        client.execute_command("CF.ADD", Keys(settings.namespace).blacklist, LISTED_IP)
+    await blacklist(settings, LISTED_IP)
     xadd_at_event_time(settings, spam_bursts(t0, minutes))
     await run_pipeline(settings)
 
@@ -96,18 +120,24 @@ async def test_a_bucket_keeps_at_most_its_bound_and_the_heavy_hitters(settings: 
     settings = replace(settings, offenders_per_bucket=5)
     now = int(time.time() * 1000)
     minute = (now - 10 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
-    # In one minute: one heavy device (40 flagged clicks) among 60 devices with 2 flagged clicks each.
+    # In one minute and one partition (a bucket is a partition's): one heavy device (40 flagged
+    # clicks) among 60 devices with 2 flagged clicks each.
+    home = partition_of("heavy", settings.partitions)
+    lights = [d for d in (f"light{n}" for n in range(100 * settings.partitions))
+              if partition_of(d, settings.partitions) == home][:60]
+    assert len(lights) == 60
     clicks = [["device_id", "heavy", "ip", "10.0.0.1", "ts", str(minute + 100 + k)] for k in range(42)]
-    for d in range(60):
-        clicks += [["device_id", f"light{d}", "ip", "10.0.0.2", "ts", str(minute + 1_000 + d * 100 + k)]
+    for d, device in enumerate(lights):
+        clicks += [["device_id", device, "ip", "10.0.0.2", "ts", str(minute + 1_000 + d * 100 + k)]
                    for k in range(4)]
     xadd_at_event_time(settings, sorted(clicks, key=lambda c: int(c[-1])))
     await run_pipeline(settings)
     flagged = 40 + 60 * 2
     keys = Keys(settings.namespace)
     with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+        part = keys.partition(home)
         for span in offender_spans(settings):
-            key = keys.offenders("device_id", "click_spam", span, minute - minute % span)
+            key = part.offenders("device_id", "click_spam", span, minute - minute % span)
             members = dict(client.zrange(key, 0, -1, withscores=True))
             assert len(members) == 5, "the bound"
             # Space-Saving: the counts sum to the bucket's flagged clicks; each is over-stated by at

@@ -20,14 +20,20 @@ import redis
 
 from pipeline.client.functions import library_source
 from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
 from pipeline.dev.certificates import TlsFiles
 from pipeline.dev.credentials import credentials_file, tls_folder
 from pipeline.ops.acl import ROLES
 from tests.conftest import LIBSSL_DIR, free_port
+from tests.outputs import stats_totals
 from tests.test_access import fraud, ok
 from tests.test_grafana_dashboard import FRAUD, dashboard_range, plugin_command, targets
 
-KEYS = Keys()
+SETTINGS = Settings()
+KEYS = Keys(SETTINGS.namespace)
+PARTITIONS = KEYS.partitions(SETTINGS.partitions)
+# One partition's keys stand for every partition's (the rules name them all by one pattern).
+PART = KEYS.partition(SETTINGS.partitions - 1)
 
 
 class Protected:
@@ -61,6 +67,11 @@ def protected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Protected]:
         ok(fraud(server.url, "server", "stop", home=home))
 
 
+def refusals(protected: Protected) -> list[Any]:
+    with protected.client("admin", decode_responses=True) as admin:
+        return list(admin.execute_command("ACL", "LOG"))
+
+
 def test_the_pipeline_runs_over_tls_with_a_user_per_role(protected: Protected, tmp_path: Path) -> None:
     url, home = protected.url, protected.home
     with protected.client("admin") as admin:
@@ -70,22 +81,31 @@ def test_the_pipeline_runs_over_tls_with_a_user_per_role(protected: Protected, t
     trace = tmp_path / "trace.jsonl"
     ok(fraud(url, "generate", "--out", str(trace), "--clicks", "100", "--seed", "6", home=home))
     output += ok(fraud(url, "replay", str(trace), home=home))
-    output += ok(fraud(url, "agent", "detector", "--burst", home=home))
-    output += ok(fraud(url, "agent", "aggregator", "--burst", home=home))
-    output += ok(fraud(url, "agent", "monitor", "--once", "--interval", "0.1", home=home))
+    for stage in ("router", "detector", "aggregator"):
+        output += ok(fraud(url, "agent", stage, "--burst", home=home))
+    for password in protected.passwords().values():
+        assert password not in output
+    assert refusals(protected) == [], "a role was refused something its job needs"
+    with protected.client("admin") as admin:
+        verdicts, dead = (sum(admin.xlen(getattr(p, s)) for p in PARTITIONS) for s in ("verdicts", "dead"))
+        stats = stats_totals(admin, SETTINGS)
+        assert admin.xlen(KEYS.raw) == 500 and verdicts + dead == 500 - stats.get("detector.duplicate", 0)
+        assert stats["router.routed"] == 500 and stats["aggregator.counted"] == verdicts
+
+
+def test_the_watchers_and_tools_run_with_their_roles(protected: Protected) -> None:
+    url, home = protected.url, protected.home
+    with protected.client("admin") as admin:
+        admin.execute_command("ACL", "LOG", "RESET")
+    output = ok(fraud(url, "agent", "monitor", "--once", "--interval", "0.1", home=home))
     output += ok(fraud(url, "status", home=home))
-    output += ok(fraud(url, "group", "reset", "--stream", "raw", "--group", "detector", "--to-earliest", "--force",
+    output += ok(fraud(url, "group", "reset", "--stream", "raw", "--group", "router", "--to-earliest", "--force",
                        home=home))
     output += ok(fraud(url, "replay", "--from-stream", "--name", "again", home=home))
     for password in protected.passwords().values():
         assert password not in output
-    with protected.client("admin", decode_responses=True) as admin:
-        refusals = admin.execute_command("ACL", "LOG")
-        assert refusals == [], f"a role was refused something its job needs: {refusals}"
-        verdicts, dead = admin.xlen(KEYS.verdicts), admin.xlen(KEYS.dead)
-        assert admin.xlen(KEYS.raw) == 500 and verdicts + dead == 500 - int(
-            admin.hget(KEYS.stats, "detector.duplicate") or 0)
-        assert int(admin.hget(KEYS.stats, "aggregator.counted") or 0) == verdicts
+    assert refusals(protected) == [], "a role was refused something its job needs"
+    with protected.client("admin") as admin:
         assert admin.keys(KEYS.health_series("*", "*"))
 
 
@@ -108,22 +128,35 @@ ADMIN_ONLY = [("FUNCTION", "LOAD", "REPLACE", "#!lua name=evil\nredis.register_f
               ("SHUTDOWN", "NOSAVE"), ("KEYS", "*"), ("CLIENT", "KILL", "ID", "1")]
 # What each role must not do, besides the admin's commands.
 REFUSED: dict[str, list[tuple[str, ...]]] = {
-    "producer": [("XRANGE", KEYS.verdicts, "-", "+"), ("XREAD", "STREAMS", KEYS.verdicts, "0"),
-                 ("XRANGE", KEYS.raw, "-", "+"), ("CF.ADD", KEYS.blacklist, "192.0.2.1"),
+    "producer": [("XRANGE", PART.verdicts, "-", "+"), ("XREAD", "STREAMS", PART.input, "0"),
+                 ("XRANGE", KEYS.raw, "-", "+"), ("CF.ADD", PART.blacklist, "192.0.2.1"),
                  ("SREM", KEYS.blacklist_members, "192.0.2.1"), ("FCALL", "fraud_detect", "0"),
-                 ("DEL", KEYS.raw), ("HGETALL", KEYS.stats)],
-    "detector": [("CF.ADD", KEYS.blacklist, "192.0.2.1"), ("CF.DEL", KEYS.blacklist, "192.0.2.1"),
-                 ("TS.ADD", KEYS.series("clean"), "*", "1"), ("XGROUP", "SETID", KEYS.raw, "detector", "0"),
-                 ("EVAL", "return 1", "0")],
+                 ("DEL", KEYS.raw), ("HGETALL", PART.stats), ("HSET", KEYS.config, "partitions", "3"),
+                 ("XADD", PART.verdicts, "*", "a", "b"), ("XADD", PART.dead, "*", "a", "b")],
+    "router": [("XADD", PART.verdicts, "*", "a", "b"), ("XRANGE", PART.input, "-", "+"),
+               ("XREAD", "STREAMS", PART.input, "0"), ("CF.ADD", PART.blacklist, "192.0.2.1"),
+               ("HSET", PART.lease("detector"), "owner", "x"), ("XGROUP", "SETID", PART.input, "detector", "0"),
+               ("HSET", PART.stats, "router.routed", "0"), ("DEL", PART.routed), ("DEL", KEYS.raw),
+               ("FCALL", "fraud_lease", "1", PART.lease("detector"), "0"), ("EVAL", "return 1", "0")],
+    "detector": [("CF.ADD", PART.blacklist, "192.0.2.1"), ("CF.DEL", PART.blacklist, "192.0.2.1"),
+                 ("TS.ADD", PART.series("clean"), "*", "1"), ("XGROUP", "SETID", KEYS.raw, "router", "0"),
+                 ("XREAD", "STREAMS", KEYS.raw, "0"), ("XADD", KEYS.raw, "*", "a", "b"),
+                 ("HSET", PART.lease("aggregator"), "owner", "x"), ("HSET", PART.stats, "x", "1"),
+                 ("FCALL", "fraud_lease", "1", PART.lease("aggregator"), "0"),
+                 ("ZADD", KEYS.members("aggregator"), "1", "x"), ("DEL", PART.verdicts), ("EVAL", "return 1", "0")],
     "aggregator": [("XADD", KEYS.raw, "*", "a", "b"), ("XRANGE", KEYS.raw, "-", "+"),
-                   ("CF.ADD", KEYS.blacklist, "192.0.2.1"), ("XGROUP", "SETID", KEYS.verdicts, "aggregator", "0")],
+                   ("XREAD", "STREAMS", PART.input, "0"), ("CF.ADD", PART.blacklist, "192.0.2.1"),
+                   ("XGROUP", "SETID", PART.input, "detector", "0"), ("XADD", PART.verdicts, "*", "a", "b"),
+                   ("HSET", PART.lease("detector"), "owner", "x"), ("DEL", PART.series("clean")),
+                   ("FCALL", "fraud_lease", "1", PART.lease("detector"), "0")],
     "monitor": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"), ("DEL", KEYS.raw),
-                ("CF.ADD", KEYS.blacklist, "192.0.2.1"), ("XGROUP", "SETID", KEYS.raw, "detector", "0")],
+                ("CF.ADD", PART.blacklist, "192.0.2.1"), ("XGROUP", "SETID", PART.input, "detector", "0"),
+                ("HSET", PART.lease("detector"), "owner", "x"), ("HSETNX", KEYS.config, "partitions", "3")],
     "operator": [("SET", "elsewhere", "1"), ("GET", "elsewhere")],
     "dashboard": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"),
                   ("SET", f"{KEYS.namespace}:x", "1"), ("DEL", KEYS.raw), ("XTRIM", KEYS.raw, "MAXLEN", "0"),
-                  ("TS.ADD", KEYS.series("clean"), "*", "1"), ("CF.ADD", KEYS.blacklist, "192.0.2.1"),
-                  ("XGROUP", "SETID", KEYS.raw, "detector", "0"), ("EVAL", "return 1", "0"),
+                  ("TS.ADD", PART.series("clean"), "*", "1"), ("CF.ADD", PART.blacklist, "192.0.2.1"),
+                  ("XGROUP", "SETID", PART.input, "detector", "0"), ("EVAL", "return 1", "0"),
                   ("GET", "elsewhere"), ("CLIENT", "LIST"), ("MONITOR",)],
 }
 
@@ -153,7 +186,7 @@ def test_the_dashboard_user_runs_every_panel_and_no_raw_write(protected: Protect
             dashboard.execute_command(*plugin_command(target, from_ms, to_ms))
         # The plugin runs a target's raw `query` (type command) word for word: the user is the limit.
         for query in (f"XADD {KEYS.raw} * device_id d ip 192.0.2.1", f"DEL {KEYS.raw}", "FLUSHALL",
-                      "CONFIG SET appendonly no", f"HSET {KEYS.stats} x 1", "FUNCTION DELETE fraud"):
+                      "CONFIG SET appendonly no", f"HSET {PART.stats} x 1", "FUNCTION DELETE fraud"):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 dashboard.execute_command(*query.split())
         # FCALL_RO (the offender tables) runs only functions flagged no-writes: never a step.

@@ -1,30 +1,38 @@
 """One Redis ACL user per role, each allowed only the commands its job needs, on the keys it needs.
 
-The key patterns are derived from ``Keys`` (never written out twice), so they follow the namespace.
-Commands a Redis Function runs are checked against the calling user too: a stage's user needs the
-commands its step runs inside ``fraud.lua`` as well as the ``FCALL`` itself. Creating what a
-stage works on (its group, its series, the filter) is allowed by a selector limited to that
-command on those keys only, so a stage started before ``fraud setup`` still finds its things.
+The key patterns are derived from ``Keys`` (never written out twice), so they follow the namespace;
+a partition's key becomes one pattern for that key in every partition (``clicks:{*}:in``), so the
+rules hold whatever ``FRAUD_PARTITIONS`` is. Commands a Redis Function runs are checked against
+the calling user too, each with its keys: a stage's user gets ``FCALL`` on every key it passes,
+and each command its steps run inside ``fraud.lua`` in a selector limited to the keys that
+command is for (``HSET`` on its leases only, ``XGROUP SETID`` on its inputs only...). Creating
+what a stage works on (its group, its series, the filter) is allowed the same way, so a stage
+started before ``fraud setup`` still finds its things.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.keys import VERDICTS, Keys, PartitionKeys
 
 ADMIN = "admin"
-ROLES: tuple[str, ...] = ("producer", "detector", "aggregator", "monitor", "operator", "admin", "dashboard")
+ROLES: tuple[str, ...] = ("producer", "router", "detector", "aggregator", "monitor", "operator", "admin",
+                          "dashboard")
 
 # Every user may log in, pick its database, check the server's modules (each client's first step)
 # and ping; nobody gets Pub/Sub channels.
 _BASE = ("resetchannels", "-@all", "+ping", "+select", "+hello", "+client|setinfo", "+client|setname",
          "+module|list")
-# What a consumer-group stage runs itself and inside its Function steps (fraud.lua).
-_STAGE = ("+xreadgroup", "+xack", "+xadd", "+xautoclaim", "+xclaim", "+xpending", "+xtrim", "+xinfo|stream",
-          "+xinfo|groups", "+xinfo|consumers", "+xgroup|delconsumer", "+hincrby", "+fcall", "+function|list")
-_SERIES_WRITE = ("+ts.add", "+ts.madd", "+ts.get", "+ts.info", "+ts.alter")
+# A stage calls its steps and checks the library is loaded; what the steps run is granted per key.
+_STAGE = ("+fcall", "+function|list")
+# fraud_lease and fraud_member (the server's clock, the lease hashes, the members' sorted set);
+# every step's fence reads its lease (HMGET) too.
+_MEMBERSHIP = ("+time", "+hmget", "+hset", "+zremrangebyscore", "+zadd", "+zrem", "+zrange")
+# The offset of a stage's input: read from it, create its group and read where it stands, move it
+# (in the step: XGROUP SETID), trim what every group is done with (fraud_trim).
+_INPUT = ("+xread", "+xgroup|create", "+xinfo|groups", "+xgroup|setid", "+xpending", "+xtrim")
 _SERIES_CREATE = ("+ts.create", "+ts.createrule", "+ts.alter")
 # Module commands are named one by one: Redis 7's modules put them in no ACL category.
 _SERIES_READ = ("+ts.get", "+ts.mget", "+ts.range", "+ts.revrange", "+ts.mrange", "+ts.mrevrange", "+ts.info",
@@ -43,43 +51,96 @@ def _glob(key: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in key)
 
 
-def _keys(mode: str, *names: str) -> list[str]:
-    return [f"{mode}~{name}" for name in names]
+def in_every_partition(keys: Keys, name: Callable[[PartitionKeys], str]) -> str:
+    """An ACL pattern for one key of every partition: its name with the partition's number a
+    wildcard. Found by comparing two partitions' names, so how a partition is spelt in a key
+    stays ``PartitionKeys``' alone."""
+    first, second = name(keys.partition(0)), name(keys.partition(1))
+    head = _shared(first, second)
+    tail = _shared(first[::-1], second[::-1])
+    assert head + tail < len(first), f"{first!r} does not name its partition"
+    return _glob(first[:head]) + "*" + _glob(first[len(first) - tail:])
 
 
-def _selector(*parts: str) -> str:
-    return "(" + " ".join(parts) + ")"
+def _shared(a: str, b: str) -> int:
+    """How many characters two strings share at their start."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _keys(mode: str, *patterns: str) -> list[str]:
+    return [f"{mode}~{pattern}" for pattern in patterns]
+
+
+def _selector(commands: tuple[str, ...], *patterns: str) -> str:
+    """Commands allowed on these keys only (a command passes when one selector allows it and all its keys)."""
+    return "(" + " ".join((*commands, *_keys("", *patterns))) + ")"
+
+
+def _stage_rules(keys: Keys, stage: str, lease: str, inputs: tuple[str, ...], own: tuple[str, ...],
+                 *jobs: str) -> list[str]:
+    """A stage's user: FCALL on every key it passes to its steps, its membership and leases, the
+    number of partitions, its inputs' offsets, then its own jobs (selectors)."""
+    members = _glob(keys.members(stage))
+    return [*_BASE, *_STAGE, *_keys("", lease, members, *inputs, *own),
+            _selector(("+hsetnx", "+hget"), _glob(keys.config)),
+            _selector(_MEMBERSHIP, lease, members),
+            _selector(_INPUT, *inputs), *jobs]
 
 
 def role_rules(role: str, keys: Keys) -> list[str]:
     """The ACL rules of one role (without its password), ``ACL SETUSER`` words."""
     g = _glob
+
+    def each(name: Callable[[PartitionKeys], str]) -> str:
+        return in_every_partition(keys, name)
+
     everything = g(keys.namespace) + ":*"
-    series = [g(keys.series(v)) for v in VERDICTS] + [g(keys.rollup(v)) for v in VERDICTS]
+    inputs, verdicts, dead, stats = (each(lambda k: k.input), each(lambda k: k.verdicts), each(lambda k: k.dead),
+                                     each(lambda k: k.stats))
+    commits = {stage: each(lambda k, s=stage: k.commits(s)) for stage in ("detector", "aggregator")}
+    series = [each(lambda k, v=v: k.series(v)) for v in VERDICTS]
+    rollups = [each(lambda k, v=v: k.rollup(v)) for v in VERDICTS]
     if role == "producer":
-        # Sends clicks, and nothing else: it reads nothing back (`fraud replay FILE` is the operator's).
-        return [*_BASE, "+xadd", *_keys("%W", g(keys.raw))]
+        # Sends clicks, to clicks:raw or straight into their partitions (after reading how many
+        # there are), and nothing else: it reads nothing back (`fraud replay FILE` is the operator's).
+        return [*_BASE, _selector(("+xadd",), g(keys.raw), inputs), _selector(("+hget",), g(keys.config))]
+    if role == "router":
+        # fraud_route copies into a partition's input (or dead letters), counts, and marks how far it went.
+        routed = each(lambda k: k.routed)
+        return _stage_rules(keys, "router", g(keys.lease("router")), (g(keys.raw),), (inputs, dead, stats, routed),
+                            _selector(("+xadd", "+xinfo|stream"), inputs),
+                            _selector(("+xadd",), dead), _selector(("+hincrby",), stats),
+                            _selector(("+get", "+set"), routed))
     if role == "detector":
-        return [*_BASE, *_STAGE, "+del", "+zadd", "+zcount", "+zrangebyscore", "+zremrangebyscore", "+zscore",
-                "+cf.mexists", "+cf.exists",
-                # The blacklist too: FCALL's keys count as written; only CF.MEXISTS reaches it.
-                *_keys("", g(keys.raw), g(keys.verdicts), g(keys.dead), g(keys.stats), g(keys.window_index),
-                       g(keys.window_prefix) + "*", g(keys.blacklist)),
-                _selector("+xgroup|create", f"~{g(keys.raw)}"),
-                _selector("+cf.reserve", f"~{g(keys.blacklist)}")]
+        windows, index, blacklist = each(lambda k: k.window_prefix) + "*", each(lambda k: k.window_index), \
+            each(lambda k: k.blacklist)
+        # The blacklist too: FCALL's keys count as written; only CF.MEXISTS (and its creation) reaches it.
+        return _stage_rules(keys, "detector", each(lambda k: k.lease("detector")), (inputs,),
+                            (verdicts, dead, stats, commits["detector"], blacklist, index),
+                            _selector(("+xadd",), verdicts, dead, commits["detector"]),
+                            _selector(("+xtrim",), dead), _selector(("+hincrby",), stats),
+                            _selector(("+cf.mexists", "+cf.reserve"), blacklist),
+                            _selector(("+zadd", "+zscore", "+zcount", "+zremrangebyscore", "+zrangebyscore", "+zrem",
+                                       "+del"), windows, index))
     if role == "aggregator":
         # Its step also keeps the offender buckets (bounded sorted sets, each with an expiry).
-        return [*_BASE, *_STAGE, *_SERIES_WRITE, "+zscore", "+zcard", "+zincrby", "+zpopmin", "+zadd", "+pexpireat",
-                *_keys("", g(keys.verdicts), g(keys.dead), g(keys.stats), *series, g(keys.offenders_prefix) + "*"),
-                _selector("+xgroup|create", f"~{g(keys.verdicts)}"),
-                _selector(*_SERIES_CREATE, *(f"~{s}" for s in series))]
+        offenders = each(lambda k: k.offenders_prefix) + "*"
+        return _stage_rules(keys, "aggregator", each(lambda k: k.lease("aggregator")), (verdicts,),
+                            (dead, stats, commits["aggregator"], *series, offenders),
+                            _selector(("+xadd",), dead, commits["aggregator"]),
+                            _selector(("+xtrim",), dead), _selector(("+hincrby",), stats),
+                            _selector(("+ts.get", "+ts.add"), *series),
+                            _selector(_SERIES_CREATE, *series, *rollups),
+                            _selector(("+zscore", "+zcard", "+zincrby", "+zpopmin", "+zadd", "+pexpireat"), offenders))
     if role == "monitor":
-        # Reads the streams' and groups' state, writes its own health series.
+        # Reads the streams', groups', leases' and members' state, writes its own health series.
         health = g(keys.health_series("", ""))[:-1] + "*"
+        leases = [g(keys.lease("*"))[:-2] + "*", each(lambda k: k.lease("")) + "*"]
         return [*_BASE, "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+xlen", "+xrevrange", "+xrange",
-                "+hgetall", "+hget", "+memory|usage", "+time", "+ts.get", "+ts.info", "+ts.add", "+ts.madd",
-                "+ts.create", "+ts.alter",
-                *_keys("%R", g(keys.raw), g(keys.verdicts), g(keys.dead), g(keys.stats)),
+                "+hgetall", "+hget", "+hmget", "+zrange", "+zcard", "+memory|usage", "+time", "+ts.get", "+ts.info",
+                "+ts.add", "+ts.madd", "+ts.create", "+ts.alter",
+                *_keys("%R", g(keys.raw), g(keys.config), g(keys.members("")) + "*", *leases, inputs, verdicts,
+                       dead, stats, *commits.values()),
                 *_keys("", health)]
     if role == "operator":
         # Blacklist, group moves, replays and re-processing aside, status: anything on the
