@@ -63,6 +63,7 @@ def test_baseline_benches_both_designs_side_by_side(bench_home: Path, capsys: py
     # Each design ran its own tree's code: the baseline's from the worktree, the current from this tree.
     assert f"current {head[:10]}" in captured.err and f"imports {PROJECT_ROOT}/pipeline/" in captured.err
     assert re.search(r"baseline \w+ imports \S*fraud-baseline-\w+/tree/pipeline/", captured.err)
+    assert re.search(r"^load average \(1 min\) as the runs began: [\d.]+-[\d.]+$", captured.out, re.MULTILINE)
     assert baseline_worktrees() == []
 
 
@@ -75,6 +76,7 @@ def test_baseline_json_carries_every_run(bench_home: Path, capsys: pytest.Captur
     for run in document["runs"]:
         assert run["report"]["clicks"] == 2000 and run["report"]["clicks_per_s"] > 0
         assert run["report"]["persistence"] == "without AOF"
+        assert run["load_before"] >= 0
     assert [row["design"] for row in document["summary"]] == ["baseline", "current"]
     assert all(row["redis_cpu_us_per_click"]["median"] > 0 for row in document["summary"])
 

@@ -10,6 +10,7 @@ min-max of end-to-end clicks/s and of Redis CPU per click, and whether AOF was o
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ class Run:
     detectors: int
     round: int
     report: dict[str, Any]
+    # The machine's 1-minute load average as the run began: other work on it skews every figure.
+    load_before: float
 
     @property
     def clicks_per_s(self) -> float:
@@ -71,18 +74,22 @@ def compare(args: argparse.Namespace, home: Path) -> int:
             for round_ in range(args.repeat):
                 for tree in (baseline, current):
                     _progress(f"run {len(runs) + 1}/{total}: {tree.label} {tree.short}, {detectors} detector(s)")
+                    load_before = os.getloadavg()[0]
                     report = run_tree_bench(tree, home, [*options, "--detectors", str(detectors)],
                                             args.timeout + _START_UP_ALLOWANCE_S)
-                    runs.append(Run(tree.label, detectors, round_, report))
+                    runs.append(Run(tree.label, detectors, round_, report, load_before))
     summary = summarise(runs)
     if args.json:
         document = {"baseline": baseline.describe(), "current": current.describe(), "repeat": args.repeat,
-                    "runs": [{"design": r.design, "detectors": r.detectors, "round": r.round, "report": r.report}
+                    "runs": [{"design": r.design, "detectors": r.detectors, "round": r.round,
+                              "load_before": r.load_before, "report": r.report}
                              for r in runs],
                     "summary": summary}
         print(orjson.dumps(document).decode())
     else:
         print_table(baseline, current, summary, args)
+        loads = [run.load_before for run in runs]
+        print(f"load average (1 min) as the runs began: {min(loads):.2f}-{max(loads):.2f}")
     return 0
 
 
