@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
 import orjson
 import pytest
 
 from pipeline.cli.main import main
 from pipeline.core.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_pushes_every_click_through_and_reports(settings: Settings, monkeypatch: pytest.MonkeyPatch,
@@ -40,3 +46,76 @@ def test_bench_direct_writes_into_the_partitions_without_a_router(
     assert (report["direct"], report["routers"]) == (True, 0)
     # Nothing went through clicks:raw, and every click still has one outcome.
     assert report["finished"] == {"router": 0, "detector": 3000, "aggregator": report["counted"]}
+
+
+@pytest.fixture
+def bench_home(tmp_path: Path, libssl_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A FRAUD_HOME of the test's own, sharing the session's libssl with every server it starts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "libssl").symlink_to(libssl_dir, target_is_directory=True)
+    monkeypatch.setenv("FRAUD_HOME", str(home))
+    return home
+
+
+def baseline_worktrees() -> list[str]:
+    listing = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    return [line for line in listing.splitlines() if line.startswith("worktree ") and "fraud-baseline-" in line]
+
+
+def test_baseline_benches_both_designs_side_by_side(bench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert main(["bench", "--baseline", "HEAD", "--clicks", "2000", "--repeat", "1", "--compare-detectors", "1"]) == 0
+    captured = capsys.readouterr()
+    rows = {line.split()[0]: line for line in captured.out.splitlines() if line.startswith(("baseline ", "current "))}
+    assert set(rows) == {"baseline", "current"}
+    for design, row in rows.items():
+        # design, commit, detectors, then clicks/s, Redis and all-process CPU: median (min-max) each.
+        assert re.fullmatch(rf"{design}\s+{head[:10]}(\+dirty)?\s+1\s+[\d,]+ \([\d,]+-[\d,]+\)\s+"
+                            r"[\d.]+ \([\d.]+-[\d.]+\)\s+[\d.]+ \([\d.]+-[\d.]+\)\s+AOF appendfsync everysec", row), row
+    # Each design ran its own tree's code: the baseline's from the worktree, the current from this tree.
+    assert f"current {head[:10]}" in captured.err and f"imports {PROJECT_ROOT}/pipeline/" in captured.err
+    assert re.search(r"baseline \w+ imports \S*fraud-baseline-\w+/tree/pipeline/", captured.err)
+    assert re.search(r"^load average \(1 min\) as the runs began: [\d.]+-[\d.]+$", captured.out, re.MULTILINE)
+    assert baseline_worktrees() == []
+
+
+def test_baseline_json_carries_every_run(bench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--baseline", "HEAD", "--clicks", "2000", "--repeat", "1", "--compare-detectors", "1",
+                 "--no-aof", "--json"]) == 0
+    document = orjson.loads(capsys.readouterr().out)
+    assert document["baseline"]["commit"] == document["current"]["commit"]
+    assert [(run["design"], run["detectors"]) for run in document["runs"]] == [("baseline", 1), ("current", 1)]
+    for run in document["runs"]:
+        assert run["report"]["clicks"] == 2000 and run["report"]["clicks_per_s"] > 0
+        assert run["report"]["persistence"] == "without AOF"
+        assert run["load_before"] >= 0
+    assert [row["design"] for row in document["summary"]] == ["baseline", "current"]
+    assert all(row["redis_cpu_us_per_click"]["median"] > 0 for row in document["summary"])
+
+
+def test_a_failing_baseline_run_is_one_line_and_leaves_no_worktree(bench_home: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # A bench that cannot finish in a millisecond fails for certain, after its worktree was made.
+    assert main(["bench", "--baseline", "HEAD", "--clicks", "2000", "--repeat", "1", "--timeout", "0.001"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("fraud: error: the baseline bench (") and "did not finish in time" in error
+    assert baseline_worktrees() == []
+
+
+def test_baseline_needs_a_commit_and_git(bench_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--baseline", "no-such-ref-anywhere"]) == 1
+    assert capsys.readouterr().err.startswith("fraud: error: --baseline 'no-such-ref-anywhere' names no commit")
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no git on it
+    assert main(["bench", "--baseline", "HEAD"]) == 1
+    assert capsys.readouterr().err == "fraud: error: --baseline needs git, and git is not on PATH\n"
+
+
+def test_comparison_options_need_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--compare-detectors", "1,2"]) == 2
+    assert "need --baseline" in capsys.readouterr().err
+    assert main(["bench", "--baseline", "HEAD", "--use-running"]) == 2
+    assert "drop --use-running" in capsys.readouterr().err

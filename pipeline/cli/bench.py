@@ -5,13 +5,39 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.args import non_negative_float, positive_float, positive_int
+from pipeline.core.errors import FraudError
 from pipeline.core.settings import Settings
 from pipeline.dev.bench import _bench, bench_server
+from pipeline.dev.bench_compare import compare
+
+DEFAULT_REPEAT = 3
+
+
+class BenchUsageError(FraudError):
+    """Options that do not go together: a bad argument, hence status 2."""
+
+    exit_code = 2
 
 
 async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     with bench_server(settings, args.use_running, aof=not args.no_aof) as bench_settings:
         return await _bench(args, bench_settings)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> object:
+    if args.baseline is None:
+        if args.compare_detectors is not None or args.repeat is not None:
+            raise BenchUsageError("--compare-detectors and --repeat compare designs: they need --baseline")
+        return run_bench(args, settings)
+    if args.use_running:
+        raise BenchUsageError("--baseline runs each design on a fresh embedded server: drop --use-running")
+    args.repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
+    return compare(args, settings.home)
+
+
+def detector_counts(text: str) -> list[int]:
+    """``1,2``: the detector counts to compare at, each a positive whole number."""
+    return [positive_int(part.strip()) for part in text.split(",")]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,5 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")
     parser.add_argument("--no-aof", action="store_true",
                         help="run the embedded server without its append-only file (no persistence)")
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also bench this commit of the repository (checked out aside), alternating "
+                             "runs with the current tree, and print both side by side")
+    parser.add_argument("--compare-detectors", type=detector_counts, metavar="N[,N...]",
+                        help="with --baseline: the detector counts to compare at (default: --detectors)")
+    parser.add_argument("--repeat", type=positive_int, metavar="N",
+                        help=f"with --baseline: runs of each design per detector count (default {DEFAULT_REPEAT})")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.set_defaults(run=run_bench)
+    parser.set_defaults(run=run)
