@@ -81,7 +81,7 @@ def test_every_fast_path_works_with_credentials_and_a_database(
     output += ok(fraud(url, "agent", "router", "--burst", home=tmp_path))
     output += ok(fraud(url, "agent", "detector", "--burst", home=tmp_path))
     output += ok(fraud(url, "agent", "aggregator", "--burst", home=tmp_path))
-    output += ok(fraud(url, "group", "reset", "--stream", "raw", "--group", "router", "--to-earliest", "--force",
+    output += ok(fraud(url, "group", "reset", "--stage", "router", "--to-earliest", "--force",
                        home=tmp_path))
     output += ok(fraud(url, "replay", "--from-stream", "--name", "again", home=tmp_path))
     output += ok(fraud(url, "status", home=tmp_path))

@@ -572,11 +572,11 @@ async def test_health_panels_plot_what_the_real_monitor_records(settings: Settin
     got = {t["filter"].split("measure=")[1]: frames(run(settings, t, from_ms, to_ms), t)
            for _, t in targets(FRAUD) if "metric=pipeline_health" in t.get("filter", "")}
     # The pipeline ran dry: nothing lags or waits; the dead letters are the invalid clicks.
-    assert {stage: list(s.values()) for stage, s in got["lag"].items()} == {"detector": [0.0], "aggregator": [0.0]}
-    assert {stage: list(s.values()) for stage, s in got["pending"].items()} == {"detector": [0.0],
-                                                                                 "aggregator": [0.0]}
+    every_stage = {"router": [0.0], "detector": [0.0], "aggregator": [0.0]}
+    assert {stage: list(s.values()) for stage, s in got["lag"].items()} == every_stage
+    assert {stage: list(s.values()) for stage, s in got["pending"].items()} == every_stage
     assert {stage: list(s.values()) for stage, s in got["dead_letters"].items()} == {"dead": [len(invalid_ids)]}
-    assert set(got["throughput"]) <= {"detector", "aggregator"}
+    assert set(got["throughput"]) <= {"router", "detector", "aggregator"}
     assert all(v >= 0 for s in got["throughput"].values() for v in s.values())
 
 

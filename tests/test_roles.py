@@ -99,7 +99,7 @@ def test_the_watchers_and_tools_run_with_their_roles(protected: Protected) -> No
         admin.execute_command("ACL", "LOG", "RESET")
     output = ok(fraud(url, "agent", "monitor", "--once", "--interval", "0.1", home=home))
     output += ok(fraud(url, "status", home=home))
-    output += ok(fraud(url, "group", "reset", "--stream", "raw", "--group", "router", "--to-earliest", "--force",
+    output += ok(fraud(url, "group", "reset", "--stage", "router", "--to-earliest", "--force",
                        home=home))
     output += ok(fraud(url, "replay", "--from-stream", "--name", "again", home=home))
     for password in protected.passwords().values():

@@ -137,8 +137,8 @@ def role_rules(role: str, keys: Keys) -> list[str]:
         health = g(keys.health_series("", ""))[:-1] + "*"
         leases = [g(keys.lease("*"))[:-2] + "*", each(lambda k: k.lease("")) + "*"]
         return [*_BASE, "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+xlen", "+xrevrange", "+xrange",
-                "+hgetall", "+hget", "+hmget", "+zrange", "+zcard", "+memory|usage", "+time", "+ts.get", "+ts.info",
-                "+ts.add", "+ts.madd", "+ts.create", "+ts.alter",
+                "+hgetall", "+hget", "+hmget", "+zrange", "+zrangebyscore", "+zcard", "+memory|usage", "+time",
+                "+ts.get", "+ts.info", "+ts.add", "+ts.madd", "+ts.create", "+ts.alter",
                 *_keys("%R", g(keys.raw), g(keys.config), g(keys.members("")) + "*", *leases, inputs, verdicts,
                        dead, stats, *commits.values()),
                 *_keys("", health)]

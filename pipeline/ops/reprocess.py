@@ -90,7 +90,8 @@ async def range_by_partition(client: RespClient, live: Keys, partitions: int, ra
     for number in range(partitions):
         for entry_id, fields in await read_range(client, live.partition(number).input, start, end):
             shares[number].setdefault(entry_id, fields)
-    return {p: sorted(share.items()) for p, share in shares.items() if share}
+    # By id as numbers: as bytes, "5-10" sorts before "5-9".
+    return {p: sorted(share.items(), key=lambda entry: parse_id(entry[0])) for p, share in shares.items() if share}
 
 
 async def copy_blacklist(client: RespClient, source: str, target: str) -> int:
