@@ -22,8 +22,7 @@ import redis
 
 from agents.detector import Detector
 from agents.generator import blacklisted_ips, traffic
-from agents.pipeline import DETECTOR, PIPELINE
-from agents.pipeline import stage as stage_named
+from agents.pipeline import DETECTOR
 from pipeline.client.connection import open_fast_client, open_redis
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
@@ -33,7 +32,7 @@ from pipeline.runtime.leases import Assignment
 from pipeline.runtime.stage import BatchContext, Entry
 from tests.accounting import Outcomes, check_exactly_once
 from tests.helpers import run_burst, xadd_all
-from tests.outputs import group_state, lease_owners, pipeline_drained, read_stream
+from tests.outputs import check_commit_logs, group_state, lease_owners, lease_ran_out, pipeline_drained
 from tests.procs import freeze, kill_and_settle, spawn_agent, stop_all, uncommitted_owned, wait_until
 from tests.rule_model import RuleModel, ip_address
 
@@ -103,33 +102,6 @@ def pipeline_outcomes(out: Outcomes) -> list[str]:
         return "duplicate"
 
     return [outcome(entry_id) for entry_id, _ in out.raw]
-
-
-def check_commit_logs(client: redis.Redis, settings: Settings) -> int:
-    """Every partition's commit log of every partitioned stage: batches follow each other without
-    overlap, epochs never go back, and each epoch has one owner. Returns how many epochs there were."""
-    keys = Keys(settings.namespace)
-    epochs = 0
-    for stage in (s for s in PIPELINE if s.partitioned):
-        for unit in stage.units(settings):
-            owners: dict[int, bytes] = {}
-            last_epoch, last_id = 0, (0, 0)
-            for _, flat in read_stream(client, keys.partition(unit).commits(stage.name)):
-                record = dict(zip(flat[::2], flat[1::2], strict=True))
-                epoch, owner = int(record[b"epoch"]), record[b"owner"]
-                first, last = (stream_id(record[b"first"]), stream_id(record[b"last"]))
-                where = f"{stage.name} partition {unit} epoch {epoch}"
-                assert epoch >= last_epoch, f"{where}: committed after epoch {last_epoch}"
-                assert owners.setdefault(epoch, owner) == owner, f"{where}: two owners {owners[epoch]!r}, {owner!r}"
-                assert last_id < first <= last, f"{where}: batch {first}..{last} overlaps what ended at {last_id}"
-                last_epoch, last_id = epoch, last
-            epochs += len(owners)
-    return epochs
-
-
-def stream_id(text: bytes) -> tuple[int, int]:
-    ms, seq = text.split(b"-")
-    return int(ms), int(seq)
 
 
 @dataclass
@@ -250,14 +222,6 @@ def clicks(n: int) -> list[list[str]]:
 def one_partition(settings: Settings) -> Settings:
     """One partition and small batches, so that batches are easy to name."""
     return replace(settings, partitions=1, batch_size=100)
-
-
-def lease_ran_out(settings: Settings, stage: str, unit: int) -> bool:
-    with redis.Redis.from_url(settings.redis_url) as client:
-        lease = stage_named(stage).lease_key(Keys(settings.namespace), unit)
-        until = int(client.hget(lease, "until") or 0)
-        seconds, micros = client.time()
-    return until < seconds * 1000 + micros // 1000
 
 
 async def test_offset_is_committed_only_with_its_batch(settings: Settings) -> None:
