@@ -23,15 +23,14 @@ import redis
 from agents.detector import Detector
 from agents.generator import blacklisted_ips, traffic
 from agents.pipeline import DETECTOR
-from pipeline.client.connection import open_fast_client, open_redis
+from pipeline.client.connection import open_fast_client
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.ops.blacklist import add_ips
 from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.leases import Assignment
 from pipeline.runtime.stage import BatchContext, Entry
 from tests.accounting import Outcomes, check_exactly_once
-from tests.helpers import run_burst, xadd_all
+from tests.helpers import list_ips, run_burst, xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, lease_ran_out, pipeline_drained
 from tests.procs import freeze, kill_and_settle, spawn_agent, stop_all, uncommitted_owned, wait_until
 from tests.rule_model import RuleModel, ip_address
@@ -46,17 +45,6 @@ BLIND_KILL_EVERY = 4
 CLICKS_PER_BATCH = 500
 BATCH_INTERVAL_S = 0.1
 CHAOS_LIMIT_S = 150
-
-
-def load_blacklist(settings: Settings) -> None:
-    async def load() -> None:
-        client = await open_redis(settings)
-        try:
-            await add_ips(client, Keys(settings.namespace), settings, blacklisted_ips())
-        finally:
-            await client.aclose()
-
-    asyncio.run(load())
 
 
 class Producer(threading.Thread):
@@ -120,7 +108,7 @@ def test_sigkills_of_partition_owners_keep_every_click_exactly_once(settings: Se
     uncommitted entries: the victim is frozen (SIGSTOP) first and killed only if it then owns
     some, so it cannot commit them in between; whatever it had already sent, Redis runs before
     the count is taken. Then every click's outcome is the sequential model's, exactly once."""
-    load_blacklist(settings)
+    asyncio.run(list_ips(settings, blacklisted_ips()))
     rng = random.Random(SEED)
     names = {"detector": 0, "aggregator": 0}
     log = tmp_path / "agents.log"
