@@ -9,8 +9,10 @@ import redis
 
 from agents.pipeline import PIPELINE
 from agents.pipeline import stage as stage_named
+from pipeline.client.connection import open_redis
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
+from pipeline.ops.blacklist import add_ips
 from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.agent import run_burst as burst
 from schemas.verdict import Verdict
@@ -67,3 +69,12 @@ def series_totals(settings: Settings) -> dict[str, int]:
                 samples: list[Any] = client.execute_command("TS.RANGE", part.series(verdict), "-", "+")
                 totals[verdict] += int(sum(float(value) for _, value in samples))
     return totals
+
+
+async def list_ips(settings: Settings, ips: Iterable[str]) -> None:
+    """List addresses the way `fraud blacklist add` does (every partition's filter and member set in step)."""
+    client = await open_redis(settings)
+    try:
+        await add_ips(client, Keys(settings.namespace), settings, list(ips))
+    finally:
+        await client.aclose()

@@ -78,3 +78,39 @@ def lease_owners(client: redis.Redis, settings: Settings, stage_name: str) -> di
     stage = next(s for s in PIPELINE if s.name == stage_name)
     return {unit: (client.hget(stage.lease_key(keys, unit), "owner") or b"").decode()
             for unit in stage.units(settings)}
+
+
+def check_commit_logs(client: redis.Redis, settings: Settings) -> int:
+    """Every partition's commit log of every partitioned stage: batches follow each other without
+    overlap, epochs never go back, and each epoch has one owner. Returns how many epochs there were."""
+    keys = Keys(settings.namespace)
+    epochs = 0
+    for stage in (s for s in PIPELINE if s.partitioned):
+        for unit in stage.units(settings):
+            owners: dict[int, bytes] = {}
+            last_epoch, last_id = 0, (0, 0)
+            for _, flat in read_stream(client, keys.partition(unit).commits(stage.name)):
+                record = dict(zip(flat[::2], flat[1::2], strict=True))
+                epoch, owner = int(record[b"epoch"]), record[b"owner"]
+                first, last = (stream_id(record[b"first"]), stream_id(record[b"last"]))
+                where = f"{stage.name} partition {unit} epoch {epoch}"
+                assert epoch >= last_epoch, f"{where}: committed after epoch {last_epoch}"
+                assert owners.setdefault(epoch, owner) == owner, f"{where}: two owners {owners[epoch]!r}, {owner!r}"
+                assert last_id < first <= last, f"{where}: batch {first}..{last} overlaps what ended at {last_id}"
+                last_epoch, last_id = epoch, last
+            epochs += len(owners)
+    return epochs
+
+
+def stream_id(text: bytes) -> tuple[int, int]:
+    ms, seq = text.split(b"-")
+    return int(ms), int(seq)
+
+
+def lease_ran_out(settings: Settings, stage: str, unit: int) -> bool:
+    """Whether the lease of `stage` on partition `unit` has run out (or was never taken), by the server's clock."""
+    with redis.Redis.from_url(settings.redis_url) as client:
+        lease = next(s for s in PIPELINE if s.name == stage).lease_key(Keys(settings.namespace), unit)
+        until = int(client.hget(lease, "until") or 0)
+        seconds, micros = client.time()
+    return until < seconds * 1000 + micros // 1000

@@ -25,14 +25,14 @@ from hypothesis import strategies as st
 
 from agents.detector import Detector
 from agents.pipeline import DETECTOR
-from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.stage import BatchContext, Entry
 from schemas.click import canonical_ip
 from tests.accounting import check_exactly_once
 from tests.arrival import xadd_arrived
-from tests.helpers import run_pipeline, xadd_all
+from tests.helpers import list_ips, run_burst, run_pipeline, xadd_all
+from tests.outputs import read_partitions, stats_totals
 from tests.rule_model import RuleModel
 
 KNOWN = [b"device_id", b"ip", b"ts", b"transaction_id"]
@@ -125,11 +125,9 @@ def outcome_of(out_verdicts: dict[bytes, dict[bytes, bytes]], dead: dict[bytes, 
 @given(entries=arrived_entries(), batch_size=st.sampled_from([1, 3, 500]), threshold=st.sampled_from([1, 2]))
 def test_the_pipeline_gives_every_entry_the_modelled_outcome(
         settings: Settings, entries: list[tuple[int, list[bytes]]], batch_size: int, threshold: int) -> None:
-    keys = Keys(settings.namespace)
     with redis.Redis.from_url(settings.redis_url) as client:
         client.flushall()
-        client.execute_command("CF.RESERVE", keys.blacklist, 1000)
-        client.execute_command("CF.ADD", keys.blacklist, LISTED)
+    asyncio.run(list_ips(settings, [LISTED]))
     ids = xadd_arrived(settings, entries)
     settings = replace(settings, batch_size=batch_size, click_spam_threshold=threshold)
     asyncio.run(run_pipeline(settings))
@@ -147,8 +145,8 @@ def test_the_pipeline_gives_every_entry_the_modelled_outcome(
     for letter in out.dead.values():
         assert len(letter[b"reason"]) < 4096
     with redis.Redis.from_url(settings.redis_url) as client:
-        for _, fields in client.xrange(keys.dead):
-            assert len(fields) <= 4 + settings.max_field_count
+        for _, flat in read_partitions(client, settings, "dead"):
+            assert len(flat) <= 2 * (3 + settings.max_field_count)
 
 
 class PoisonedDetector(Detector):
@@ -164,6 +162,7 @@ class PoisonedDetector(Detector):
 async def test_poison_entry_is_dead_lettered_and_the_rest_flow(settings: Settings) -> None:
     clicks = [["device_id", "poison" if i == 7 else f"dev-{i}", "ip", "192.0.2.1"] for i in range(20)]
     ids = xadd_all(settings, clicks)
+    await run_burst(settings, "router")
     agent = StreamAgent(DETECTOR, settings, handler=PoisonedDetector(settings), burst=True, consumer="p")
     await agent.start()
     await agent.loop_done.wait()
@@ -177,4 +176,4 @@ async def test_poison_entry_is_dead_lettered_and_the_rest_flow(settings: Setting
     assert letter[b"device_id"] == b"poison"
     assert sorted(out.verdicts) == sorted(i.encode() for n, i in enumerate(ids) if n != 7)
     with redis.Redis.from_url(settings.redis_url) as client:
-        assert client.hget(Keys().stats, "detector.dead") == b"1"
+        assert stats_totals(client, settings)["detector.dead"] == 1

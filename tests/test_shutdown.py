@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
-from tests.procs import group_state, spawn_agent, stop_all, wait_until, waiting_on_frozen_server
+from tests.helpers import run_burst
+from tests.outputs import lease_owners
+from tests.procs import spawn_agent, stop_all, wait_until, waiting_on_frozen_server
 
 SHUTDOWN_TIMEOUT_S = 2.0
 # Interpreter teardown and the process' own exit, beyond the shutdown timeout.
@@ -27,6 +30,7 @@ BACKLOG = 60_000
 
 
 def load_backlog(url: str, n: int) -> None:
+    """The backlog on the raw stream, routed into the partitions (no router runs beside the detector)."""
     raw = Keys().raw
     with redis.Redis.from_url(url) as client:
         for first in range(0, n, 5000):
@@ -34,10 +38,21 @@ def load_backlog(url: str, n: int) -> None:
             for i in range(first, min(n, first + 5000)):
                 pipe.xadd(raw, {"device_id": f"dev-{i % 3000}", "ip": "192.0.2.1", "transaction_id": f"tx-{i}"})
             pipe.execute()
+    asyncio.run(run_burst(Settings(redis_url=url), "router"))
 
 
 def verdict_count(client: redis.Redis) -> int:
-    return int(client.xlen(Keys().verdicts))
+    return sum(int(client.xlen(part.verdicts)) for part in Keys().partitions(Settings().partitions))
+
+
+def committed(client: redis.Redis) -> list[tuple[int, int]]:
+    """(partition, entries the detector group has committed) of every partition."""
+    out = []
+    for unit, part in enumerate(Keys().partitions(Settings().partitions)):
+        groups = {g["name"]: g for g in client.xinfo_groups(part.input)} if client.exists(part.input) else {}
+        group = groups.get(DETECTOR.name.encode())
+        out.append((unit, int(group["entries-read"] or 0) if group else 0))
+    return out
 
 
 def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
@@ -50,8 +65,8 @@ def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, fl
 
 
 def recover_and_check(settings: Settings, consumer: str) -> None:
-    """A detector drains what is left (the stopped one's pending entries included); then every
-    click of the backlog has exactly one verdict."""
+    """A detector drains what is left (from each partition's committed offset); then every click of
+    the backlog has exactly one verdict."""
     restarted = spawn_agent(settings.redis_url, "detector", consumer, ENV, "--burst")
     try:
         assert wait_exit(restarted, 90)[0] == 0
@@ -72,8 +87,10 @@ def test_sigterm_mid_backlog_exits_zero_and_loses_nothing(settings: Settings, tm
             assert code == 0
             done = verdict_count(client)
             assert done < BACKLOG, "the backlog was finished before the signal: nothing was tested"
-            state = group_state(client, Keys().raw, DETECTOR.name)
-            assert state is not None and state[1] == 0, "the batch in hand was left unacknowledged"
+            # Its batch in hand committed, it handed its partitions over as it left.
+            settings_here = Settings(redis_url=settings.redis_url)
+            assert set(lease_owners(client, settings_here, DETECTOR.name).values()) == {""}, "leases kept"
+            assert done == sum(state[1] for state in committed(client)), "verdicts and offsets disagree"
     finally:
         stop_all([process])
     recover_and_check(settings, "d2")
@@ -91,7 +108,7 @@ def frozen(fresh_server: EmbeddedRedis) -> EmbeddedRedis:
 @pytest.mark.parametrize("signals", [1, 2], ids=["timeout", "second-signal"])
 def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_path: Path, signals: int) -> None:
     """Redis stops answering mid-batch: one SIGTERM exits after the shutdown timeout, two exit at once;
-    the entries held stay pending and are processed exactly once after a restart."""
+    the batch in hand stays uncommitted and is processed exactly once after a restart."""
     url = frozen.url
     load_backlog(url, BACKLOG)
     process = spawn_agent(url, "detector", "d1", ENV, log=tmp_path / "agent.log")
@@ -122,6 +139,7 @@ def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_pa
     if signals == 2:
         assert "second signal, stopping at once" in log
     settings = Settings(redis_url=url, home=tmp_path)
-    # What it held is pending now, unless Redis, thawed, still ran the step it had been sent
-    # (then it was applied and acknowledged together): either way, exactly once below.
+    # What it held is uncommitted now, unless Redis, thawed, still ran the step it had been sent
+    # (then it was applied and committed together): either way, exactly once below. Under the same
+    # name, its own leases (still running) are taken at a new epoch at once.
     recover_and_check(settings, "d1")

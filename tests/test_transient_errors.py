@@ -21,7 +21,8 @@ from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.stage import BatchContext, Entry
 from pipeline.runtime.worker import run_agent
 from tests.accounting import check_exactly_once
-from tests.helpers import xadd_all
+from tests.helpers import run_burst, xadd_all
+from tests.outputs import read_partitions, stage_drained
 
 BALLAST = "ballast"
 
@@ -34,15 +35,16 @@ async def test_a_server_out_of_memory_is_waited_out_never_dead_lettered(fresh_se
                                                                         tmp_path: Path) -> None:
     settings = Settings(redis_url=fresh_server.url, home=tmp_path)
     ids = xadd_all(settings, [["device_id", f"d{i}", "ip", "192.0.2.1"] for i in range(50)])
+    await run_burst(settings, "router")
     with redis.Redis.from_url(settings.redis_url) as client:
         agent = StreamAgent(DETECTOR, settings, burst=True, consumer="c")
         read = agent.read
         filled: list[int] = []
 
-        async def read_then_fill_memory(from_id: str, block: bool) -> list[Entry]:
+        async def read_then_fill_memory(block: bool) -> dict[int, list[Entry]]:
             # Memory runs out between the read of a batch and its step, for certain: the real
             # thing, filled past maxmemory (noeviction), so the server refuses every write step.
-            entries = await read(from_id, block)
+            entries = await read(block)
             if entries and not filled:
                 client.setrange(BALLAST, 8 << 20, "x")
                 client.config_set("maxmemory-policy", "noeviction")
@@ -59,7 +61,7 @@ async def test_a_server_out_of_memory_is_waited_out_never_dead_lettered(fresh_se
             await wait_async(lambda: bool(filled) and oom_refusals(client) >= filled[0] + 3, 30,
                              "three OOM refusals of the agent's steps")
             assert not agent.loop_done.is_set()
-            assert client.xlen(Keys().dead) == 0 and client.xlen(Keys().verdicts) == 0
+            assert not read_partitions(client, settings, "dead") and not read_partitions(client, settings, "verdicts")
             client.delete(BALLAST)
             await asyncio.wait_for(agent.loop_done.wait(), 60)
         finally:
@@ -86,18 +88,21 @@ class Broken(Detector):
 async def test_a_step_that_fails_for_its_input_dead_letters_it(settings: Settings) -> None:
     # The counterpart: an error about the command itself is the entry's, so it is dead-lettered.
     ids = xadd_all(settings, [["device_id", "d", "ip", "192.0.2.1"]])
+    await run_burst(settings, "router")
     agent = StreamAgent(DETECTOR, settings, handler=Broken(settings), burst=True, consumer="c")
     await agent.start()
     await agent.loop_done.wait()
     await agent.stop()
-    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
-        (_, fields), = client.xrange(Keys(settings.namespace).dead)
-    assert fields["raw_id"] == ids[0]
-    assert fields["reason"].startswith("error: RespError: ERR Error running script")
+    with redis.Redis.from_url(settings.redis_url) as client:
+        (_, flat), = read_partitions(client, settings, "dead")
+        assert stage_drained(client, settings, DETECTOR.name), "the partition did not go on past it"
+    fields = dict(zip(flat[:6:2], flat[1:6:2], strict=True))
+    assert fields[b"raw_id"] == ids[0].encode()
+    assert fields[b"reason"].startswith(b"error: RespError: ERR Error running script")
 
 
 async def test_dead_letters_are_kept_for_dead_keep_ms_then_trimmed(settings: Settings) -> None:
-    keys = Keys(settings.namespace)
+    keys = Keys(settings.namespace).partition(0)
     with redis.Redis.from_url(settings.redis_url) as client:
         for second in (1, 2, 3):
             client.xadd(keys.dead, {"reason": "old"}, id=f"{second * 1000}-0")

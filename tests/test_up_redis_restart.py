@@ -19,13 +19,15 @@ from typing import IO
 import pytest
 import redis
 
+from pipeline.client.producer import Partitioner
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.server import EmbeddedRedis
 from pipeline.ops import live_view
 from pipeline.ops.status import open_status_client
 from tests.accounting import check_exactly_once
-from tests.procs import FAST_RECOVERY, PROJECT_ROOT, pipeline_drained, stop_all, wait_until
+from tests.outputs import pipeline_drained
+from tests.procs import FAST_RECOVERY, PROJECT_ROOT, stop_all, wait_until
 from tests.producer import Producer, check_each_click_judged_once
 
 CLICKS = 30_000
@@ -71,7 +73,7 @@ def agents_alive(line: str) -> bool:
 
 def verdict_count(url: str) -> int:
     with redis.Redis.from_url(url) as client:
-        return int(client.xlen(Keys().verdicts))
+        return sum(int(client.xlen(part.verdicts)) for part in Keys().partitions(Settings().partitions))
 
 
 def test_fraud_up_rides_out_two_redis_restarts(fresh_server: EmbeddedRedis, tmp_path: Path) -> None:
@@ -104,7 +106,8 @@ def test_fraud_up_rides_out_two_redis_restarts(fresh_server: EmbeddedRedis, tmp_
         assert not producer.is_alive()
         assert producer.retried_batches > 0, "the producer never saw a crash: nothing was tested"
         with redis.Redis.from_url(url) as client:
-            wait_until(lambda: pipeline_drained(client, Keys()), 90, "the pipeline to drain after the restarts")
+            settings = Settings(redis_url=url, home=tmp_path)
+            wait_until(lambda: pipeline_drained(client, settings), 90, "the pipeline to drain after the restarts")
         assert up.poll() is None, "fraud up did not survive the restarts"
         # Every agent rode the restarts out by itself: the supervisor had nothing to restart.
         last = view.lines[view.wait_for(agents_alive, len(view.lines) - 1, 10, "a view line")]
@@ -119,7 +122,7 @@ def test_fraud_up_rides_out_two_redis_restarts(fresh_server: EmbeddedRedis, tmp_
     assert log.count("redis unreachable, the live view retries every refresh") == RESTARTS
     assert log.count("redis reachable again") == RESTARTS
 
-    out = check_exactly_once(Settings(redis_url=url, home=tmp_path))
+    out = check_exactly_once(settings)
     check_each_click_judged_once(out, producer)
 
 
@@ -230,8 +233,10 @@ def test_an_agent_started_before_its_redis_waits_for_it(fresh_server: EmbeddedRe
         assert detector.poll() is None, "the detector gave up"
         fresh_server.start()
         with redis.Redis.from_url(fresh_server.url) as client:
-            client.xadd(Keys().raw, {"device_id": "d", "ip": "192.0.2.1", "ts": str(int(time.time() * 1000))})
-            wait_until(lambda: client.xlen(Keys().verdicts) == 1, 30, "the detector to judge a click")
+            # Straight into the click's partition (as the producer API does): no router runs here.
+            click = ["device_id", "d", "ip", "192.0.2.1", "ts", str(int(time.time() * 1000))]
+            client.execute_command("XADD", Partitioner(Keys(), Settings().partitions).stream(click), "*", *click)
+            wait_until(lambda: verdict_count(fresh_server.url) == 1, 30, "the detector to judge a click")
         detector.send_signal(signal.SIGTERM)
         assert detector.wait(30) == 0
     finally:

@@ -81,7 +81,7 @@ class StreamAgent(mode.Service):
 
     async def on_stop(self) -> None:
         if self.client is not None:
-            if self.assignment is not None and self.client.connected:
+            if self.assignment is not None and self.client.connected and self.loop_done.is_set():
                 try:
                     # Leaving hands the partitions over now rather than when the leases run out.
                     await self.assignment.leave()
