@@ -216,7 +216,7 @@ end
 -- click's floor is stale and treated exactly as if absent, and (2) windows are
 -- trimmed, and removed whole, below the lowest floor of any click still to be
 -- judged; neither changes a verdict, whenever (or whether) it runs. Every click of the
--- partition not judged yet comes after the committed offset `after`, so arrived no earlier.
+-- partition not judged yet is in this batch or comes after its `last` id, so arrived no earlier.
 local function detect(keys, args)
   local k, p, s = decode(keys, args)
   local clicks, rejects = s.clicks, s.rejects
@@ -242,9 +242,10 @@ local function detect(keys, args)
   if not group then
     return reply
   end
-  -- Below every floor of this batch and of every click not judged yet (those after the
-  -- committed offset, lower after a group reset: they will be judged again).
-  local forget_below = '(' .. int_text(math.min(lowest_floor, id_ms(p.after) - memory_ms))
+  -- Below every floor of this batch and of every click not judged yet: those after this
+  -- batch arrived no earlier than its last one (after a group reset they come again from
+  -- the reset offset, and the batch holds them).
+  local forget_below = '(' .. int_text(math.min(lowest_floor, id_ms(p.last) - memory_ms))
 
   -- One CF.MEXISTS for the whole batch instead of a module call per click.
   local listed = in_slices('CF.MEXISTS', k.blacklist, nil, ips)

@@ -5,36 +5,10 @@ from __future__ import annotations
 import ipaddress
 import time
 
-import redis
-
 from agents.generator import blacklisted_ips, traffic
-from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from tests.accounting import Outcomes, check_exactly_once
-from tests.outputs import read_stream
 from tests.rule_model import RuleModel
-
-
-def check_commit_logs(client: redis.Redis, settings: Settings, stage: str) -> int:
-    """No two owners ever applied batches of one partition at overlapping epochs: in each partition's
-    commit log, every batch follows the one before it (its `after` is the previous `last`), epochs
-    never go back, and each epoch belongs to one owner. Returns the number of batches checked."""
-    checked = 0
-    for part in Keys(settings.namespace).partitions(settings.partitions):
-        previous: dict[bytes, bytes] | None = None
-        owners: dict[int, bytes] = {}
-        for _, flat in read_stream(client, part.commits(stage)):
-            batch = dict(zip(flat[::2], flat[1::2], strict=True))
-            epoch = int(batch[b"epoch"])
-            assert owners.setdefault(epoch, batch[b"owner"]) == batch[b"owner"], \
-                f"{part.prefix} {stage}: epoch {epoch} applied by {owners[epoch]!r} and {batch[b'owner']!r}"
-            if previous is not None:
-                assert batch[b"after"] == previous[b"last"], \
-                    f"{part.prefix} {stage}: batch after {batch[b'after']!r} follows one ending {previous[b'last']!r}"
-                assert epoch >= int(previous[b"epoch"]), f"{part.prefix} {stage}: epoch went back to {epoch}"
-            previous = batch
-            checked += 1
-    return checked
 
 
 def labelled_trace(seed: int, count: int, step_ms: int = 5) -> list[list[str]]:
