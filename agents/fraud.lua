@@ -592,42 +592,40 @@ local function append_routed(stream, id, args, from, n)
   end
 end
 
--- Keys: input, dead, stats, routed (one partition's). Params: stage.
--- Sections: entries (id, n + fields), rejects (id, reason, n + bounded copy), both in
--- ``clicks:raw`` order. Copies the router's batch for this partition, idempotently: an id at
--- or below the partition's `routed` mark was copied before (a retry after a crash).
+-- Keys: input, dead, stats, routed (one partition's). Params: stage, last (the highest id of
+-- both sections). Sections: entries (id, n + fields), rejects (id, reason, n + bounded copy),
+-- each in ``clicks:raw`` order. Copies the router's batch for this partition, idempotently: an
+-- id at or below the partition's `routed` mark was copied before (a retry after a crash).
 local function route(keys, args)
   local k, p, s = decode(keys, args)
   local mark = redis.call('GET', k.routed)
-  local newest = mark
+  if mark and not id_less(mark, p.last) then
+    return ok_reply({})
+  end
   local counts = {routed = 0, dead = 0}
-  local function fresh(id)
-    if mark and not id_less(mark, id) then
-      return false
+  -- Ids ascend within a section: once one is past the mark, all after it are.
+  local function unrouted(section, each)
+    local past = not mark
+    for _, at in ipairs(section.starts) do
+      local id = args[at + section.at.id]
+      past = past or id_less(mark, id)
+      if past then
+        each(id, at)
+      end
     end
-    if not newest or id_less(newest, id) then
-      newest = id
-    end
-    return true
   end
   local E, R = s.entries.at, s.rejects.at
-  for _, at in ipairs(s.entries.starts) do
-    local id, n = args[at + E.id], at + E.n
-    if fresh(id) then
-      append_routed(k.input, id, args, n + 1, tonumber(args[n]))
-      counts.routed = counts.routed + 1
-    end
-  end
-  for _, at in ipairs(s.rejects.starts) do
-    local id, n = args[at + R.id], at + R.n
-    if fresh(id) then
-      dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
-      counts.dead = counts.dead + 1
-    end
-  end
-  if newest and newest ~= mark then
-    redis.call('SET', k.routed, newest)
-  end
+  unrouted(s.entries, function(id, at)
+    local n = at + E.n
+    append_routed(k.input, id, args, n + 1, tonumber(args[n]))
+    counts.routed = counts.routed + 1
+  end)
+  unrouted(s.rejects, function(id, at)
+    local n = at + R.n
+    dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
+    counts.dead = counts.dead + 1
+  end)
+  redis.call('SET', k.routed, p.last)
   count_stats(k.stats, p.stage, counts)
   return ok_reply(counts)
 end

@@ -19,8 +19,17 @@ def partition_of(device_id: bytes | str, partitions: int) -> int:
 
 def device_field(flat: list[bytes] | None) -> bytes:
     """The first ``device_id`` value of a flat field/value list, b"" when there is none."""
-    if flat:
-        for at in range(0, len(flat) - 1, 2):
-            if flat[at] == b"device_id":
-                return flat[at + 1]
+    if not flat:
+        return b""
+    # Nearly always the first name: list.index finds it at C speed; a value spelled
+    # "device_id" (an odd position) is skipped by the slow path.
+    try:
+        at = flat.index(b"device_id")
+    except ValueError:
+        return b""
+    if at % 2 == 0 and at + 1 < len(flat):
+        return flat[at + 1]
+    for at in range(0, len(flat) - 1, 2):
+        if flat[at] == b"device_id":
+            return flat[at + 1]
     return b""

@@ -156,8 +156,7 @@ class StreamAgent(mode.Service):
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
         batches = await self.read(block=not self.burst)
-        for unit, entries in batches.items():
-            await self.process(unit, entries)
+        await self.process_all(batches)
         if not self.cursors and not self.burst:
             await wait_or_stop(self._stopping, max(0.0, self._next_heartbeat - time.monotonic()))
         return not batches
@@ -204,6 +203,19 @@ class StreamAgent(mode.Service):
             self.client, self.keys, self.keys.partition(unit) if self.stage.partitioned else None,
             self.settings, self.stage.name, self.stage.input_stream(self.keys, unit), self.consumer,
             self.assignment.owned.get(unit, 0), self.cursors[unit])
+
+    async def process_all(self, batches: dict[int, list[Entry]]) -> None:
+        """Apply every partition's batch at once: while Redis runs one partition's step, the next
+        one's is being built (the client keeps several calls in flight on its connection)."""
+        if len(batches) == 1:
+            ((unit, entries),) = batches.items()
+            await self.process(unit, entries)
+            return
+        outcomes = await asyncio.gather(*(self.process(u, e) for u, e in batches.items()), return_exceptions=True)
+        # Every partition's batch has ended (applied, fenced, or failed) before a failure is acted on.
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def process(self, unit: int, entries: list[Entry]) -> None:
         try:
