@@ -26,8 +26,9 @@ async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 def run(args: argparse.Namespace, settings: Settings) -> object:
     if args.baseline is None:
-        if args.compare_detectors is not None or args.repeat is not None:
-            raise BenchUsageError("--compare-detectors and --repeat compare designs: they need --baseline")
+        if args.compare_detectors is not None or args.repeat is not None or args.with_direct:
+            raise BenchUsageError("--compare-detectors, --repeat and --with-direct compare designs: "
+                                  "they need --baseline")
         return run_bench(args, settings)
     if args.use_running:
         raise BenchUsageError("--baseline runs each design on a fresh embedded server: drop --use-running")
@@ -64,5 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --baseline: the detector counts to compare at (default: --detectors)")
     parser.add_argument("--repeat", type=positive_int, metavar="N",
                         help=f"with --baseline: runs of each design per detector count (default {DEFAULT_REPEAT})")
+    parser.add_argument("--with-direct", action="store_true",
+                        help="with --baseline: also run the current tree with --direct, as a third design")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)

@@ -48,6 +48,9 @@ class Run:
         return float(sum(self.report["cpu_us_per_click"].values()))
 
 
+DIRECT = "current --direct"
+
+
 def tree_bench_options(args: argparse.Namespace) -> list[str]:
     """The options each tree's bench gets, but for the detector count (which varies by run).
 
@@ -69,15 +72,20 @@ def compare(args: argparse.Namespace, home: Path) -> int:
     with checked_out(current, args.baseline) as baseline:
         for tree in (baseline, current):
             _progress(f"{tree.label} {tree.short} imports {check_imports(tree, home)[0]}")
-        total = len(counts) * args.repeat * 2
+        # (design label, tree, its own options): the current tree also with producers writing
+        # straight into the partitions, when asked (an option the baseline may not know).
+        designs = [("baseline", baseline, []), ("current", current, [])]
+        if args.with_direct:
+            designs.append((DIRECT, current, ["--direct"]))
+        total = len(counts) * args.repeat * len(designs)
         for detectors in counts:
             for round_ in range(args.repeat):
-                for tree in (baseline, current):
-                    _progress(f"run {len(runs) + 1}/{total}: {tree.label} {tree.short}, {detectors} detector(s)")
+                for label, tree, own in designs:
+                    _progress(f"run {len(runs) + 1}/{total}: {label} {tree.short}, {detectors} detector(s)")
                     load_before = os.getloadavg()[0]
-                    report = run_tree_bench(tree, home, [*options, "--detectors", str(detectors)],
+                    report = run_tree_bench(tree, home, [*options, *own, "--detectors", str(detectors)],
                                             args.timeout + _START_UP_ALLOWANCE_S)
-                    runs.append(Run(tree.label, detectors, round_, report, load_before))
+                    runs.append(Run(label, detectors, round_, report, load_before))
     summary = summarise(runs)
     if args.json:
         document = {"baseline": baseline.describe(), "current": current.describe(), "repeat": args.repeat,
@@ -135,9 +143,13 @@ def print_table(baseline: Tree, current: Tree, summary: list[dict[str, Any]], ar
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
     by_key = {(row["detectors"], row["design"]): row for row in summary}
     for detectors in dict.fromkeys(row["detectors"] for row in summary):
-        old, new = by_key[(detectors, "baseline")], by_key[(detectors, "current")]
-        print(f"{detectors} detector(s), current / baseline medians: clicks/s "
-              f"{_ratio(new, old, 'clicks_per_s')}, Redis CPU per click {_ratio(new, old, 'redis_cpu_us_per_click')}")
+        old = by_key[(detectors, "baseline")]
+        for design in ("current", DIRECT):
+            new = by_key.get((detectors, design))
+            if new is not None:
+                print(f"{detectors} detector(s), {design} / baseline medians: clicks/s "
+                      f"{_ratio(new, old, 'clicks_per_s')}, "
+                      f"Redis CPU per click {_ratio(new, old, 'redis_cpu_us_per_click')}")
 
 
 def _ratio(new: dict[str, Any], old: dict[str, Any], figure: str) -> str:
