@@ -72,6 +72,13 @@ async def test_the_spread_is_compared_exactly(settings: Settings, last_gap: int,
     assert got[-1] == verdict
 
 
+@pytest.mark.parametrize(("seconds", "verdict"), [((0, 6.0, 12.0, 18.1, 24.1, 30.0), "clean"),
+                                                  ((0, 6.0, 12.0, 18.05, 24.0, 30.0), "robotic")])
+async def test_the_readme_s_worked_example(settings: Settings, seconds: tuple[float, ...], verdict: str) -> None:
+    got = await judged(settings, [click("bot", T0 + round(s * 1000)) for s in seconds])
+    assert got == ["clean"] * 5 + [verdict]
+
+
 async def test_equal_timestamps_are_never_robotic(settings: Settings) -> None:
     # All intervals 0: a spread of 0 is not under 0 x the fraction (bursts are click_spam's).
     settings = replace(settings, rules="robotic")
