@@ -2,7 +2,7 @@
 
 Python checks each entry and shapes it (sizes first, then fields, then event
 time against the entry's arrival); the rules themselves (blacklist, per-device
-sliding window, de-duplication) run server-side in ``fraud_detect``, one atomic
+sliding window, travel and regularity, de-duplication) run server-side in ``fraud_detect``, one atomic
 call per batch, together with the verdicts' XADD, the dead letters and the offset's commit,
 all in the click's partition (its input, windows, blacklist copy, verdicts and dead letters).
 """
@@ -26,9 +26,11 @@ from schemas.dead_letter import bounded_copy
 # fraud_detect in agents/fraud.lua, declared once: it reads every name below by name.
 DETECT = Step(
     "fraud_detect", keys=(*FENCE_KEYS, "verdicts", "dead", "blacklist", "stats", "window_index"),
-    params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms",
-            "window_prefix", "index_slack_ms", "expire_limit"),
-    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "floor", "n")),
+    params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms", "history_ms",
+            "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
+            "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
+            "travel_max_kmh", "travel_min_km", "travel_lookback_ms"),
+    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "floor", "lat", "lon", "n")),
               Section("rejects", ("id", "reason", "n"))))
 
 
@@ -42,11 +44,20 @@ class Detector:
         # A window's index entry is raised by H past the click that passed it, so
         # that it is written about once per horizon per device, not per click.
         self.rule_params = {
-            # The verdict of a click no rule matches first, then the rules in the order they apply.
-            "verdicts": ",".join(VERDICTS),
+            # The verdict of a click no rule matches first, then the rules switched on, in the order they apply.
+            "verdicts": ",".join((VERDICTS[0], *settings.rule_names)),
             "window_ms": settings.click_spam_window_ms,
             "spam_threshold": settings.click_spam_threshold,
             "memory_ms": self.memory_ms,
+            # A device's whole state (window and trail) goes once this far behind every click to come.
+            "history_ms": settings.history_ms,
+            "robotic_intervals": settings.robotic_intervals,
+            "robotic_min_intervals": settings.robotic_min_intervals,
+            "robotic_spread_permille": settings.robotic_spread_permille,
+            "robotic_lookback_ms": settings.robotic_lookback_ms,
+            "travel_max_kmh": settings.travel_max_kmh,
+            "travel_min_km": settings.travel_min_km,
+            "travel_lookback_ms": settings.travel_lookback_ms,
             "index_slack_ms": settings.dedup_horizon_ms,
             # Each call may remove twice as many quiet windows as a batch can create.
             "expire_limit": 2 * settings.batch_size,
@@ -70,7 +81,7 @@ class Detector:
             # Prefixes keep a transaction id from ever colliding with an entry id.
             member = "t:" + click.transaction_id if click.transaction_id is not None else b"e:" + entry_id
             clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip,
-                                   click.arrival - self.memory_ms), click.fields))
+                                   click.arrival - self.memory_ms, click.lat, click.lon), click.fields))
         return {"clicks": clicks, "rejects": rejects}
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:
@@ -80,6 +91,7 @@ class Detector:
         reply = await ctx.client.execute(*DETECT.argv(
             {**fence_keys, "verdicts": part.verdicts, "dead": part.dead, "blacklist": part.blacklist,
              "stats": part.stats, "window_index": part.window_index},
-            {**fence_params, "window_prefix": part.window_prefix, **self.rule_params},
+            {**fence_params, "window_prefix": part.window_prefix, "trail_prefix": part.trail_prefix,
+             **self.rule_params},
             self.records(entries)))
         return fenced_ids(reply)

@@ -173,17 +173,60 @@ local function commit(stream, k, p, group, count)
              'after', p.after, 'first', p.first, 'last', p.last, 'count', count)
 end
 
+-- Great-circle distance in metres between two positions in degrees: the haversine formula on a
+-- sphere of the Earth's mean radius (exact at the antimeridian and the poles; clamped so that
+-- rounding never takes asin past 1).
+local EARTH_RADIUS_M = 6371008.8
+
+local function great_circle_m(lat1, lon1, lat2, lon2)
+  local phi1, phi2 = lat1 * math.pi / 180, lat2 * math.pi / 180
+  local dphi, dlambda = (lat2 - lat1) * math.pi / 180, (lon2 - lon1) * math.pi / 180
+  local h = math.sin(dphi / 2) ^ 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ^ 2
+  return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(math.min(1, h)))
+end
+
 -- The rules, one small named function each: true when the click earns that verdict.
--- A click carries what the rules look at: `listed` (its IP is in the blacklist) and
--- `earlier` (its device's clicks in [ts - window, ts] before it). The caller's
--- `verdicts` parameter orders them: its first name is the verdict of a click no
--- rule matches, the others are tried in turn; each needs a rule here.
+-- A click carries what the rules look at: `listed` (its IP is in the blacklist), `earlier`
+-- (its device's clicks in [ts - window, ts] before it), `ts`, `beats` (the ts of its device's
+-- previous clicks, at most K, in arrival order), `lat` and `lon` (nil without a position) and
+-- `last` (its device's previous positioned click: lat, lon, at; or nil). The caller's
+-- `verdicts` parameter orders them: its first name is the verdict of a click no rule matches,
+-- the others are tried in turn; each needs a rule here.
 local RULES = {
   ip_blacklist = function(click, _)
     return click.listed
   end,
   click_spam = function(click, p)
     return click.earlier >= p.spam_threshold
+  end,
+  -- Farther from the previous positioned click (while its ts is within the lookback before this
+  -- one's) than the speed allows in the time between them, and than the minimum distance.
+  -- Integer products (settings bound them below 2^53) keep the comparison exact.
+  impossible_travel = function(click, p)
+    local last = click.last
+    if not click.lat or not last or last.at < click.ts - p.travel_lookback_ms then
+      return false
+    end
+    local d = great_circle_m(last.lat, last.lon, click.lat, click.lon)
+    return d > p.travel_min_m and d * 3600 > p.travel_max_kmh * math.abs(click.ts - last.at)
+  end,
+  -- The intervals from the previous clicks to this one, newest first, while each click's ts is
+  -- within the lookback before this one's: robotic with at least the minimum number of them and
+  -- a spread (max - min) under the fraction of their mean, i.e. (max - min) * n * 1000 <
+  -- permille * sum. Equal times (all intervals 0) are never robotic: 0 is not under 0.
+  robotic = function(click, p)
+    local beats, ts = click.beats, click.ts
+    local n, sum, low, high, newer = 0, 0, math.huge, -math.huge, ts
+    for j = #beats, 1, -1 do
+      local t = beats[j]
+      if t < ts - p.robotic_lookback_ms then
+        break
+      end
+      local gap = newer - t
+      n, sum, newer = n + 1, sum + gap, t
+      low, high = math.min(low, gap), math.max(high, gap)
+    end
+    return n >= p.robotic_min_intervals and (high - low) * n * 1000 < p.robotic_spread_permille * sum
   end,
 }
 
@@ -204,10 +247,45 @@ local function judge(click, p, order)
   return order[1]
 end
 
+-- Reads into `facts` what the device's trail holds for the click in hand (beats, last), then
+-- enters the click: its ts among the last K beats, its position (when it has one) as the last.
+-- An empty lat means the click carries no position.
+local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
+  local held = redis.call('HMGET', trail, 'beats', 'lat', 'lon', 'at')
+  local beats = {}
+  for t in string.gmatch(held[1] or '', '%S+') do
+    beats[#beats + 1] = tonumber(t)
+  end
+  facts.beats = beats
+  facts.last = held[4] and {lat = tonumber(held[2]), lon = tonumber(held[3]), at = tonumber(held[4])} or nil
+  facts.lat, facts.lon = nil, nil
+  local update = {}
+  if keeps_beats then
+    local kept = {}
+    for j = math.max(1, #beats - p.robotic_intervals + 2), #beats do
+      kept[#kept + 1] = int_text(beats[j])
+    end
+    kept[#kept + 1] = int_text(facts.ts)
+    update = {'beats', table.concat(kept, ' ')}
+  end
+  if lat ~= '' then
+    facts.lat, facts.lon = tonumber(lat), tonumber(lon)
+    if keeps_position then
+      for _, v in ipairs({'lat', lat, 'lon', lon, 'at', int_text(facts.ts)}) do
+        update[#update + 1] = v
+      end
+    end
+  end
+  if #update > 0 then
+    redis.call('HSET', trail, unpack(update))
+  end
+end
+
 -- Keys: lease, commits, input, verdicts, dead, blacklist, stats, window_index (one partition's)
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
---         memory_ms (H + W), window_prefix, index_slack_ms, expire_limit
--- Sections: clicks (id, device, member, ts, ip, floor, n + the verdict's fields),
+--         memory_ms (H + W), history_ms (H + the longest lookback of a rule on), window_prefix, trail_prefix,
+--         index_slack_ms, expire_limit, robotic_* and travel_* (the rules' settings)
+-- Sections: clicks (id, device, member, ts, ip, floor, lat, lon, n + the verdict's fields),
 --           rejects (id, reason, n + the bounded copy of the original fields)
 --
 -- floor = arrival - H - W. A later accepted click has ts >= its arrival - H >= this
@@ -217,6 +295,10 @@ end
 -- trimmed, and removed whole, below the lowest floor of any click still to be
 -- judged; neither changes a verdict, whenever (or whether) it runs. Every click of the
 -- partition not judged yet is in this batch or comes after its `last` id, so arrived no earlier.
+-- The same holds for a device's trail with history_ms in place of memory_ms: its rules read a
+-- click of it only while that click's ts is within their lookback before the judged click's ts,
+-- so the trail goes whole, with the window, once the device's newest ts is below
+-- arrival - history_ms of every click still to be judged (windows wait as long).
 local function detect(keys, args)
   local k, p, s = decode(keys, args)
   local clicks, rejects = s.clicks, s.rejects
@@ -227,8 +309,19 @@ local function detect(keys, args)
       return redis.error_reply('ERR no rule for the verdict ' .. order[i])
     end
   end
-  local window_ms, memory_ms = tonumber(p.window_ms), tonumber(p.memory_ms)
+  local window_ms, memory_ms, history_ms = tonumber(p.window_ms), tonumber(p.memory_ms), tonumber(p.history_ms)
   p.spam_threshold = tonumber(p.spam_threshold)
+  for _, name in ipairs({'robotic_intervals', 'robotic_min_intervals', 'robotic_spread_permille',
+                         'robotic_lookback_ms', 'travel_max_kmh', 'travel_lookback_ms'}) do
+    p[name] = tonumber(p[name])
+  end
+  p.travel_min_m = tonumber(p.travel_min_km) * 1000
+  -- Which parts of a device's trail the rules switched on need (none: no trail is kept).
+  local keeps_beats, keeps_position = false, false
+  for i = 2, #order do
+    keeps_beats = keeps_beats or order[i] == 'robotic'
+    keeps_position = keeps_position or order[i] == 'impossible_travel'
+  end
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
 
   local count = #clicks.starts + #rejects.starts
@@ -246,6 +339,8 @@ local function detect(keys, args)
   -- batch arrived no earlier than its last one (after a group reset they come again from
   -- the reset offset, and the batch holds them).
   local forget_below = '(' .. int_text(math.min(lowest_floor, id_ms(p.last) - memory_ms))
+  -- A device's whole state (window and trail) goes below the same bound with history_ms in place of memory_ms.
+  local forget_state = '(' .. int_text(math.min(lowest_floor - (history_ms - memory_ms), id_ms(p.last) - history_ms))
 
   -- One CF.MEXISTS for the whole batch instead of a module call per click.
   local listed = in_slices('CF.MEXISTS', k.blacklist, nil, ips)
@@ -281,7 +376,10 @@ local function detect(keys, args)
       if not bound or ts > tonumber(bound) then
         redis.call('ZADD', k.window_index, int_text(ts + slack_ms), device)
       end
-      facts.listed, facts.earlier = listed[nth] == 1, earlier
+      facts.listed, facts.earlier, facts.ts = listed[nth] == 1, earlier, ts
+      if keeps_beats or keeps_position then
+        remember(facts, p.trail_prefix .. device, args[at + C.lat], args[at + C.lon], p, keeps_beats, keeps_position)
+      end
       local verdict = judge(facts, p, order)
       counts[verdict] = counts[verdict] + 1
       local n = at + C.n
@@ -294,9 +392,9 @@ local function detect(keys, args)
     dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
   -- Windows whose every click is below the bound go whole, a bounded number per call.
-  local gone = redis.call('ZRANGEBYSCORE', k.window_index, '-inf', forget_below, 'LIMIT', 0, expire_limit)
+  local gone = redis.call('ZRANGEBYSCORE', k.window_index, '-inf', forget_state, 'LIMIT', 0, expire_limit)
   for _, device in ipairs(gone) do
-    redis.call('DEL', p.window_prefix .. device)
+    redis.call('DEL', p.window_prefix .. device, p.trail_prefix .. device)
   end
   if #gone > 0 then
     in_slices('ZREM', k.window_index, nil, gone)

@@ -1,7 +1,9 @@
 """Synthetic click traffic with the patterns the detector must tell apart.
 
 Humans click now and then from a large pool of devices; bots fire bursts from
-one device; some clicks come from blacklisted IPs; producers retry (the same
+one device; metronome bots click at a fixed period (slower than click spam);
+travellers send their position, now and then hopping to another continent in
+minutes; some clicks come from blacklisted IPs; producers retry (the same
 click again); a few entries are malformed. Every click carries a ``label``
 saying which pattern made it, so a trace can be checked against the verdicts.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import ipaddress
 import itertools
 import random
@@ -45,17 +48,35 @@ def blacklisted_ips() -> list[str]:
     return [str(ip) for ip in BLACKLIST_V4] + [str(ip) for ip in BLACKLIST_V6]
 
 
+# Where travellers click: (lat, lon) of cities on every continent, the antimeridian's sides and the far north.
+CITIES: tuple[tuple[float, float], ...] = (
+    (48.8566, 2.3522), (51.5074, -0.1278), (40.7128, -74.006), (-33.8688, 151.2093), (1.3521, 103.8198),
+    (35.6762, 139.6503), (-23.5505, -46.6333), (-1.2921, 36.8219), (-18.1248, 178.4501), (-13.8333, -171.75),
+    (78.2232, 15.6267), (64.1466, -21.9426),
+)
+
+
 @dataclass(frozen=True)
 class TrafficMix:
-    human: float = 0.86
+    human: float = 0.83
     bot_burst: float = 0.04
     blacklisted: float = 0.05
     retry: float = 0.03
     malformed: float = 0.02
+    traveller: float = 0.03
     humans: int = 20_000
     bots: int = 50
     burst_min: int = 3
     burst_max: int = 12
+    # Metronome bots, each clicking every period (one drawn per bot in this range, ms; above half of
+    # the default click-spam window, so that they are not click_spam) with a jitter of +-2 per mille.
+    metronomes: int = 20
+    period_min_ms: int = 5_500
+    period_max_ms: int = 9_000
+    # Travellers: a click of theirs carries a position three times in four, near their city (a few km);
+    # one in twenty of those is in another city at once (an impossible hop, labelled so).
+    travellers: int = 200
+    hop: float = 0.05
 
 
 Clock = Callable[[], int]
@@ -67,7 +88,55 @@ MALFORMED: tuple[Callable[[random.Random, int], Click], ...] = (
     lambda r, ts: ["device_id", f"dev-{r.randrange(10**6)}", "ip", "198.51.100.7", "ts", "yesterday"],
     lambda r, ts: ["device_id", "", "ip", "198.51.100.7", "ts", str(ts)],
     lambda r, ts: ["device_id", "x" * 200, "ip", "198.51.100.7"],
+    lambda r, ts: ["device_id", f"dev-{r.randrange(10**6)}", "ip", "198.51.100.7", "lat", "91", "lon", "0"],
 )
+
+
+class Metronomes:
+    """The metronome bots: which one is due next, and when (event time)."""
+
+    def __init__(self, rng: random.Random, mix: TrafficMix, start: int) -> None:
+        self.rng = rng
+        self.due: list[tuple[int, str, int]] = []
+        for n in range(mix.metronomes):
+            period = rng.randint(mix.period_min_ms, mix.period_max_ms)
+            heapq.heappush(self.due, (start + rng.randrange(period), f"robot-{n}", period))
+
+    def next_before(self, ts: int) -> tuple[str, int] | None:
+        """The bot due at or before ts, and its click's time (then it is due a period later)."""
+        if not self.due or self.due[0][0] > ts:
+            return None
+        at, device, period = heapq.heappop(self.due)
+        jitter = self.rng.randint(-period // 500, period // 500)
+        heapq.heappush(self.due, (at + period + jitter, device, period))
+        return device, at
+
+
+class Travellers:
+    """Devices that send their position: each stays in one city until it hops (at once) to another."""
+
+    def __init__(self, rng: random.Random, mix: TrafficMix) -> None:
+        self.rng, self.hop = rng, mix.hop
+        self.cities = [rng.choice(CITIES) for _ in range(mix.travellers)]
+        # Whether a traveller sent a position yet: its first one is no hop from anywhere.
+        self.placed = [False] * mix.travellers
+
+    def click(self, transaction_id: str, ts: int) -> tuple[Click, str]:
+        """A traveller's click: without a position, near its city, or (an impossible hop) in another city."""
+        rng, n = self.rng, self.rng.randrange(len(self.cities))
+        device, ip = f"traveller-{n}", f"198.19.{n % 256}.{n // 256 + 1}"
+        draw = rng.random()
+        if draw < 0.25:
+            return _click(device, ip, transaction_id, ts), "traveller"
+        label = "traveller"
+        if draw > 1 - self.hop * 0.75:
+            self.cities[n] = rng.choice([c for c in CITIES if c != self.cities[n]])
+            label = "impossible_hop" if self.placed[n] else "traveller"
+        self.placed[n] = True
+        lat, lon = self.cities[n]
+        lat = max(-90.0, min(90.0, lat + rng.uniform(-0.02, 0.02)))
+        lon = (lon + rng.uniform(-0.02, 0.02) + 180) % 360 - 180
+        return _click(device, ip, transaction_id, ts, {"lat": f"{lat:.5f}", "lon": f"{lon:.5f}"}), label
 
 
 def traffic(seed: int, clock: Clock, mix: TrafficMix = TrafficMix()) -> Iterator[tuple[Click, str]]:
@@ -75,17 +144,34 @@ def traffic(seed: int, clock: Clock, mix: TrafficMix = TrafficMix()) -> Iterator
     rng = random.Random(seed)
     bad_ips = blacklisted_ips()
     recent: deque[Click] = deque(maxlen=1000)
-    weights = (mix.human, mix.bot_burst, mix.blacklisted, mix.retry, mix.malformed)
-    kinds = ("human", "bot_burst", "blacklisted", "retry", "malformed")
+    weights = (mix.human, mix.bot_burst, mix.blacklisted, mix.retry, mix.malformed, mix.traveller)
+    kinds = ("human", "bot_burst", "blacklisted", "retry", "malformed", "traveller")
+    travellers = Travellers(rng, mix)
     serial = 0
+    metronomes: Metronomes | None = None
     while True:
-        kind = rng.choices(kinds, weights)[0]
         ts = clock()
+        metronomes = metronomes or Metronomes(rng, mix, ts)
+        due = metronomes.next_before(ts)
+        if due is not None:
+            serial += 1
+            device, at = due
+            click = _click(device, f"198.18.{zlib.crc32(device.encode()) % 256}.1", f"tx-{seed}-{serial}", at)
+            recent.append(click)
+            yield click, "metronome"
+            continue
+        kind = rng.choices(kinds, weights)[0]
         if kind == "retry" and recent:
             yield list(rng.choice(recent)), "retry"
             continue
         if kind == "malformed":
             yield rng.choice(MALFORMED)(rng, ts), "malformed"
+            continue
+        if kind == "traveller":
+            serial += 1
+            click, label = travellers.click(f"tx-{seed}-{serial}", ts)
+            recent.append(click)
+            yield click, label
             continue
         if kind == "bot_burst":
             device = f"bot-{rng.randrange(mix.bots)}"
@@ -103,9 +189,9 @@ def traffic(seed: int, clock: Clock, mix: TrafficMix = TrafficMix()) -> Iterator
         yield click, kind if kind == "blacklisted" else "human"
 
 
-def _click(device: str, ip: str, transaction_id: str, ts: int) -> Click:
+def _click(device: str, ip: str, transaction_id: str, ts: int, extra: dict[str, str] | None = None) -> Click:
     record = ClickRecord(device_id=device, ip=ip, ts=ts, transaction_id=transaction_id,
-                         extra={"campaign": f"c{zlib.crc32(device.encode()) % 17}"})
+                         extra={"campaign": f"c{zlib.crc32(device.encode()) % 17}", **(extra or {})})
     return record.wire_fields()
 
 

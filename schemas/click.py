@@ -5,7 +5,8 @@ Wire form (one stream entry, flat field/value pairs)::
     XADD clicks:raw * device_id D ip IP transaction_id T ts MS [more fields]
 
 ``device_id`` and ``ip`` are required; ``ts`` (event time, epoch ms) defaults
-to the entry id's time; ``transaction_id`` names the click for de-duplication.
+to the entry id's time; ``transaction_id`` names the click for de-duplication;
+``lat`` and ``lon`` (decimal degrees, both or neither) are where the click was made.
 Extra fields pass through to the verdict within the configured limits.
 
 The clock is the entry's arrival time: the millisecond part of its id, which
@@ -16,6 +17,7 @@ producer's clock can move the windows or the series' retention.
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -29,7 +31,11 @@ TRANSACTION_ID_MAX = 128
 ARRIVAL_MAX_MS = 253_402_300_799_999
 
 REQUIRED_FIELDS = ("device_id", "ip")
-KNOWN_FIELDS = frozenset(("device_id", "ip", "transaction_id", "ts"))
+KNOWN_FIELDS = frozenset(("device_id", "ip", "transaction_id", "ts", "lat", "lon"))
+# A position's degrees: plain decimal text (no exponent, sign only '-', at most 12 decimals), so
+# that Python and the server's Lua read it as the same double.
+DEGREES = re.compile(rb"-?[0-9]{1,3}(?:\.[0-9]{1,12})?")
+LAT_MAX, LON_MAX = 90.0, 180.0
 # Names the detector adds to a verdict; a click may not bring its own.
 RESERVED_FIELDS = frozenset(("verdict", "raw_id"))
 
@@ -114,6 +120,9 @@ class CheckedClick(NamedTuple):
     fields: list[Any]
     # The entry's arrival time (its id's millisecond part): the clock of the policy.
     arrival: int
+    # Where the click was made, in decimal degrees as sent; both empty when it carries no position.
+    lat: str = ""
+    lon: str = ""
 
 
 
@@ -173,12 +182,31 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     ):
         raise InvalidClick(
             f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
+    lat, lon = _position(fields.get(b"lat"), fields.get(b"lon"))
     out = flat
     # The verdict carries ts in one spelling (no leading zeros), as it does ip.
     if ts_raw is None or ip != ip_text or (ts_raw[:1] == b"0" and len(ts_raw) > 1):
         out = [v for pair in fields.items() if pair[0] not in (b"ip", b"ts") for v in pair]
         out += ("ip", ip, "ts", str(ts))
-    return CheckedClick(device_id, ip, ts, transaction_id, out, arrival)
+    return CheckedClick(device_id, ip, ts, transaction_id, out, arrival, lat, lon)
+
+
+def _position(lat_raw: bytes | None, lon_raw: bytes | None) -> tuple[str, str]:
+    """A click's position as its two texts (empty for none); InvalidClick for half of one, a
+    malformed one, or one off the globe."""
+    if lat_raw is None and lon_raw is None:
+        return "", ""
+    if lat_raw is None or lon_raw is None:
+        given, missing = ("lat", "lon") if lon_raw is None else ("lon", "lat")
+        raise InvalidClick(f"invalid_position: {given} without {missing}")
+    return _degrees(lat_raw, "lat", LAT_MAX), _degrees(lon_raw, "lon", LON_MAX)
+
+
+def _degrees(raw: bytes, name: str, bound: float) -> str:
+    if not DEGREES.fullmatch(raw) or abs(float(raw)) > bound:
+        raise InvalidClick(
+            f"invalid_position: {name} must be decimal degrees in [-{bound:g}, {bound:g}], got {_text(raw)[:32]!r}")
+    return raw.decode()
 
 
 def _decode(raw: bytes, what: str) -> str:

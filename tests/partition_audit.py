@@ -21,11 +21,22 @@ def labelled_trace(seed: int, count: int, step_ms: int = 5) -> list[list[str]]:
     return [next(clicks)[0] for _ in range(count)]
 
 
+def model_for(settings: Settings, listed: list[str]) -> RuleModel:
+    """The sequential model with the settings' rules and thresholds, and these addresses listed."""
+    return RuleModel(
+        window_ms=settings.click_spam_window_ms, threshold=settings.click_spam_threshold,
+        horizon_ms=settings.dedup_horizon_ms, max_future_ms=settings.max_future_ms,
+        max_fields=settings.max_field_count, max_bytes=settings.max_field_bytes,
+        blacklist=frozenset(ipaddress.ip_address(ip) for ip in listed), rules=settings.rule_names,
+        robotic_intervals=settings.robotic_intervals, robotic_min_intervals=settings.robotic_min_intervals,
+        robotic_spread_permille=settings.robotic_spread_permille, robotic_lookback_ms=settings.robotic_lookback_ms,
+        travel_max_kmh=settings.travel_max_kmh, travel_min_km=settings.travel_min_km,
+        travel_lookback_ms=settings.travel_lookback_ms)
+
+
 def model_outcomes(settings: Settings, raw: list[tuple[bytes, list[bytes]]]) -> dict[bytes, str]:
     """raw id -> the sequential model's outcome (verdict, 'duplicate' or a dead letter's reason code)."""
-    model = RuleModel(window_ms=settings.click_spam_window_ms, threshold=settings.click_spam_threshold,
-                      horizon_ms=settings.dedup_horizon_ms, max_future_ms=settings.max_future_ms,
-                      blacklist=frozenset(ipaddress.ip_address(ip) for ip in blacklisted_ips()))
+    model = model_for(settings, blacklisted_ips())
     return {entry_id: model.outcome(entry_id.decode(), flat) for entry_id, flat in raw}
 
 

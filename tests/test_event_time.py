@@ -113,18 +113,22 @@ async def test_a_backlog_processed_long_after_arrival_gets_the_same_verdicts(set
 
 
 async def test_windows_go_by_arrival_time_not_the_wall_clock(settings: Settings) -> None:
-    """A device's window is removed once every click in it is below what any later click can see
-    (judged in its partition: one partition here, so that the busy device's click moves the quiet one's)."""
+    """A device's window and trail are removed once every click in them is below what any later click's
+    rules can see: H + the longest lookback before its arrival (judged in its partition: one partition
+    here, so that the busy device's click moves the quiet one's)."""
     settings = replace(settings, partitions=1)
     ids = xadd_arrived(settings, [(A, click("quiet", A)), (A, click("busy", A))])
     await run_burst(settings, "router")
     await run_burst(settings, "detector")
-    ids += xadd_arrived(settings, [(A + 2 * H + W + 1, click("busy"))])
-    await run_pipeline(settings)
     keys = Keys().partition(0)
     with redis.Redis.from_url(settings.redis_url) as client:
-        assert client.exists(keys.window("quiet")) == 0
-        assert client.exists(keys.window("busy")) == 1
+        assert client.exists(keys.trail("quiet")) == 1
+    # The index keeps the quiet device's newest ts plus H: its state goes when that is below the bound.
+    ids += xadd_arrived(settings, [(A + H + settings.history_ms + 1, click("busy"))])
+    await run_pipeline(settings)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        assert client.exists(keys.window("quiet"), keys.trail("quiet")) == 0
+        assert client.exists(keys.window("busy"), keys.trail("busy")) == 2
         assert client.zrange(keys.window_index, 0, -1) == [b"busy"]
         assert client.pttl(keys.window("busy")) == -1, "no wall-clock expiry"
     assert outcomes(settings, ids) == ["clean", "clean", "clean"]

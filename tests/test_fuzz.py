@@ -35,7 +35,7 @@ from tests.helpers import list_ips, run_burst, run_pipeline, xadd_all
 from tests.outputs import read_partitions, stats_totals
 from tests.rule_model import RuleModel
 
-KNOWN = [b"device_id", b"ip", b"ts", b"transaction_id"]
+KNOWN = [b"device_id", b"ip", b"ts", b"transaction_id", b"lat", b"lon"]
 RESERVED = [b"verdict", b"raw_id"]
 H, W, F = 300_000, 10_000, 60_000
 LISTED = "192.0.2.66"
@@ -45,6 +45,11 @@ BEYOND_9999 = 253_402_300_800_000
 IPS = [b"192.0.2.1", b"::1", b"::ffff:192.0.2.1", b"2001:DB8::1", b"2001:0db8:0000::0001", b"fe80::1%eth0",
        b"0:0:0:0:0:0:0:1", b"1.2.3", b"256.1.1.1", b"01.2.3.4", b"[::1]", b"", b"::", b"1::2::3", b"\xff\xfe",
        b"192.0.2.1\x00", b"\x00", LISTED.encode(), b"::ffff:" + LISTED.encode(), b"::FFFF:c000:242"]
+# Positions: places (Paris, Singapore, both sides of the antimeridian, the poles) and hostile degrees.
+LATS = [b"48.8566", b"1.3521", b"0", b"90", b"-90", b"89.99999"]
+LONS = [b"2.3522", b"103.8198", b"179.9", b"-179.9", b"180", b"-180", b"0"]
+DEGREES = [b"90.000000000001", b"-180.5", b"181", b"1e5", b"nan", b"inf", b"-inf", b"+45", b" 45", b"45.", b".5",
+           b"0x10", b"", b"-", b"45.1234567890123", "\u0664\u0665".encode(), "\u221245".encode(), b"1000", b"\xff"]
 TIMESTAMPS = [b"0", b"1", b"-1", b"1e3", b"12.5", b" 12", b"", b"9007199254740991", b"9007199254740992",
               b"99999999999999999", "\u0661\u0662".encode(), b"0x10", b"1700000000000", b"0" * 40 + b"1"]
 
@@ -83,6 +88,11 @@ def raw_entry(draw: st.DrawFn, arrival: int) -> list[bytes]:
                                     st.one_of(st.sampled_from(IPS), st.binary(max_size=20))))]
         if draw(one_in(4)) is False:
             flat += [b"ts", draw(event_time(arrival))]
+        if draw(one_in(3)):
+            hostile_degrees = st.one_of(st.sampled_from(DEGREES), st.binary(max_size=8))
+            flat += [b"lat", draw(mostly(LATS, hostile_degrees)), b"lon", draw(mostly(LONS, hostile_degrees))]
+        elif draw(one_in(10)):
+            flat += [draw(st.sampled_from([b"lat", b"lon"])), draw(st.sampled_from(LATS))]  # half a position
         if draw(st.booleans()):
             flat += [b"transaction_id", draw(mostly([b"t1", b"t2"], st.sampled_from([b"", b"t\x00", b"y" * 129])))]
     if draw(one_in(8)):

@@ -307,12 +307,12 @@ BLACKLISTED = [f"203.0.113.{i}" for i in range(1, 9)]
 
 
 def crafted_clicks(t0: int, partitions: int) -> tuple[list[list[str]], int]:
-    """Clean, blacklisted and spam clicks over three minutes from t0, in event-time order; and the invalid count.
-    The invalid ones fall into three partitions (by their device_id, or none's)."""
+    """Clean, blacklisted, spam, robotic and travelling clicks over three minutes from t0, in event-time order;
+    and the invalid count. The invalid ones fall into three partitions (by their device_id, or none's)."""
     clicks: list[tuple[int, list[str]]] = []
 
-    def click(device: str, ip: str, ts: int) -> None:
-        clicks.append((ts, ["device_id", device, "ip", ip, "ts", str(ts)]))
+    def click(device: str, ip: str, ts: int, *where: str) -> None:
+        clicks.append((ts, ["device_id", device, "ip", ip, "ts", str(ts), *where]))
 
     for minute, (clean, listed, spam) in enumerate(((20, 5, 6), (10, 3, 5))):
         start = t0 + minute * MINUTE_MS
@@ -322,6 +322,12 @@ def crafted_clicks(t0: int, partitions: int) -> tuple[list[list[str]], int]:
             click(f"b{minute}-{i}", BLACKLISTED[i + 4 * minute], start + 500 + i * 3_000)
         for k in range(spam):  # one device, far more than 2 clicks in 10 s
             click(f"s{minute}", f"10.2.{minute}.1", start + 30_000 + k * 200)
+    # Minute 0: a metronome (its 6th click, 5 intervals of 6 s, is robotic); minute 1: Paris then Singapore 1 s
+    # later (impossible_travel).
+    for k in range(6):
+        click("m0", "10.3.0.1", t0 + 1_000 + k * 6_000)
+    click("t1", "10.3.1.1", t0 + MINUTE_MS + 40_000, "lat", "48.8566", "lon", "2.3522")
+    click("t1", "10.3.1.1", t0 + MINUTE_MS + 41_000, "lat", "1.3521", "lon", "103.8198")
     # Minute 2: a later bucket in every partition, so that every partition's rollup closes minute 1.
     for i, device in enumerate(one_device_per_partition("c2-", partitions)):
         click(device, f"10.1.2.{i}", t0 + 2 * MINUTE_MS + i * 1_000)
@@ -427,7 +433,10 @@ async def test_fraud_share_is_exact_per_minute(settings: Settings) -> None:
     assert {v: {t: n for t, n in s.items() if n} for v, s in got.items()} == per_minute
     assert got["click_spam"] == {t0: 4.0, t0 + MINUTE_MS: 3.0, t0 + 2 * MINUTE_MS: 0.0}
     assert got["ip_blacklist"] == {t0: 5.0, t0 + MINUTE_MS: 3.0, t0 + 2 * MINUTE_MS: 0.0}
-    assert got["clean"] == {t0: 22.0, t0 + MINUTE_MS: 12.0, t0 + 2 * MINUTE_MS: float(settings.partitions)}
+    assert got["robotic"] == {t0: 1.0, t0 + MINUTE_MS: 0.0, t0 + 2 * MINUTE_MS: 0.0}
+    assert got["impossible_travel"] == {t0: 0.0, t0 + MINUTE_MS: 1.0, t0 + 2 * MINUTE_MS: 0.0}
+    # The metronome's first five clicks and the traveller's first are clean.
+    assert got["clean"] == {t0: 22.0 + 5, t0 + MINUTE_MS: 12.0 + 1, t0 + 2 * MINUTE_MS: float(settings.partitions)}
     # The rollup tier: RedisTimeSeries compacts a minute of a series once that series gets a
     # sample of a later minute (the plugin sends no LATEST). The aggregator writes every verdict
     # in every busy bucket, zeros included, so every series closes the same minutes: all but
@@ -500,7 +509,7 @@ async def test_offender_tables_rank_the_flagged_verdicts_of_the_whole_range(sett
     _, t0, _ = await feed(settings)
     from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
     flagged = [f for _, f in verdict_entries(settings) if f["verdict"] != "clean"]
-    assert len(flagged) == 4 + 3 + 5 + 3
+    assert len(flagged) == 4 + 3 + 5 + 3 + 1 + 1
     for title, field in (("Top offending devices", "device_id"), ("Top offending IPs", "ip")):
         (target,) = panel(title)["targets"]
         # The panel's command is the declared read over every partition (FRAUD_PARTITIONS' default),
@@ -512,9 +521,9 @@ async def test_offender_tables_rank_the_flagged_verdicts_of_the_whole_range(sett
         shown = table(settings, title, from_ms, to_ms)
         counts = Counter(f[field] for f in flagged)
         assert [r["flagged clicks"] for r in shown] == sorted(counts.values(), reverse=True)[:10]
-        assert all(counts[r[field]] == r["flagged clicks"] == r["ip_blacklist"] + r["click_spam"] for r in shown)
+        assert all(counts[r[field]] == r["flagged clicks"] == sum(r[v] for v in VERDICTS[1:]) for r in shown)
         assert shown[0] == {field: "s0" if field == "device_id" else "10.2.0.1", "flagged clicks": 4,
-                            "ip_blacklist": 0, "click_spam": 4}
+                            "ip_blacklist": 0, "click_spam": 4, "impossible_travel": 0, "robotic": 0}
     # Only the clicks of the range: one that starts after the first minute leaves it out.
     late = table(settings, "Top offending devices", t0 + MINUTE_MS, to_ms)
     assert {r["device_id"]: r["flagged clicks"] for r in late} == dict(

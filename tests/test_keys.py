@@ -17,7 +17,7 @@ def partition_keys(part: PartitionKeys) -> list[str]:
     """Every key of one partition (what its steps touch)."""
     names = [getattr(part, name) for name, value in inspect.getmembers(PartitionKeys)
              if isinstance(value, property) and name != "prefix"]
-    names += [part.window("device-1"), part.window("device-2")]
+    names += [part.window("device-1"), part.window("device-2"), part.trail("device-1")]
     names += [part.series(v) for v in VERDICTS] + [part.rollup(v) for v in VERDICTS]
     names += [part.lease(s.name) for s in PIPELINE] + [part.commits(s.name) for s in PIPELINE]
     names += [part.offenders("ip", "click_spam", 60_000, 0)]

@@ -213,3 +213,15 @@ def test_fraud_acl_prints_rules_without_secrets(protected: Protected) -> None:
     for password in protected.passwords().values():
         assert password not in printed
     assert os.path.exists(credentials_file(protected.home, protected.port))
+
+
+def test_the_detector_keeps_and_drops_a_device_s_state(protected: Protected) -> None:
+    """What fraud_detect does with a device's state, checked without running it (ACL DRYRUN): the
+    trail's read and write, and one DEL of a window and its trail when the device goes quiet."""
+    user = "detector"
+    allowed = [("HMGET", PART.trail("d"), "beats", "lat", "lon", "at"), ("HSET", PART.trail("d"), "beats", "1"),
+               ("DEL", PART.window("d"), PART.trail("d"))]
+    with protected.client("admin", decode_responses=True) as admin:
+        for command in allowed:
+            assert admin.execute_command("ACL", "DRYRUN", user, *command) == "OK", command
+        assert admin.execute_command("ACL", "DRYRUN", user, "HSET", PART.stats, "x", "1") != "OK"

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from pipeline.core.keys import Keys
+from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from tests.arrival import xadd_arrived
 from tests.helpers import list_ips, run_pipeline, series_totals, stream_entries, verdicts_by_raw_id, xadd_all
@@ -119,7 +119,7 @@ async def test_a_retry_gets_no_second_verdict_and_no_second_count(settings: Sett
     verdicts = await verdicts_of(settings, clicks)
     # The same transaction on another device is another click.
     assert verdicts == ["clean", None, None, "clean", "clean"]
-    assert series_totals(settings) == {"clean": 3, "ip_blacklist": 0, "click_spam": 0}
+    assert series_totals(settings) == dict.fromkeys(VERDICTS, 0) | {"clean": 3}
     with redis.Redis.from_url(settings.redis_url) as client:
         assert stats_totals(client, settings)["detector.duplicate"] == 2
 
@@ -206,7 +206,7 @@ async def test_generated_traffic_gets_the_model_s_outcome_and_its_label_s(settin
 
     await blacklist(settings, *blacklisted_ips())
     ticks = iter(range(T0, T0 + 10**9, 37))
-    trace = traffic(5, lambda: next(ticks), TrafficMix(humans=300))
+    trace = traffic(5, lambda: next(ticks), TrafficMix(humans=300, travellers=20))
     labelled = [next(trace) for _ in range(5000)]
     ids = xadd_arrived(settings, [(T0 + 5000 * 37, fields) for fields, _ in labelled])
     await run_pipeline(settings)
@@ -226,9 +226,14 @@ async def test_generated_traffic_gets_the_model_s_outcome_and_its_label_s(settin
             assert outcome == "duplicate"
         elif label == "blacklisted":
             assert outcome == "ip_blacklist"
+        elif label == "impossible_hop":
+            assert outcome in ("impossible_travel", "click_spam"), outcome
+        elif label == "metronome":
+            assert outcome in ("clean", "robotic"), outcome
         else:
             assert outcome in ("clean", "click_spam"), (label, outcome)
     counts = Counter(verdicts.values())
-    assert series_totals(settings) == {v: counts.get(v, 0) for v in ("clean", "ip_blacklist", "click_spam")}
-    assert {label for _, label in labelled} == {"human", "bot_burst", "blacklisted", "retry", "malformed"}
-    assert counts["click_spam"] > 0 and counts["clean"] > 0 and counts["ip_blacklist"] > 0
+    assert series_totals(settings) == {v: counts.get(v, 0) for v in VERDICTS}
+    assert {label for _, label in labelled} == {"human", "bot_burst", "blacklisted", "retry", "malformed",
+                                                "metronome", "traveller", "impossible_hop"}
+    assert all(counts[v] > 0 for v in VERDICTS), counts

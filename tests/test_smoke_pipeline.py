@@ -1,5 +1,6 @@
 from collections import Counter
 
+from pipeline.core.keys import VERDICTS
 from pipeline.core.settings import Settings
 from tests.arrival import xadd_arrived
 from tests.helpers import run_pipeline, series_totals, verdicts_by_raw_id
@@ -11,5 +12,5 @@ async def test_clicks_flow_to_verdicts_and_counts(settings: Settings) -> None:
     await run_pipeline(settings)
     verdicts = verdicts_by_raw_id(settings)
     assert set(verdicts) == set(ids)
-    assert series_totals(settings) == {**{"clean": 0, "ip_blacklist": 0, "click_spam": 0},
+    assert series_totals(settings) == {**dict.fromkeys(VERDICTS, 0),
                                        **Counter(verdicts.values())}

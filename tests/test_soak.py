@@ -6,7 +6,7 @@ import dataclasses
 
 import redis
 
-from pipeline.core.keys import Keys
+from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from pipeline.dev.soak import soak
@@ -22,6 +22,9 @@ ENV = {
     "FRAUD_DEDUP_HORIZON_MS": str(HORIZON_MS),
     "FRAUD_MAX_FUTURE_MS": str(FUTURE_MS),
     "FRAUD_MAINTENANCE_INTERVAL_MS": "500",
+    # A device's state (window and trail) goes once no rule can look back at it: lookbacks within the window.
+    "FRAUD_ROBOTIC_LOOKBACK_MS": str(WINDOW_MS),
+    "FRAUD_TRAVEL_LOOKBACK_MS": str(WINDOW_MS),
 }
 # Arrival time after which no click can look back at a device's window: it is removed.
 FORGOTTEN_AFTER_MS = 2 * HORIZON_MS + WINDOW_MS + FUTURE_MS
@@ -52,7 +55,7 @@ def longest_per_partition(settings: Settings, stream: str) -> int:
 async def test_streams_are_trimmed_and_windows_expire(settings: Settings) -> None:
     result = await soak(settings, CLICKS, 15_000, env=ENV, settle_s=5.0, timeout=120)
     stats = result.stats
-    decided = sum(stats.get(f"detector.{k}", 0) for k in ("clean", "ip_blacklist", "click_spam", "duplicate", "dead"))
+    decided = sum(stats.get(f"detector.{k}", 0) for k in (*VERDICTS, "duplicate", "dead"))
     assert decided == CLICKS, stats
     assert stats["aggregator.counted"] == CLICKS - stats.get("detector.duplicate", 0) - stats.get("detector.dead", 0)
     assert max(s.raw_len for s in result.samples) > 1000, "the streams never held much: nothing was tested"
@@ -70,7 +73,8 @@ async def test_streams_are_trimmed_and_windows_expire(settings: Settings) -> Non
         last_ms = int(client.xinfo_stream(Keys(settings.namespace).raw)["last-generated-id"].split(b"-")[0])
     later = last_ms + FORGOTTEN_AFTER_MS + 1
     run_settings = dataclasses.replace(settings, dedup_horizon_ms=HORIZON_MS, click_spam_window_ms=WINDOW_MS,
-                                       max_future_ms=FUTURE_MS)
+                                       max_future_ms=FUTURE_MS, robotic_lookback_ms=WINDOW_MS,
+                                       travel_lookback_ms=WINDOW_MS)
     # Each detector call removes at most twice a batch of quiet windows: one call per click here.
     calls = result.window_keys // (2 * run_settings.batch_size) + 1
     newcomers = newcomer_of_each_partition(settings.partitions)

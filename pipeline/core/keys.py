@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERDICTS: tuple[str, ...] = ("clean", "ip_blacklist", "click_spam")
+# The verdicts, in their order of precedence: the first is a click's when no rule matches; the
+# others are the rules, tried in this order (README, "Rules"). Series, status, the live view and
+# the dashboard's panels are all derived from this list.
+VERDICTS: tuple[str, ...] = ("clean", "ip_blacklist", "click_spam", "impossible_travel", "robotic")
 
 # Prefix of per-device window keys, relative to a partition; the server-side
 # detector step builds ``<partition prefix>window:<device_id>`` itself.
 WINDOW_INFIX = "window"
+# Prefix of per-device trail keys (a hash: the device's recent click times and its last position),
+# built by the server-side detector step the same way.
+TRAIL_INFIX = "trail"
 
 # The offender buckets: ``<partition prefix>offenders:<dimension>:<verdict>:<span_ms>:<start_ms>``, one
 # sorted set of the heaviest members of one dimension (device_id, ip) for one flagged verdict in
@@ -66,6 +72,15 @@ class PartitionKeys:
 
     def window(self, device_id: str) -> str:
         return self.window_prefix + device_id
+
+    @property
+    def trail_prefix(self) -> str:
+        return self._key(TRAIL_INFIX, "")
+
+    def trail(self, device_id: str) -> str:
+        """Hash of what the robotic and impossible_travel rules remember of a device: ``beats`` (the ts of
+        its last clicks, arrival order) and ``lat``, ``lon``, ``at`` (its last positioned click)."""
+        return self.trail_prefix + device_id
 
     @property
     def window_index(self) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.keys import VERDICTS
+
 
 class SettingsError(ValueError):
     """A ``FRAUD_*`` variable holds a value the pipeline cannot use."""
@@ -42,6 +44,23 @@ class Settings:
     # F: how far a click's ts may lie after its arrival (producers' clocks run
     # ahead). Clicks outside [arrival - H, arrival + F] are dead-lettered.
     max_future_ms: int = 60_000
+
+    # The rules applied, by verdict name (any of ip_blacklist, click_spam, impossible_travel,
+    # robotic; empty: none). Their order of precedence is fixed (keys.VERDICTS), not this list's.
+    rules: str = "ip_blacklist,click_spam,impossible_travel,robotic"
+    # robotic: the last K intervals between a device's clicks (event time, arrival order), judged
+    # once there are at least the minimum; robotic when max - min < permille/1000 of their mean.
+    # A previous click counts while its ts is within the lookback before the click's ts.
+    robotic_intervals: int = 8
+    robotic_min_intervals: int = 5
+    robotic_spread_permille: int = 20
+    robotic_lookback_ms: int = 600_000
+    # impossible_travel: the device's previous positioned click is farther than the speed allows in
+    # the time between them (and farther than the minimum distance, below which positions are noise).
+    # That click counts while its ts is within the lookback before the click's ts.
+    travel_max_kmh: int = 1_000
+    travel_min_km: int = 100
+    travel_lookback_ms: int = 3_600_000
 
     blacklist_capacity: int = 1_000_000
     blacklist_bucket_size: int = 2
@@ -95,7 +114,8 @@ class Settings:
             "click_spam_threshold", "click_spam_window_ms", "dedup_horizon_ms", "blacklist_capacity",
             "batch_size", "block_ms", "partitions", "lease_ms", "bucket_ms", "rollup_bucket_ms",
             "max_field_count", "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
-            "offenders_per_bucket",
+            "offenders_per_bucket", "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille",
+            "robotic_lookback_ms", "travel_max_kmh", "travel_lookback_ms",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -105,6 +125,7 @@ class Settings:
         if self.max_future_ms < 0:
             raise SettingsError(f"FRAUD_MAX_FUTURE_MS must not be negative, got {self.max_future_ms}")
         self._validate_event_time_span()
+        self._validate_rules()
         if self.rollup_bucket_ms % self.bucket_ms:
             raise SettingsError("FRAUD_ROLLUP_BUCKET_MS must be a multiple of FRAUD_BUCKET_MS")
         if self.appendfsync not in ("always", "everysec", "no"):
@@ -118,6 +139,42 @@ class Settings:
         if self.partitions > PARTITIONS_MAX:
             raise SettingsError(f"FRAUD_PARTITIONS must be at most {PARTITIONS_MAX}, got {self.partitions}")
 
+    @property
+    def rule_names(self) -> tuple[str, ...]:
+        """The rules switched on, in their order of precedence."""
+        chosen = {name.strip() for name in self.rules.split(",") if name.strip()}
+        return tuple(v for v in VERDICTS[1:] if v in chosen)
+
+    @property
+    def history_ms(self) -> int:
+        """How far before its arrival a click's rules can look back: H + the longest lookback of a
+        rule switched on (a device's state older than that is never read again)."""
+        on = self.rule_names
+        lookbacks = (self.click_spam_window_ms,
+                     self.robotic_lookback_ms if "robotic" in on else 0,
+                     self.travel_lookback_ms if "impossible_travel" in on else 0)
+        return self.dedup_horizon_ms + max(lookbacks)
+
+    def _validate_rules(self) -> None:
+        chosen = [name.strip() for name in self.rules.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in VERDICTS[1:]]
+        if unknown:
+            raise SettingsError(
+                f"FRAUD_RULES names no rule {', '.join(unknown)}; the rules are {', '.join(VERDICTS[1:])}")
+        if self.travel_min_km < 0:
+            raise SettingsError(f"FRAUD_TRAVEL_MIN_KM must not be negative, got {self.travel_min_km}")
+        if self.robotic_min_intervals > self.robotic_intervals:
+            raise SettingsError("FRAUD_ROBOTIC_MIN_INTERVALS must be at most FRAUD_ROBOTIC_INTERVALS")
+        if self.robotic_spread_permille > 1_000:
+            raise SettingsError(
+                f"FRAUD_ROBOTIC_SPREAD_PERMILLE must be at most 1000, got {self.robotic_spread_permille}")
+        # Both rules compare integer products in the server's doubles: they stay exact below 2^53.
+        interval_max = self.robotic_lookback_ms + self.dedup_horizon_ms + self.max_future_ms
+        if 1_000 * self.robotic_intervals * interval_max >= EXACT_MAX:
+            raise SettingsError("FRAUD_ROBOTIC_INTERVALS x (FRAUD_ROBOTIC_LOOKBACK_MS + H + F) is too large")
+        if self.travel_max_kmh * (self.travel_lookback_ms + self.dedup_horizon_ms + self.max_future_ms) >= EXACT_MAX:
+            raise SettingsError("FRAUD_TRAVEL_MAX_KMH x (FRAUD_TRAVEL_LOOKBACK_MS + H + F) is too large to be exact")
+
     def _validate_event_time_span(self) -> None:
         """Accepted event times span H + F around arrival; that span must sit well inside the
         series' retention, or a sample of an accepted click could be refused as too old."""
@@ -129,6 +186,9 @@ class Settings:
                 "FRAUD_SERIES_RETENTION_MS must be at least twice FRAUD_DEDUP_HORIZON_MS + FRAUD_MAX_FUTURE_MS"
                 " + FRAUD_BUCKET_MS, so that no accepted click's count can be refused as too old")
 
+
+# Integers up to this are exact in a double (Lua's numbers).
+EXACT_MAX = 2**53
 
 # More partitions than this would cost more in per-partition state and polling than they could spread.
 PARTITIONS_MAX = 1024

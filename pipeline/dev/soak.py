@@ -33,6 +33,9 @@ RETENTION_ENV: dict[str, str] = {
     "FRAUD_DEDUP_HORIZON_MS": "20000",
     "FRAUD_MAX_FUTURE_MS": "1000",
     "FRAUD_MAINTENANCE_INTERVAL_MS": "1000",
+    # The rules' lookbacks no longer than the spam window, so that a device's state goes with its window.
+    "FRAUD_ROBOTIC_LOOKBACK_MS": "10000",
+    "FRAUD_TRAVEL_LOOKBACK_MS": "10000",
 }
 # Memory before this share of the clicks is warm-up: windows fill, streams reach their trimmed size.
 WARM_UP_SHARE = 0.25

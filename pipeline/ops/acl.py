@@ -114,6 +114,7 @@ def role_rules(role: str, keys: Keys) -> list[str]:
     if role == "detector":
         windows, index, blacklist = each(lambda k: k.window_prefix) + "*", each(lambda k: k.window_index), \
             each(lambda k: k.blacklist)
+        trails = each(lambda k: k.trail_prefix) + "*"
         # The blacklist too: FCALL's keys count as written; only CF.MEXISTS (and its creation) reaches it.
         return _stage_rules(keys, "detector", each(lambda k: k.lease("detector")), (inputs,),
                             (verdicts, dead, stats, commits["detector"], blacklist, index),
@@ -121,7 +122,9 @@ def role_rules(role: str, keys: Keys) -> list[str]:
                             _selector(("+xtrim",), dead), _selector(("+hincrby",), stats),
                             _selector(("+cf.mexists", "+cf.reserve"), blacklist),
                             _selector(("+zadd", "+zscore", "+zcount", "+zremrangebyscore", "+zrangebyscore", "+zrem",
-                                       "+del"), windows, index))
+                                       "+del"), windows, index),
+                            # A device's state goes whole: one DEL of its window and its trail.
+                            _selector(("+hmget", "+hset"), trails), _selector(("+del",), windows, trails))
     if role == "aggregator":
         # Its step also keeps the offender buckets (bounded sorted sets, each with an expiry).
         offenders = each(lambda k: k.offenders_prefix) + "*"
