@@ -252,8 +252,10 @@ end
 -- An empty lat means the click carries no position.
 local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   local held = redis.call('HMGET', trail, 'beats', 'lat', 'lon', 'at')
-  local beats = {}
+  -- The times as text too: kept as they are, they need no formatting back (a click's cost).
+  local beats, words = {}, {}
   for t in string.gmatch(held[1] or '', '%S+') do
+    words[#words + 1] = t
     beats[#beats + 1] = tonumber(t)
   end
   facts.beats = beats
@@ -262,8 +264,8 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   local update = {}
   if keeps_beats then
     local kept = {}
-    for j = math.max(1, #beats - p.robotic_intervals + 2), #beats do
-      kept[#kept + 1] = int_text(beats[j])
+    for j = math.max(1, #words - p.robotic_intervals + 2), #words do
+      kept[#kept + 1] = words[j]
     end
     kept[#kept + 1] = int_text(facts.ts)
     update = {'beats', table.concat(kept, ' ')}
@@ -271,9 +273,9 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   if lat ~= '' then
     facts.lat, facts.lon = tonumber(lat), tonumber(lon)
     if keeps_position then
-      for _, v in ipairs({'lat', lat, 'lon', lon, 'at', int_text(facts.ts)}) do
-        update[#update + 1] = v
-      end
+      local n = #update
+      update[n + 1], update[n + 2], update[n + 3], update[n + 4] = 'lat', lat, 'lon', lon
+      update[n + 5], update[n + 6] = 'at', int_text(facts.ts)
     end
   end
   if #update > 0 then

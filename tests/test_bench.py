@@ -119,3 +119,19 @@ def test_comparison_options_need_baseline(capsys: pytest.CaptureFixture[str]) ->
     assert "need --baseline" in capsys.readouterr().err
     assert main(["bench", "--baseline", "HEAD", "--use-running"]) == 2
     assert "drop --use-running" in capsys.readouterr().err
+
+
+def test_breakdown_shows_each_stage_with_and_without_aof(bench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each stage alone on a fresh server, with AOF and without: Redis CPU per click, per command,
+    and the share of each step that is the Lua call itself; every click went through every stage."""
+    assert main(["bench", "--breakdown", "--clicks", "2000", "--json"]) == 0
+    runs = orjson.loads(capsys.readouterr().out)
+    assert list(runs) == ["AOF appendfsync everysec", "without AOF"]
+    for rows in runs.values():
+        assert [row["stage"] for row in rows] == ["producer", "router", "detector", "aggregator"]
+        by_stage = {row["stage"]: row for row in rows}
+        assert by_stage["producer"]["commands"]["xadd"]["calls"] == 2000
+        for stage in ("router", "detector", "aggregator"):
+            row = by_stage[stage]
+            assert row["redis_us_per_click"] > 0 and row["commands"]["fcall"]["calls"] > 0
+            assert 0 <= row["lua_overhead_us_per_click"] <= row["fcall_us_per_click"]

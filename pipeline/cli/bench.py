@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+import orjson
+
 from pipeline.cli.args import non_negative_float, positive_float, positive_int
 from pipeline.core.errors import FraudError
 from pipeline.core.settings import Settings
 from pipeline.dev.bench import _bench, bench_server
 from pipeline.dev.bench_compare import compare
+from pipeline.dev.breakdown import breakdown_runs, print_runs
 
 DEFAULT_REPEAT = 3
 
@@ -24,7 +27,18 @@ async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         return await _bench(args, bench_settings)
 
 
+async def run_breakdown(args: argparse.Namespace, settings: Settings) -> int:
+    runs = await breakdown_runs(settings, args.clicks, args.direct, args.use_running)
+    if args.json:
+        print(orjson.dumps(runs).decode())
+    else:
+        print_runs(runs)
+    return 0
+
+
 def run(args: argparse.Namespace, settings: Settings) -> object:
+    if args.breakdown:
+        return run_breakdown(args, settings)
     if args.baseline is None:
         if args.compare_detectors is not None or args.repeat is not None or args.with_direct:
             raise BenchUsageError("--compare-detectors, --repeat and --with-direct compare designs: "
@@ -65,6 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --baseline: the detector counts to compare at (default: --detectors)")
     parser.add_argument("--repeat", type=positive_int, metavar="N",
                         help=f"with --baseline: runs of each design per detector count (default {DEFAULT_REPEAT})")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where Redis's CPU goes: each stage alone, per command, the Lua overhead of each "
+                             "step, with AOF and without (needs no other option; --clicks, --direct apply)")
     parser.add_argument("--with-direct", action="store_true",
                         help="with --baseline: also run the current tree with --direct, as a third design")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
