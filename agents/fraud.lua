@@ -591,6 +591,36 @@ local function id_less(a, b)
   return ams < bms or (ams == bms and aseq < bseq)
 end
 
+-- Keys: lease, commits, input. Params: group, owner, epoch, after, first, last, stage, limit, alone.
+-- Poison pills that kill the caller's process (pipeline/runtime/attempts.py): counts one more
+-- attempt at the batch that follows `after`, in the partition's lease hash (attempt_at, attempts,
+-- suspects_to), fenced like a step. A batch (alone = 0) whose offset saw `limit` attempts already,
+-- or that starts below suspects_to, is not counted: its entries up to `last` become suspects,
+-- to be begun one at a time (alone = 1), each counted from zero. Returns {'ok', attempts counted
+-- at `after`}, {'suspect', the last suspect id}, or the 'fenced' reply.
+local function attempt(keys, args)
+  local k, p = decode(keys, args)
+  local group, reply = open_partition(k, p)
+  if not group then
+    return reply
+  end
+  local held = redis.call('HMGET', k.lease, 'attempt_at', 'attempts', 'suspects_to')
+  local n = held[1] == p.after and tonumber(held[2]) or 0
+  local bound = held[3] or '0-0'
+  if p.alone == '0' then
+    if id_less(p.after, bound) then
+      return {'suspect', bound}
+    end
+    if n >= tonumber(p.limit) then
+      redis.call('HSET', k.lease, 'attempt_at', p.after, 'attempts', 0, 'suspects_to', p.last)
+      return {'suspect', p.last}
+    end
+  end
+  n = n + 1
+  redis.call('HSET', k.lease, 'attempt_at', p.after, 'attempts', n)
+  return {'ok', n}
+end
+
 -- The highest MINID that trims nothing a group has yet to deliver or acknowledge.
 local function safe_min_id(stream)
   local safe = nil
@@ -755,6 +785,7 @@ redis.register_function('fraud_detect', detect)
 redis.register_function('fraud_aggregate', aggregate)
 redis.register_function{function_name = 'fraud_offenders', callback = offenders, flags = {'no-writes'}}
 redis.register_function('fraud_reject', reject)
+redis.register_function('fraud_attempt', attempt)
 redis.register_function('fraud_trim', trim)
 redis.register_function('fraud_lease', lease)
 redis.register_function('fraud_member', member)

@@ -73,6 +73,10 @@ class Settings:
     # How long a member's lease on its partitions lasts without a heartbeat: a member that dies
     # has its partitions taken over within about this time (heartbeats run every third of it).
     lease_ms: int = 3_000
+    # A batch begun this many times at one offset without being committed (its process died each
+    # time) has its entries applied one at a time; one that kills this many processes alone is
+    # dead-lettered (max_attempts), so that the partition moves on.
+    max_attempts: int = 3
     batch_size: int = 500
     block_ms: int = 1_000
     maintenance_interval_ms: int = 5_000
@@ -112,7 +116,7 @@ class Settings:
     def validate(self) -> None:
         positive = (
             "click_spam_threshold", "click_spam_window_ms", "dedup_horizon_ms", "blacklist_capacity",
-            "batch_size", "block_ms", "partitions", "lease_ms", "bucket_ms", "rollup_bucket_ms",
+            "batch_size", "max_attempts", "block_ms", "partitions", "lease_ms", "bucket_ms", "rollup_bucket_ms",
             "max_field_count", "max_field_bytes", "maintenance_interval_ms", "shutdown_timeout_ms",
             "offenders_per_bucket", "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille",
             "robotic_lookback_ms", "travel_max_kmh", "travel_lookback_ms",

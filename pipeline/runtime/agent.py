@@ -28,7 +28,8 @@ from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import id_at
 from pipeline.core.waiting import wait_or_stop
-from pipeline.runtime.commits import Rejection, committed_offset, reject
+from pipeline.runtime.attempts import Attempts, Begun
+from pipeline.runtime.commits import apply_or_reject, committed_offset, entries_to_blame, reject
 from pipeline.runtime.leases import Assignment
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
 from pipeline.runtime.steps import TRIM
@@ -53,6 +54,7 @@ class StreamAgent(mode.Service):
         self.assignment: Assignment | None = None
         # partition -> the offset its next batch follows (what this member last committed there)
         self.cursors: dict[int, bytes] = {}
+        self.attempts = Attempts(settings.max_attempts)
         self._stopping = asyncio.Event()
         self._next_heartbeat = 0.0
         self._next_maintenance = 0.0
@@ -176,6 +178,7 @@ class StreamAgent(mode.Service):
         """Start on a partition: what the stage writes there exists, and reading resumes at its offset."""
         assert self.client is not None
         partition = self.keys.partition(unit) if self.stage.partitioned else None
+        self.attempts.forget(unit)
         await self.handler.setup(self.client, self.keys, partition)
         self.cursors[unit] = await committed_offset(
             self.client, self.stage.input_stream(self.keys, unit), self.stage.name)
@@ -206,24 +209,33 @@ class StreamAgent(mode.Service):
 
     async def process_all(self, batches: dict[int, list[Entry]]) -> None:
         """Apply every partition's batch at once: while Redis runs one partition's step, the next
-        one's is being built (the client keeps several calls in flight on its connection)."""
-        if len(batches) == 1:
-            ((unit, entries),) = batches.items()
-            await self.process(unit, entries)
-            return
-        outcomes = await asyncio.gather(*(self.process(u, e) for u, e in batches.items()), return_exceptions=True)
+        one's is being built (the client keeps several calls in flight on its connection). Then
+        the suspects of a crash (attempts.py), one entry at a time with nothing else in flight."""
+        whole = [(u, e) for u, e in batches.items() if not self.attempts.suspect(u, self.cursors[u])]
+        outcomes = await asyncio.gather(*(self.process(u, e) for u, e in whole), return_exceptions=True)
         # Every partition's batch has ended (applied, fenced, or failed) before a failure is acted on.
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+        for unit, entries in sorted(batches.items()):
+            if unit in self.cursors and self.attempts.suspect(unit, self.cursors[unit]):
+                fenced = await self._apply_alone(unit, entries, counted=True)
+                if fenced:
+                    await self._fenced(unit, fenced)
 
     async def process(self, unit: int, entries: list[Entry]) -> None:
+        begun = await self.attempts.begin(unit, self.context(unit), entries)
+        if begun.fenced:
+            await self._fenced(unit, list(begun.fenced))
+        if begun.fenced or begun.suspect:
+            return  # suspects are applied alone, after the other partitions' batches
         try:
             fenced = await self.handler.handle(self.context(unit), entries)
         except Exception as err:
-            if not _entries_to_blame(err):
+            if not entries_to_blame(err):
                 raise
-            fenced = await self._isolate_poison(unit, entries, err)
+            self.events.warning("batch failed, applying its entries one by one", partition=unit, error=repr(err))
+            fenced = await self._apply_alone(unit, entries, counted=False)
         if fenced:
             await self._fenced(unit, fenced)
             return
@@ -238,23 +250,26 @@ class StreamAgent(mode.Service):
         if await self.assignment.still_mine(unit):
             await self.take(unit)
 
-    async def _isolate_poison(self, unit: int, entries: list[Entry], err: Exception) -> list[bytes]:
-        """Apply the entries of a failed batch one by one, in order; dead-letter those that fail alone."""
-        self.events.warning("batch failed, applying its entries one by one", partition=unit, error=repr(err))
+    async def _apply_alone(self, unit: int, entries: list[Entry], counted: bool) -> list[bytes]:
+        """Apply entries one by one, in order: a failed batch's (dead-lettering those that fail alone),
+        or a crash's suspects while they last (`counted`: each attempt counted, see attempts.py)."""
         for entry in entries:
             ctx = self.context(unit)
-            try:
-                fenced = await self.handler.handle(ctx, [entry])
-            except Exception as one_err:
-                if not _entries_to_blame(one_err) or not self.stage.partitioned:
-                    raise
-                self.events.error("entry made the stage fail, dead-lettering it", entry_id=entry[0].decode(),
-                                  error=repr(one_err))
-                reason = f"error: {type(one_err).__name__}: {one_err}"[:500]
-                fenced = await reject(ctx, [Rejection(entry[0], reason, entry[1] or ())])
+            if counted and not self.attempts.suspect(unit, ctx.after):
+                break
+            begun = await self.attempts.begin(unit, ctx, [entry], alone=True) if counted else Begun()
+            if begun.fenced:
+                return list(begun.fenced)
+            exhausted = self.attempts.exhausted(begun, entry)
+            if exhausted is None:
+                fenced = await apply_or_reject(self.handler, ctx, entry, self.events)
+            else:
+                self.events.error("entry ended its process too often, dead-lettering it", entry_id=entry[0].decode())
+                fenced = await reject(ctx, [exhausted])
             if fenced:
                 return fenced
             self.cursors[unit] = entry[0]
+            self.processed += 1 if counted else 0
         return []
 
     async def maintain(self) -> None:
@@ -269,12 +284,6 @@ class StreamAgent(mode.Service):
                 # Nobody consumes dead letters as a group: they are kept for people, for a while.
                 await self.client.execute("XTRIM", self.keys.partition(unit).dead, "MINID",
                                           id_at(now_ms - s.dead_keep_ms))
-
-
-def _entries_to_blame(err: Exception) -> bool:
-    """Whether a failed step may be the entries' fault (then they are isolated, and a poison one
-    dead-lettered), rather than the connection's or the server's state (then it is waited out)."""
-    return not isinstance(err, RespConnectionError | OSError) and not is_server_state_error(err)
 
 
 async def run_burst(stage: Stage, settings: Settings, consumer: str, handler: Handler | None = None) -> StreamAgent:

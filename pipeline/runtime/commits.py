@@ -1,4 +1,5 @@
-"""A batch's commit: the dead-lettering step, what a fenced reply says, and where an offset stands."""
+"""A batch's commit: the dead-lettering step (and an entry that fails alone, dead-lettered), what a
+fenced reply says, and where an offset stands."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.client.create import create_once
-from pipeline.client.resp import RespClient, RespError
+from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.client.step import Step, counted
 from pipeline.core.replies import text_pairs
-from pipeline.runtime.stage import BatchContext
+from pipeline.runtime.stage import BatchContext, Entry, Handler
 from pipeline.runtime.steps import REJECT
 from schemas.click import FieldLimits
 from schemas.dead_letter import bounded_copy
@@ -34,6 +35,23 @@ async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[byt
     reply = await ctx.client.execute(*REJECT.argv(
         {**keys, "dead": ctx.partition.dead, "stats": ctx.partition.stats}, params, {"entries": records}))
     return fenced_ids(reply)
+
+
+def entries_to_blame(err: Exception) -> bool:
+    """Whether a failed step may be the entries' fault (then they are isolated, and a poison one
+    dead-lettered), rather than the connection's or the server's state (then it is waited out)."""
+    return not isinstance(err, RespConnectionError | OSError) and not is_server_state_error(err)
+
+
+async def apply_or_reject(handler: Handler, ctx: BatchContext, entry: Entry, events: Any) -> list[bytes]:
+    """Apply one entry alone; dead-letter it (`error: ...`) when it makes the step fail by itself."""
+    try:
+        return await handler.handle(ctx, [entry])
+    except Exception as err:
+        if not entries_to_blame(err) or ctx.partition is None:
+            raise
+        events.error("entry made the stage fail, dead-lettering it", entry_id=entry[0].decode(), error=repr(err))
+        return await reject(ctx, [Rejection(entry[0], f"error: {type(err).__name__}: {err}"[:500], entry[1] or ())])
 
 
 def fenced_ids(reply: list[Any]) -> list[bytes]:
