@@ -112,12 +112,15 @@ def test_sigkills_of_partition_owners_keep_every_click_exactly_once(settings: Se
     rng = random.Random(SEED)
     names = {"detector": 0, "aggregator": 0}
     log = tmp_path / "agents.log"
+    # More attempts than the test has kills: repeated kills at one offset alone never dead-letter a
+    # good click (tests/test_poison_crash.py is where the attempt limit is tested).
+    env = {"FRAUD_MAX_ATTEMPTS": str(10 * HOLDING_KILLS)}
 
     def start(stage: str, consumer: str | None = None) -> Slot:
         if consumer is None:
             names[stage] += 1
             consumer = f"{stage}-{names[stage]}"
-        return Slot(stage, consumer, spawn_agent(settings.redis_url, stage, consumer, log=log))
+        return Slot(stage, consumer, spawn_agent(settings.redis_url, stage, consumer, env, log=log))
 
     router = spawn_agent(settings.redis_url, "router", "router-1", log=log)
     slots = [start("detector"), start("detector"), start("aggregator")]
