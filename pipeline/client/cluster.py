@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.crc import key_slot
 
 from pipeline.client.resp import Arg, RespClient, RespConnectionError, RespError
+from pipeline.core.replies import pairs
 
 SLOTS = 16384
 # Redirections followed for one command before its last error reply is handed back: a slot moves
@@ -230,13 +231,6 @@ def every_master(client: RespClient | ClusterClient) -> list[RespClient]:
 
 
 async def is_cluster_node(client: RespClient) -> bool:
-    """Whether the server is a node of a Redis Cluster. A user not allowed INFO (the embedded
-    server's roles) is taken to be on a single server: a cluster's users need ``+info`` and
-    ``+cluster|slots``."""
-    try:
-        info = await client.execute("INFO", "cluster")
-    except RespError as err:
-        if str(err).startswith("NOPERM"):
-            return False
-        raise
-    return b"cluster_enabled:1" in info
+    """Whether the server is a node of a Redis Cluster: HELLO's ``mode``, which every user may ask
+    (INFO is not every ACL user's)."""
+    return pairs(await client.execute("HELLO")).get(b"mode") == b"cluster"

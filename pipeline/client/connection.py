@@ -91,7 +91,7 @@ async def open_fast_client(settings: Settings) -> RespClient | ClusterClient:
         raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
     except RespError as err:
         await client.close()
-        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused INFO or CLUSTER SLOTS: "
+        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused HELLO or CLUSTER SLOTS: "
                                     f"{err}", transient=is_server_state_error(err)) from err
     return client
 
@@ -130,11 +130,10 @@ async def open_redis(settings: Settings, encoding_errors: str = "strict") -> aio
 
 
 async def _redis_py_on_cluster(client: aioredis.Redis) -> bool:
-    """Whether the server is a cluster node (a user not allowed INFO is taken to be on one server)."""
-    try:
-        return bool((await client.info("cluster")).get("cluster_enabled"))
-    except ResponseError:
-        return False
+    """Whether the server is a node of a Redis Cluster (HELLO's ``mode``: every user may ask)."""
+    hello = await client.execute_command("HELLO")
+    mode = hello.get("mode") if isinstance(hello, dict) else pairs(hello).get("mode")
+    return bool(mode == "cluster")
 
 
 async def open_patiently(opener: Callable[[], Awaitable[T]], events: Any) -> T:
