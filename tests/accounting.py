@@ -13,7 +13,7 @@ import redis
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.settings import Settings
 from tests.helpers import series_totals
-from tests.outputs import read_partitions, read_stream, stage_drained, stats_totals
+from tests.outputs import open_client, read_partitions, read_stream, stage_drained, stats_totals
 
 Flat = dict[bytes, bytes]
 
@@ -50,7 +50,7 @@ def check_exactly_once(settings: Settings, *, aggregated: bool = True, retries_m
     ``retries_may_expire``: a click name (device_id, transaction_id) may have more than one verdict,
     for traces where a retry comes after the horizon (the caller checks which, with a model).
     """
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with open_client(settings.redis_url) as client:
         out = _check(client, settings, aggregated, retries_may_expire)
     if aggregated:
         assert series_totals(settings) == out.verdict_counts(), "series sums differ from the verdict counts"

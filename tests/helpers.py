@@ -16,12 +16,13 @@ from pipeline.ops.blacklist import add_ips
 from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.agent import run_burst as burst
 from schemas.verdict import Verdict
+from tests.outputs import open_client
 
 
 def xadd_all(settings: Settings, clicks: Iterable[Sequence[str | bytes]]) -> list[str]:
     """XADD each click (a flat field/value list) to the raw stream; returns the entry ids."""
     keys = Keys(settings.namespace)
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with open_client(settings.redis_url) as client:
         pipe = client.pipeline(transaction=False)
         for click in clicks:
             pipe.execute_command("XADD", keys.raw, "*", *click)
@@ -61,7 +62,7 @@ def series_totals(settings: Settings) -> dict[str, int]:
     """Sum of every sample of each verdict's raw series (every partition's), over all time."""
     keys = Keys(settings.namespace)
     totals: dict[str, int] = dict.fromkeys(VERDICTS, 0)
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with open_client(settings.redis_url) as client:
         for part in keys.partitions(settings.partitions):
             for verdict in VERDICTS:
                 if not client.exists(part.series(verdict)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import redis
+from redis.cluster import RedisCluster
 
 from agents.pipeline import PIPELINE, ROUTER
 from pipeline.core.keys import Keys
@@ -114,3 +115,21 @@ def lease_ran_out(settings: Settings, stage: str, unit: int) -> bool:
         until = int(client.hget(lease, "until") or 0)
         seconds, micros = client.time()
     return until < seconds * 1000 + micros // 1000
+
+
+def open_client(url: str) -> redis.Redis | RedisCluster:
+    """A redis-py client of the server at ``url``; of the whole cluster when it is a cluster node
+    (every key then reaches its own node: a single-node client would get MOVED)."""
+    client = redis.Redis.from_url(url)
+    try:
+        if not client.info("cluster").get("cluster_enabled"):
+            return client
+    except redis.ResponseError:
+        return client
+    client.close()
+    cluster = RedisCluster.from_url(url)
+    # read_stream wants XRANGE's reply as sent: a cluster applies its callbacks after each node's own.
+    for node in cluster.get_nodes():
+        assert node.redis_connection is not None
+        node.redis_connection.set_response_callback("XRANGE", lambda reply, **_: reply)
+    return cluster

@@ -26,6 +26,7 @@ from pipeline.dev.credentials import command_role, with_role
 # Every command, in the order ``fraud --help`` lists them: one module each, with its ``register``.
 COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.server",
+    "pipeline.cli.cluster",
     "pipeline.cli.setup",
     "pipeline.cli.acl",
     "pipeline.cli.up",

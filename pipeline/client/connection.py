@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, AuthorizationError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from pipeline.client.cluster import ClusterClient, is_cluster_node, open_cluster_client
 from pipeline.client.resp import RespAuthError, RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.errors import MissingModulesError, RedisUnavailableError
 from pipeline.core.log import redact_url
@@ -66,8 +67,9 @@ def redis_py_tls(settings: Settings) -> dict[str, Any]:
     return options
 
 
-async def open_fast_client(settings: Settings) -> RespClient:
-    """The agents' hiredis client, connected and checked for the modules."""
+async def open_fast_client(settings: Settings) -> RespClient | ClusterClient:
+    """The agents' hiredis client, connected and checked for the modules; on a node of a Redis
+    Cluster, a client of the whole cluster (the same interface) seeded by that node."""
     tls = tls_context(settings) if settings.redis_url.startswith("rediss:") else None
     client = RespClient(settings.redis_url, ssl_context=tls)
     try:
@@ -82,6 +84,15 @@ async def open_fast_client(settings: Settings) -> RespClient:
     if missing:
         await client.close()
         raise _missing_error(settings.redis_url, missing)
+    try:
+        if await is_cluster_node(client):
+            return await open_cluster_client(client, settings.redis_url, tls)
+    except RespConnectionError as err:
+        raise RedisUnavailableError(f"cannot reach Redis at {redact_url(settings.redis_url)}: {err}") from err
+    except RespError as err:
+        await client.close()
+        raise RedisUnavailableError(f"Redis at {redact_url(settings.redis_url)} refused HELLO or CLUSTER SLOTS: "
+                                    f"{err}", transient=is_server_state_error(err)) from err
     return client
 
 
@@ -108,7 +119,21 @@ async def open_redis(settings: Settings, encoding_errors: str = "strict") -> aio
     if missing:
         await client.aclose()
         raise _missing_error(settings.redis_url, missing)
-    return client
+    if not await _redis_py_on_cluster(client):
+        return client
+    # A node of a Redis Cluster: a client of the whole cluster, so every key reaches its own node.
+    await client.aclose()
+    cluster = aioredis.RedisCluster.from_url(settings.redis_url, decode_responses=True,
+                                             encoding_errors=encoding_errors, **tls)
+    await cluster.initialize()
+    return cluster  # type: ignore[return-value]
+
+
+async def _redis_py_on_cluster(client: aioredis.Redis) -> bool:
+    """Whether the server is a node of a Redis Cluster (HELLO's ``mode``: every user may ask)."""
+    hello = await client.execute_command("HELLO")
+    mode = hello.get("mode") if isinstance(hello, dict) else pairs(hello).get("mode")
+    return bool(mode == "cluster")
 
 
 async def open_patiently(opener: Callable[[], Awaitable[T]], events: Any) -> T:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 
+from pipeline.client.cluster import ClusterClient, every_master
 from pipeline.client.resp import RespClient, RespError
 from pipeline.core.errors import FraudError
 from pipeline.core.replies import text_pairs
@@ -27,14 +28,22 @@ def library_source() -> str:
     return resources.files("agents").joinpath("fraud.lua").read_text()
 
 
-async def load_functions(client: RespClient) -> None:
+async def load_functions(client: RespClient | ClusterClient) -> None:
     # REPLACE makes a rolling upgrade possible: the admin installs the new code, then agents of
     # the new build find it theirs and start (those of the old build wait, saying why).
-    await client.execute("FUNCTION", "LOAD", "REPLACE", library_source())
+    # On a cluster, every master runs the steps of its own slots: each needs the library.
+    for node in every_master(client):
+        await node.execute("FUNCTION", "LOAD", "REPLACE", library_source())
 
 
-async def library_state(client: RespClient) -> str:
-    """``current``, ``outdated`` (another version is loaded) or ``missing``."""
+async def library_state(client: RespClient | ClusterClient) -> str:
+    """``current``, ``outdated`` (another version is loaded) or ``missing``; on a cluster, the
+    worst of the masters' (``missing`` before ``outdated``)."""
+    states = {await _node_library_state(node) for node in every_master(client)}
+    return next(state for state in ("missing", "outdated", "current") if state in states)
+
+
+async def _node_library_state(client: RespClient) -> str:
     reply = await client.execute("FUNCTION", "LIST", "LIBRARYNAME", LIBRARY_NAME, "WITHCODE")
     for library in reply or ():
         fields = text_pairs(library)
@@ -44,7 +53,7 @@ async def library_state(client: RespClient) -> str:
     return "missing"
 
 
-async def require_functions(client: RespClient, wait: bool) -> None:
+async def require_functions(client: RespClient | ClusterClient, wait: bool) -> None:
     """Return if the server runs this build's library; else say what to do: as LibraryNotReady, a
     server-state error that agents wait out as they wait out a restart (``wait``), or as a
     FraudError that ends a one-off run."""

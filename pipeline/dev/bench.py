@@ -151,7 +151,8 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     keys = Keys(settings.namespace)
     direct = getattr(args, "direct", False)
     client = await open_fast_client(settings)
-    await client.execute("DEL", *_fresh_keys(keys, settings.partitions))
+    # One DEL per key: on a cluster, the partitions' keys are in different slots.
+    await client.pipeline([("DEL", key) for key in _fresh_keys(keys, settings.partitions)])
     active = active_stages(direct)
     counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
     stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)

@@ -31,6 +31,7 @@ from pipeline.core.waiting import wait_or_stop
 from pipeline.runtime.attempts import Attempts, Begun
 from pipeline.runtime.commits import apply_or_reject, committed_offset, entries_to_blame, reject
 from pipeline.runtime.leases import Assignment
+from pipeline.runtime.reading import read_streams
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
 from pipeline.runtime.steps import TRIM
 
@@ -190,13 +191,13 @@ class StreamAgent(mode.Service):
         if not units:
             return {}
         streams = [self.stage.input_stream(self.keys, u) for u in units]
-        args: list[Any] = ["XREAD", "COUNT", self.settings.batch_size]
+        block_ms = None
         if block:
             # Never past the next heartbeat: the leases must be renewed in time.
             wait_ms = int(1000 * (self._next_heartbeat - time.monotonic()))
-            args += ("BLOCK", max(1, min(self.settings.block_ms, wait_ms)))
-        reply = await self.client.execute(*args, "STREAMS", *streams, *(self.cursors[u] for u in units))
-        by_stream = {name.decode(): entries for name, entries in reply or ()}
+            block_ms = max(1, min(self.settings.block_ms, wait_ms))
+        by_stream = await read_streams(self.client, streams, [self.cursors[u] for u in units],
+                                       self.settings.batch_size, block_ms)
         return {u: [(e[0], e[1]) for e in by_stream[s]] for u, s in zip(units, streams, strict=True)
                 if by_stream.get(s)}
 
