@@ -578,15 +578,20 @@ local function reject(keys, args)
   return ok_reply({dead = #entries.starts})
 end
 
-local function parse_id(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+-- Whether decimal text `a` is below `b`: ids are canonical (no leading zeros, as Redis writes
+-- them), so a shorter one is smaller, and ones of a length compare as text. Exact at any size,
+-- where tonumber is exact only below 2^53 (a producer may set any id up to 2^64 - 1 in both parts).
+local function decimal_less(a, b)
+  return #a < #b or (#a == #b and a < b)
 end
 
 local function id_less(a, b)
-  local ams, aseq = parse_id(a)
-  local bms, bseq = parse_id(b)
-  return ams < bms or (ams == bms and aseq < bseq)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if ams ~= bms then
+    return decimal_less(ams, bms)
+  end
+  return decimal_less(aseq, bseq)
 end
 
 -- The highest MINID that trims nothing a group has yet to deliver or acknowledge.
@@ -686,7 +691,8 @@ local function append_routed(stream, id, args, from, n)
   local added = redis.pcall('XADD', stream, id, unpack(args, from, from + n - 1))
   if type(added) == 'table' and added.err then
     local top = fields_of(redis.call('XINFO', 'STREAM', stream))['last-generated-id']
-    redis.call('XADD', stream, int_text(id_ms(top)) .. '-*', unpack(args, from, from + n - 1))
+    -- The top's millisecond part as text: as a number it would be rounded past 2^53.
+    redis.call('XADD', stream, string.match(top, '^%d+') .. '-*', unpack(args, from, from + n - 1))
   end
 end
 
