@@ -736,19 +736,25 @@ end
 
 -- Keys: stream. Params: group, after, last, count. Moves a group's offset forward to `last`
 -- (never back: a stalled former router's late call changes nothing), with its exact
--- entries-read count when the batch followed the current offset.
+-- entries-read count (a late batch's counted from the current offset on).
 local function advance(keys, args)
   local k, p = decode(keys, args)
   local group = group_info(k.stream, p.group)
   if not group or not id_less(group['last-delivered-id'], p.last) then
     return 0
   end
+  local current = group['last-delivered-id']
   local read = group['entries-read']
-  if not read and group['last-delivered-id'] == '0-0' then
+  if not read and current == '0-0' then
     read = 0
   end
-  if read and group['last-delivered-id'] == p.after then
+  if read and current == p.after then
     redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + tonumber(p.count))
+  elseif read and id_less(p.after, current) then
+    -- A former router's late batch, the offset within it: only its entries past the offset are
+    -- read now (at most the batch's). Without ENTRIESREAD the group's lag would stay unknown.
+    local count = #redis.call('XRANGE', k.stream, '(' .. current, p.last, 'COUNT', p.count)
+    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + count)
   else
     redis.call('XGROUP', 'SETID', k.stream, p.group, p.last)
   end
