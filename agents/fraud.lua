@@ -580,15 +580,20 @@ local function reject(keys, args)
   return ok_reply({dead = #entries.starts})
 end
 
-local function parse_id(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+-- Whether decimal text `a` is below `b`: ids are canonical (no leading zeros, as Redis writes
+-- them), so a shorter one is smaller, and ones of a length compare as text. Exact at any size,
+-- where tonumber is exact only below 2^53 (a producer may set any id up to 2^64 - 1 in both parts).
+local function decimal_less(a, b)
+  return #a < #b or (#a == #b and a < b)
 end
 
 local function id_less(a, b)
-  local ams, aseq = parse_id(a)
-  local bms, bseq = parse_id(b)
-  return ams < bms or (ams == bms and aseq < bseq)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if ams ~= bms then
+    return decimal_less(ams, bms)
+  end
+  return decimal_less(aseq, bseq)
 end
 
 -- Keys: lease, commits, input. Params: group, owner, epoch, after, first, last, stage, limit, alone.
@@ -718,7 +723,8 @@ local function append_routed(stream, id, args, from, n)
   local added = redis.pcall('XADD', stream, id, unpack(args, from, from + n - 1))
   if type(added) == 'table' and added.err then
     local top = fields_of(redis.call('XINFO', 'STREAM', stream))['last-generated-id']
-    redis.call('XADD', stream, int_text(id_ms(top)) .. '-*', unpack(args, from, from + n - 1))
+    -- The top's millisecond part as text: as a number it would be rounded past 2^53.
+    redis.call('XADD', stream, string.match(top, '^%d+') .. '-*', unpack(args, from, from + n - 1))
   end
 end
 
@@ -762,19 +768,25 @@ end
 
 -- Keys: stream. Params: group, after, last, count. Moves a group's offset forward to `last`
 -- (never back: a stalled former router's late call changes nothing), with its exact
--- entries-read count when the batch followed the current offset.
+-- entries-read count (a late batch's counted from the current offset on).
 local function advance(keys, args)
   local k, p = decode(keys, args)
   local group = group_info(k.stream, p.group)
   if not group or not id_less(group['last-delivered-id'], p.last) then
     return 0
   end
+  local current = group['last-delivered-id']
   local read = group['entries-read']
-  if not read and group['last-delivered-id'] == '0-0' then
+  if not read and current == '0-0' then
     read = 0
   end
-  if read and group['last-delivered-id'] == p.after then
+  if read and current == p.after then
     redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + tonumber(p.count))
+  elseif read and id_less(p.after, current) then
+    -- A former router's late batch, the offset within it: only its entries past the offset are
+    -- read now (at most the batch's). Without ENTRIESREAD the group's lag would stay unknown.
+    local count = #redis.call('XRANGE', k.stream, '(' .. current, p.last, 'COUNT', p.count)
+    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + count)
   else
     redis.call('XGROUP', 'SETID', k.stream, p.group, p.last)
   end

@@ -9,6 +9,7 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import redis
 
 from agents.pipeline import DETECTOR
@@ -19,7 +20,7 @@ from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.leases import Assignment
 from tests.accounting import check_exactly_once
 from tests.helpers import run_burst, xadd_all
-from tests.outputs import check_commit_logs, lease_owners, lease_ran_out, stage_drained
+from tests.outputs import check_commit_logs, group_state, lease_owners, lease_ran_out, stage_drained
 from tests.procs import freeze, spawn_agent, stop_all, uncommitted_owned, wait_until
 
 
@@ -130,3 +131,27 @@ async def check_trimming(settings: Settings, janitor: StreamAgent, stream: str, 
         left = [entry_id for entry_id, _ in client.xrange(stream)]
         assert set(ids[500:]) <= set(left), "an entry the 'laggard' group has not committed was trimmed"
         assert len(left) <= 600
+
+
+@pytest.mark.xfail(strict=True, reason="reported, not fixed: a burst takes only its fair share, counting members "
+                   "that hold less than theirs, and ends with partitions nobody holds left unread")
+async def test_a_burst_leaves_no_partition_nobody_holds_unread(settings: Settings) -> None:
+    """A member that joined and holds one lease (starting, or dead within its lease): a burst run
+    meanwhile must still read every partition nobody holds, not end at its own fair share."""
+    ids = xadd_all(settings, clicks(200))
+    await run_burst(settings, "router")
+    client = await open_fast_client(settings)
+    try:
+        holder = Assignment(client, DETECTOR, Keys(settings.namespace), settings, "holder")
+        await holder.members()
+        assert await holder._lease("acquire", 0)
+    finally:
+        await client.close()
+    await run_burst(settings, "detector", consumer="burst")
+    with redis.Redis.from_url(settings.redis_url) as sync:
+        held = lease_owners(sync, settings, "detector")
+        keys = Keys(settings.namespace)
+        unread = [u for u in DETECTOR.units(settings) if held.get(u) != "holder"
+                  and group_state(sync, keys.partition(u).input, DETECTOR.name) != (0, 0)]
+    assert held[0] == "holder"
+    assert unread == [], f"partitions nobody holds were left unread: {unread} ({len(ids)} clicks)"

@@ -113,6 +113,13 @@ class RespClient:
         except (OSError, ConnectionError, asyncio.IncompleteReadError) as err:
             await self.close()
             raise RespConnectionError(f"connection to Redis lost while logging in: {err}") from err
+        except BaseException:
+            # Cancelled with the login's replies still to come: the next call would read them as its
+            # own. The connection goes at once (no await: the caller is being cancelled).
+            writer, self._writer, self._reader = self._writer, None, None
+            if writer is not None:
+                writer.close()
+            raise
         for reply in replies:
             if isinstance(reply, RespError):
                 await self.close()
