@@ -16,6 +16,7 @@ from agents.blacklist import ensure_filter
 from pipeline.client.resp import RespClient
 from pipeline.client.step import Section, Step, counted
 from pipeline.core.keys import VERDICTS, Keys, PartitionKeys
+from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from pipeline.runtime.commits import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
@@ -37,6 +38,7 @@ DETECT = Step(
 class Detector:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.partitions = settings.partitions
         self.limits = FieldLimits(settings.max_field_count, settings.max_field_bytes)
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
@@ -67,13 +69,19 @@ class Detector:
         assert partition is not None
         await ensure_filter(client.execute, partition, self.settings)
 
-    def records(self, entries: Sequence[Entry]) -> dict[str, list[list[Any]]]:
-        """The sections of ``fraud_detect``: a record per valid click, a record per rejected entry."""
+    def records(self, entries: Sequence[Entry], partition: int = 0) -> dict[str, list[list[Any]]]:
+        """The sections of ``fraud_detect``: a record per valid click, a record per rejected entry.
+        A click in another partition than its device's (a producer writing into partitions with a
+        partition function of its own) is rejected: judged here, its device's order would be lost."""
         clicks: list[list[Any]] = []
         rejects: list[list[Any]] = []
         for entry_id, flat in entries:
             try:
                 click = check_click(entry_id, flat, self.limits, self.policy)
+                home = partition_of(click.device_id, self.partitions)
+                if home != partition:
+                    raise InvalidClick(f"wrong_partition: device_id {click.device_id[:64]!r} belongs to partition "
+                                       f"{home} (crc32 % {self.partitions}), not {partition}")
             except InvalidClick as err:
                 reason, copy = bounded_copy(str(err), flat, self.limits)
                 rejects.append(counted((entry_id, reason), copy))
@@ -93,5 +101,5 @@ class Detector:
              "stats": part.stats, "window_index": part.window_index},
             {**fence_params, "window_prefix": part.window_prefix, "trail_prefix": part.trail_prefix,
              **self.rule_params},
-            self.records(entries)))
+            self.records(entries, part.number)))
         return fenced_ids(reply)

@@ -28,7 +28,7 @@ CUT_MARK = "; cut: "
 # Every reason starts with one of these stable codes and a colon; README lists the same.
 REASON_CODES = ("missing_field", "invalid_field", "oversized_field", "too_many_fields", "duplicate_field",
                 "reserved_field", "undecodable", "invalid_id", "ts_too_old", "ts_in_future", "invalid_position",
-                "deleted", "error", "max_attempts")
+                "wrong_partition", "deleted", "error", "max_attempts")
 
 
 def bounded_copy(reason: str, flat: Sequence[Value] | None,

@@ -16,10 +16,11 @@ import redis
 from agents.generator import blacklisted_ips
 from pipeline.client.connection import open_redis
 from pipeline.core.keys import Keys
+from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from pipeline.ops.blacklist import add_ips
-from tests.helpers import xadd_all
-from tests.outputs import check_commit_logs, lease_owners, pipeline_drained
+from tests.helpers import run_pipeline, xadd_all
+from tests.outputs import check_commit_logs, lease_owners, pipeline_drained, read_partitions
 from tests.partition_audit import check_against_model, labelled_trace
 from tests.procs import FAST_RECOVERY, kill_and_settle, spawn_agent, stop_all, wait_until
 
@@ -141,3 +142,22 @@ def test_partitions_of_a_killed_member_move_within_the_lease(settings: Settings,
     print(f"rebalance after SIGKILL: {took:.2f} s (lease {LEASE_MS} ms, bound {bound:.2f} s)")
     # The bound plus the scheduling slack of a loaded 2-core machine (processes may wait for a core).
     assert took <= bound + 1.0, f"partitions moved after {took:.2f} s, the bound is {bound:.2f} s"
+
+
+def test_a_click_written_into_another_partition_than_its_devices_is_a_dead_letter(settings: Settings) -> None:
+    """A producer with a partition function of its own (a signed CRC, another P) would split a
+    device over partitions: such a click is dead-lettered, never judged out of its device's order."""
+    keys = Keys(settings.namespace)
+    home = partition_of("dev-1", settings.partitions)
+    wrong = (home + 1) % settings.partitions
+    with redis.Redis.from_url(settings.redis_url) as client:
+        client.xadd(keys.partition(home).input, {"device_id": "dev-1", "ip": "192.0.2.1"})
+        client.xadd(keys.partition(wrong).input, {"device_id": "dev-1", "ip": "192.0.2.2"})
+    asyncio.run(run_pipeline(settings))
+    with redis.Redis.from_url(settings.redis_url) as client:
+        verdicts = read_partitions(client, settings, "verdicts")
+        dead = read_partitions(client, settings, "dead")
+    assert len(verdicts) == 1
+    (_, letter), = dead
+    reason = dict(zip(letter[:6:2], letter[1:6:2], strict=True))[b"reason"].decode()
+    assert reason == f"wrong_partition: device_id 'dev-1' belongs to partition {home} (crc32 % 8), not {wrong}"

@@ -70,7 +70,8 @@ class StreamAgent(mode.Service):
         # A long-running agent waits for a Redis that is not there yet; a burst (a one-off run) says so and ends.
         opening = lambda: open_fast_client(self.settings)  # noqa: E731
         self.client = await (opening() if self.burst else open_patiently(opening, self.events))
-        self.assignment = Assignment(self.client, self.stage, self.keys, self.settings, self.consumer)
+        self.assignment = Assignment(self.client, self.stage, self.keys, self.settings, self.consumer,
+                                     greedy=self.burst)
         while True:
             try:
                 await self.prepare()

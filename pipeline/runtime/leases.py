@@ -48,8 +48,12 @@ class Changes:
 class Assignment:
     """This member's leases on a stage's partitions, kept by heartbeats."""
 
-    def __init__(self, client: RespClient, stage: Stage, keys: Keys, settings: Settings, member: str) -> None:
+    def __init__(self, client: RespClient, stage: Stage, keys: Keys, settings: Settings, member: str,
+                 greedy: bool = False) -> None:
         self.client = client
+        # A one-off run (burst) takes every partition nobody holds and stays out of the member set,
+        # so that it neither ends with unheld partitions unread nor makes live members shed theirs.
+        self.greedy = greedy
         self.stage = stage
         self.keys = keys
         self.member = member
@@ -75,7 +79,7 @@ class Assignment:
     async def heartbeat(self) -> Changes:
         """Renew, then even out: release the excess or take free partitions up to the fair share."""
         changes = Changes()
-        live = await self.members()
+        live = [self.member] if self.greedy else await self.members()
         if self.owned:
             held = list(self.owned.items())
             replies = await self.client.pipeline([self._lease_argv("renew", u, e) for u, e in held])
@@ -85,7 +89,7 @@ class Assignment:
                 if int(reply[0]) == 0:
                     del self.owned[unit]
                     changes.lost.append(unit)
-        share = fair_share(len(self.units), live, self.member)
+        share = len(self.units) if self.greedy else fair_share(len(self.units), live, self.member)
         while len(self.owned) > share:
             unit = max(self.owned)
             await self._lease("release", unit, self.owned.pop(unit))
@@ -118,4 +122,5 @@ class Assignment:
         for unit, epoch in list(self.owned.items()):
             await self._lease("release", unit, epoch)
         self.owned.clear()
-        await self.members("leave")
+        if not self.greedy:
+            await self.members("leave")
