@@ -15,7 +15,8 @@ NOT_RUNNING_EXIT = 3
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "cluster", help="run a local Redis Cluster of embedded Redis Stack nodes (from FRAUD_REDIS_URL's port up)")
+        "cluster", help="run a local Redis Cluster of embedded Redis Stack nodes (from FRAUD_REDIS_URL's port up); "
+        "each master serves the slots of an even share of the FRAUD_PARTITIONS partitions")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=type(parser))
     start = actions.add_parser("start", help="start and join the nodes (a no-op for nodes that run)")
     start.add_argument("--shards", type=int, default=3, help="masters, at least 3 (default 3)")
@@ -31,7 +32,8 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     if parts.hostname not in ("127.0.0.1", "localhost"):
         raise ServerError(f"a local cluster serves 127.0.0.1 only, not {parts.hostname} in FRAUD_REDIS_URL")
     recorded = LocalCluster.recorded(settings.home)
-    cluster = LocalCluster.with_ports(settings.home, parts.port or DEFAULT_PORT, args.shards, args.replicas)
+    cluster = LocalCluster.with_ports(settings.home, parts.port or DEFAULT_PORT, args.shards, args.replicas,
+                                      partitions=settings.partitions)
     if recorded is not None and recorded.nodes != cluster.nodes and any(recorded.pids()):
         raise ServerError(f"another cluster runs from {settings.home} (ports "
                           f"{', '.join(str(n.port) for n in recorded.nodes)}): `fraud cluster stop` it first")

@@ -2,8 +2,11 @@
 
 Each node is an ``EmbeddedRedis`` (the same daemon, modules and libssl as ``fraud server``) started
 with ``--cluster-enabled yes``; its cluster config (``nodes-<port>.conf``), append-only file and log
-live in its own ``<home>/redis-<port>`` folder. The nodes are joined once with the bundled
-``redis-cli --cluster create``; a restarted node finds its cluster again from its config file.
+live in its own ``<home>/redis-<port>`` folder. The nodes are joined once, by hand rather than with
+``redis-cli --cluster create``: its equal slot ranges put the partitions' hash tags unevenly on the
+masters (with 8 partitions on 3 masters one gets 4), so each master is given the slots of an even
+share of the partitions (``partition_slots``) and the rest of the slots in ranges. A restarted node
+finds its cluster again from its config file.
 The layout (ports, replicas) is recorded in ``<home>/cluster.json`` so that ``stop`` and
 ``status`` need no arguments.
 """
@@ -11,15 +14,15 @@ The layout (ports, replicas) is recorded in ``<home>/cluster.json`` so that ``st
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 from pipeline.dev.server import EmbeddedRedis
-from pipeline.dev.stack import ServerError, ensure_executable, stack_root
+from pipeline.dev.stack import ServerError
 
 LAYOUT_FILE = "cluster.json"
 # How long a node may not answer before the others mark it failed (and a replica takes over):
@@ -27,6 +30,36 @@ LAYOUT_FILE = "cluster.json"
 NODE_TIMEOUT_MS = 2000
 # Redis's own convention: a node's cluster bus listens on its port + 10000.
 BUS_OFFSET = 10_000
+SLOTS = 16384
+
+
+def partition_slots(partitions: int, shards: int) -> list[list[int]]:
+    """The slots each master serves so that it holds an even share of the partitions: partition
+    ``p``'s keys carry the hash tag ``{p}``, so its slot is the CRC16 of ``p``; the partitions go to
+    the masters in turn (shares differ by at most one; two tags in one slot go together), and every
+    other slot to the master whose equal range it falls in, as ``redis-cli`` would place it."""
+    owner: dict[int, int] = {}
+    held = [0] * shards
+    for partition in range(partitions):
+        slot = key_slot(str(partition).encode())
+        if slot not in owner:
+            owner[slot] = min(range(shards), key=lambda shard: held[shard])
+        held[owner[slot]] += 1
+    slots: list[list[int]] = [[] for _ in range(shards)]
+    for slot in range(SLOTS):
+        slots[owner.get(slot, slot * shards // SLOTS)].append(slot)
+    return slots
+
+
+def slot_ranges(slots: list[int]) -> list[tuple[int, int]]:
+    """Sorted slots as (first, last) runs, for ``CLUSTER ADDSLOTSRANGE``."""
+    ranges: list[tuple[int, int]] = []
+    for slot in slots:
+        if ranges and ranges[-1][1] == slot - 1:
+            ranges[-1] = (ranges[-1][0], slot)
+        else:
+            ranges.append((slot, slot))
+    return ranges
 
 
 @dataclass(frozen=True)
@@ -39,7 +72,7 @@ class LocalCluster:
     """``shards`` masters, each with ``replicas`` replicas, on 127.0.0.1."""
 
     def __init__(self, home: Path, nodes: list[NodeAddress], replicas: int = 0, libssl_dir: Path | None = None,
-                 appendfsync: str = "everysec", host: str = "127.0.0.1") -> None:
+                 appendfsync: str = "everysec", host: str = "127.0.0.1", partitions: int = 8) -> None:
         if replicas not in (0, 1):
             raise ServerError(f"a local cluster has 0 or 1 replica per shard, not {replicas}")
         if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < 3:
@@ -49,6 +82,7 @@ class LocalCluster:
         self.nodes = nodes
         self.replicas = replicas
         self.host = host
+        self.partitions = partitions
         self.servers = [
             EmbeddedRedis(self.home, n.port, appendfsync=appendfsync, host=host, libssl_dir=libssl_dir,
                           extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{n.port}.conf",
@@ -150,16 +184,39 @@ class LocalCluster:
         return _info_field(info, "cluster_known_nodes") == str(len(self.servers))
 
     def _create(self, timeout: float) -> None:
-        cli = stack_root() / "bin" / "redis-cli"
-        ensure_executable(cli)
-        command = [str(cli), "--cluster", "create", *(f"{self.host}:{s.port}" for s in self.servers),
-                   "--cluster-replicas", str(self.replicas), "--cluster-yes"]
-        # redis-cli links the same OpenSSL as the server: the same environment finds it.
-        done = subprocess.run(command, env=self.servers[0]._environment(), capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
-        if done.returncode != 0:
-            lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()][-3:]
-            raise ServerError(f"redis-cli --cluster create failed ({done.returncode}): " + " | ".join(lines))
+        """Join fresh nodes as ``redis-cli --cluster create`` does, with ``partition_slots``'s slots:
+        distinct config epochs, each master's slots, one MEET per node, then the replicas."""
+        masters, replicas = self.servers[:self.shards], self.servers[self.shards:]
+        ids = []
+        for epoch, server in enumerate(self.servers, start=1):
+            with _client(server) as client:
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+                ids.append(client.execute_command("CLUSTER", "MYID").decode())
+        for server, slots in zip(masters, partition_slots(self.partitions, self.shards), strict=True):
+            with _client(server) as client:
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE",
+                                       *(bound for run in slot_ranges(slots) for bound in run))
+        with _client(self.servers[0]) as first:
+            for node in self.nodes[1:]:
+                first.execute_command("CLUSTER", "MEET", self.host, node.port, node.bus_port)
+        self._wait_known(timeout)
+        for index, server in enumerate(replicas):
+            with _client(server) as client:
+                client.execute_command("CLUSTER", "REPLICATE", ids[index % self.shards])
+
+    def _wait_known(self, timeout: float) -> None:
+        """Until every node knows every other (a replica can follow only a master it knows)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            known = []
+            for server in self.servers:
+                with _client(server) as client:
+                    known.append(_info_field(client.execute_command("CLUSTER", "INFO").decode(), "cluster_known_nodes"))
+            if known == [str(len(self.servers))] * len(self.servers):
+                return
+            if time.monotonic() >= deadline:
+                raise ServerError(f"the nodes did not meet within {timeout:.0f} s: each knows {known} nodes")
+            time.sleep(0.05)
 
     def _node_state(self, server: EmbeddedRedis) -> str:
         """``ok``, or what this node lacks."""
