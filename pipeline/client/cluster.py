@@ -114,7 +114,11 @@ class ClusterClient:
         replies: list[Any] = [None] * len(commands)
         pending = list(range(len(commands)))
         asking: dict[int, Address] = {}
-        for _ in range(MAX_REDIRECTS + 1):
+        for round_ in range(MAX_REDIRECTS + 1):
+            if round_ > 1:
+                # Redirected again after a fresh map: the nodes disagree for a moment (the target of
+                # a moved slot has not taken it yet). Let them settle rather than bounce at once.
+                await asyncio.sleep(0.01 * round_)
             if self._stale:
                 await self.refresh()
             redirected = []

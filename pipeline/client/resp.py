@@ -39,7 +39,9 @@ class RespError(Exception):
 # script, a failover, a lost group or function, an ACL user without a right its
 # role needs), not that a command was wrong: they must never be taken for a
 # poison entry, only waited out.
-SERVER_STATE_ERRORS = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+# MOVED and ASK reach a caller only when a cluster's nodes still disagree on a slot after the
+# cluster client's retries (a slot being handed over): wait it out like a loading server.
+SERVER_STATE_ERRORS = ("OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK",
                        "MISCONF", "NOGROUP", "NOSCRIPT", "ERR Function not found", "NOPERM")
 
 
