@@ -134,6 +134,11 @@ def uncommitted_owned(client: redis.Redis, settings: Settings, stage: str, membe
     declared = next(s for s in PIPELINE if s.name == stage)
     total = 0
     for unit, owner in lease_owners(client, settings, stage).items():
-        state = group_state(client, declared.input_stream(keys, unit), stage) if owner == member else None
-        total += (state[0] or 0) if state else 0
+        if owner != member:
+            continue
+        stream = declared.input_stream(keys, unit)
+        state = group_state(client, stream, stage)
+        # A partition leased but not yet started on (its group not made: the member was stopped
+        # between taking the lease and reading the offset) has all of its entries uncommitted.
+        total += int(client.xlen(stream)) if state is None else (state[0] or 0)
     return total
