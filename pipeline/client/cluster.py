@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.crc import key_slot
 
-from pipeline.client.resp import Arg, RespClient, RespConnectionError, RespError
+from pipeline.client.resp import Arg, RespClient, RespConnectionError, RespError, one_command
 from pipeline.core.replies import pairs
 
 SLOTS = 16384
@@ -104,10 +104,7 @@ class ClusterClient:
         return [self._client(address) for address in dict.fromkeys(self._slots)]
 
     async def execute(self, *args: Arg) -> Any:
-        (reply,) = await self.pipeline([args])
-        if isinstance(reply, RespError):
-            raise reply
-        return reply
+        return await one_command(self.pipeline, args)
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Every command's reply, in order (errors as RespError values), each run on its slot's node."""

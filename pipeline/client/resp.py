@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -55,6 +55,15 @@ class RespConnectionError(ConnectionError):
 
 class RespAuthError(FraudError):
     """The server refused the URL's credentials or database: retrying will not help."""
+
+
+async def one_command(pipeline: Callable[[Sequence[Sequence[Arg]]], Awaitable[list[Any]]],
+                      args: Sequence[Arg]) -> Any:
+    """One command through a client's pipeline: its reply, or its error raised."""
+    (reply,) = await pipeline([args])
+    if isinstance(reply, RespError):
+        raise reply
+    return reply
 
 
 class RespClient:
@@ -142,10 +151,7 @@ class RespClient:
                 pass
 
     async def execute(self, *args: Arg) -> Any:
-        (reply,) = await self.pipeline([args])
-        if isinstance(reply, RespError):
-            raise reply
-        return reply
+        return await one_command(self.pipeline, args)
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send all commands at once, return their replies in order (errors as RespError values)."""
