@@ -30,9 +30,10 @@ CLICKS = 6_000
 BATCH = 50
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """3 masters (the first three nodes) and one replica each, of this module's own; stopped by pid."""
+    """3 masters (the first three nodes) and one replica each, of this test's own (a failover
+    changes it for good); stopped by pid."""
     nodes = [NodeAddress(free_port(), free_port()) for _ in range(2 * SHARDS)]
     local = LocalCluster(tmp_path_factory.mktemp("replicated"), nodes, replicas=1, libssl_dir=LIBSSL_DIR)
     local.start()
@@ -55,6 +56,13 @@ def _role(server: EmbeddedRedis) -> str:
 def _link_up(server: EmbeddedRedis) -> bool:
     with redis.Redis(port=server.port, socket_timeout=2) as node:
         return node.info("replication").get("master_link_status") == "up"
+
+
+def _repl_offset(server: EmbeddedRedis) -> int:
+    """The replication stream's offset: a master's written, a replica's received."""
+    with redis.Redis(port=server.port, socket_timeout=2) as node:
+        info = node.info("replication")
+    return int(info["master_repl_offset"] if info["role"] == "master" else info["slave_repl_offset"])
 
 
 class RetryingProducer(threading.Thread):
@@ -80,13 +88,15 @@ class RetryingProducer(threading.Thread):
                     time.sleep(0.1)
 
 
-def test_a_master_failover_mid_flow(replicated: LocalCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("victim_holds_raw", [False, True], ids=["partitions-master", "raw-master"])
+def test_a_master_failover_mid_flow(replicated: LocalCluster, tmp_path: Path, victim_holds_raw: bool) -> None:
     """Router, two detectors and an aggregator run; the master of a partition holding entries not
-    yet judged (and not the one of clicks:raw) is SIGKILLed while clicks flow; its replica is
+    yet judged (either the one of clicks:raw or another) is SIGKILLed while clicks flow; its replica is
     promoted and the agents go on. Guaranteed and asserted: no agent exits, every click on
     clicks:raw after the failover gets exactly one outcome, the sequential model's. Measured and
     printed: acknowledged clicks lost, clicks sent again, entries that lost their outcome."""
-    settings = Settings(redis_url=replicated.urls[0], home=tmp_path)
+    # Pointed at a replica: the test never kills one, and the agents find the masters from it.
+    settings = Settings(redis_url=replicated.urls[SHARDS], home=tmp_path)
     keys = Keys(settings.namespace)
     _load_blacklist(settings)
     log = tmp_path / "agents.log"
@@ -101,8 +111,7 @@ def test_a_master_failover_mid_flow(replicated: LocalCluster, tmp_path: Path) ->
             xadd_all(settings, trace[:half])
             wait_until(lambda: pipeline_drained(client, settings), 60, "the first half to be judged and counted")
             raw_port = client.get_node_from_key(keys.raw).port
-            spared = (raw_port, replicated.servers[0].port)
-            victim = next(s for s in replicated.servers[:SHARDS] if s.port not in spared)
+            victim = next(s for s in replicated.servers[:SHARDS] if (s.port == raw_port) == victim_holds_raw)
             victim_parts = [p for p in keys.partitions(settings.partitions)
                             if client.get_node_from_key(p.input).port == victim.port]
             producer = RetryingProducer(settings, trace[half:])
@@ -111,8 +120,11 @@ def test_a_master_failover_mid_flow(replicated: LocalCluster, tmp_path: Path) ->
             wait_until(lambda: any((group_state(client, p.input, "detector") or (0, 0))[0] for p in victim_parts),
                        30, f"a partition of master {victim.port} to hold unjudged entries")
             killed_at = time.monotonic()
-            victim.kill()
             promoted = replicated.servers[SHARDS + replicated.servers.index(victim)]
+            written = _repl_offset(victim)
+            victim.kill()
+            # What the replica got of it (more when writes came between the read and the kill).
+            unreplicated = written - _repl_offset(promoted)
             wait_until(lambda: _role(promoted) == "master", 30, f"replica {promoted.port} to be promoted")
             failover_s = time.monotonic() - killed_at
             producer.join(60)
@@ -126,7 +138,9 @@ def test_a_master_failover_mid_flow(replicated: LocalCluster, tmp_path: Path) ->
     finally:
         stop_all(started)
     lost_acked = [i for i in producer.acked if i not in raw_ids]
-    print(f"\nfailover: replica promoted {failover_s:.1f} s after the SIGKILL; producer batches sent again: "
+    print(f"\nfailover ({'raw' if victim_holds_raw else 'partitions'} master, master offset - "
+          f"replica offset at the kill: {unreplicated} bytes): replica promoted {failover_s:.1f} s after the SIGKILL; "
+          f"producer batches sent again: "
           f"{producer.resent}; acknowledged clicks lost: {len(lost_acked)} of {len(producer.acked)}; "
           f"raw entries {len(raw_ids)}, verdicts {len(judged)}")
     check_against_model(settings)
