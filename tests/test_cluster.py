@@ -10,11 +10,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
 from agents.generator import blacklisted_ips
+from pipeline.cli.main import main
 from pipeline.client.cluster import ClusterClient, command_key, slot_of
 from pipeline.client.connection import open_fast_client, open_redis
 from pipeline.client.functions import library_state
@@ -290,3 +292,21 @@ def _moved_replies(port: int) -> int:
     """How many MOVED replies the node has given: the agents' stale maps corrected."""
     with redis.Redis(port=port) as node:
         return int(node.info("errorstats").get("errorstat_MOVED", {}).get("count", 0))
+
+
+def test_bench_on_a_cluster_reports_each_masters_share(cluster: LocalCluster, cluster_settings: Settings,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``fraud bench`` against one node of the cluster reads every master's INFO cpu: each master's
+    Redis CPU per click and share, summing to the total it reports."""
+    monkeypatch.setenv("FRAUD_REDIS_URL", cluster_settings.redis_url)
+    monkeypatch.setenv("FRAUD_HOME", str(cluster_settings.home))
+    assert main(["bench", "--use-running", "--clicks", "3000", "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["finished"]["router"] == 3000
+    shards = report["redis_shards"]
+    assert set(shards) == {f"{s.host}:{s.port}" for s in cluster.servers}, shards
+    assert all(row["share_pct"] > 0 for row in shards.values()), shards
+    assert abs(sum(row["share_pct"] for row in shards.values()) - 100) < 0.5, shards
+    total = sum(row["cpu_us_per_click"] for row in shards.values())
+    assert abs(total - report["cpu_us_per_click"]["redis"]) <= 0.2, (total, report["cpu_us_per_click"])

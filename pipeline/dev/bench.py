@@ -30,6 +30,7 @@ import psutil
 import redis
 
 from agents.pipeline import AGGREGATOR, DETECTOR, PIPELINE, ROUTER
+from pipeline.client.cluster import ClusterClient, every_master
 from pipeline.client.connection import open_fast_client
 from pipeline.client.functions import library_source
 from pipeline.client.resp import RespClient
@@ -137,14 +138,19 @@ def _percentile(values: list[int], fraction: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]) if ordered else 0.0
 
 
-async def info_fields(client: RespClient, section: str) -> dict[str, str]:
+async def info_fields(client: RespClient | ClusterClient, section: str) -> dict[str, str]:
     info = (await client.execute("INFO", section)).decode()
     return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
 
 
-async def _redis_cpu_s(client: RespClient) -> float:
-    fields = await info_fields(client, "cpu")
-    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+async def _redis_cpu_s(client: RespClient | ClusterClient) -> dict[str, float]:
+    """Each master's Redis CPU seconds so far (one server: itself), by ``host:port``: on a cluster
+    a keyless ``INFO`` reaches one master only, so each is asked in turn."""
+    used = {}
+    for node in every_master(client):
+        fields = await info_fields(node, "cpu")
+        used[f"{node.host}:{node.port}"] = float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+    return used
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,7 +183,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
         for stage in stages:
             if stage.process.poll() is None:
                 cpu[stage.name] = _cpu_s(stage) - start_cpu.get(stage.name, 0.0)
-        redis_cpu = await _redis_cpu_s(client) - redis_cpu
+        redis_cpu = {node: used - redis_cpu.get(node, 0.0) for node, used in (await _redis_cpu_s(client)).items()}
         assert producer.process.stdout is not None
         cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
     finally:
@@ -224,7 +230,7 @@ async def group_exists(client: RespClient, stream: str, group: str) -> bool:
 
 
 def _report(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
-            cpu: dict[str, float], redis_cpu: float, stats: dict[str, int], memory: int,
+            cpu: dict[str, float], redis_cpu: dict[str, float], stats: dict[str, int], memory: int,
             persistence: str, setup: dict[str, Any]) -> None:
     clicks = args.clicks
     elapsed = finished - started
@@ -235,7 +241,9 @@ def _report(args: argparse.Namespace, started: float, finished: float, latencies
         "latency_ms_p50": _percentile(latencies, 0.50),
         "latency_ms_p99": _percentile(latencies, 0.99),
         "cpu_us_per_click": {name: round(s / clicks * 1e6, 1) for name, s in sorted(cpu.items())}
-        | {"redis": round(redis_cpu / clicks * 1e6, 1)},
+        | {"redis": round(sum(redis_cpu.values()) / clicks * 1e6, 1)},
+        # Per master: its Redis CPU per click and its share of all the masters' (a cluster's spread).
+        "redis_shards": _shares(redis_cpu, clicks),
         "verdicts": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("detector.")},
         "counted": stats.get("aggregator.counted", 0),
         "redis_memory_bytes": memory,
@@ -254,6 +262,15 @@ def _report(args: argparse.Namespace, started: float, finished: float, latencies
     print(f"latency XADD -> verdict: p50 {result['latency_ms_p50']:.0f} ms, "
           f"p99 {result['latency_ms_p99']:.0f} ms")
     print("CPU per click (us): " + ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_click"].items()))
+    if len(redis_cpu) > 1:
+        print("Redis per shard: " + ", ".join(f"{node} {row['cpu_us_per_click']} us/click ({row['share_pct']} %)"
+                                              for node, row in result["redis_shards"].items()))
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
           + f"; counted {result['counted']}")
     print(f"Redis memory: {memory / 2**20:.1f} MiB")
+
+
+def _shares(redis_cpu: dict[str, float], clicks: int) -> dict[str, dict[str, float]]:
+    total = sum(redis_cpu.values()) or 1.0
+    return {node: {"cpu_us_per_click": round(used / clicks * 1e6, 1), "share_pct": round(100 * used / total, 1)}
+            for node, used in sorted(redis_cpu.items())}
