@@ -25,6 +25,7 @@ from pipeline.client.create import create_once, ensure_series
 from pipeline.client.resp import RespClient
 from pipeline.client.step import Section, Step, counted
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys, PartitionKeys
+from pipeline.core.replies import first_value
 from pipeline.core.settings import Settings
 from pipeline.runtime.commits import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
@@ -59,11 +60,6 @@ def offender_spans(settings: Settings) -> tuple[int, int]:
     """The two offender bucket spans: the rollup bucket (a minute) for a range's edges, and
     sixty of them (an hour) for its whole hours, so a week's range reads ~300 buckets."""
     return settings.rollup_bucket_ms, 60 * settings.rollup_bucket_ms
-
-
-def field_value(flat: list[bytes], name: bytes) -> bytes:
-    names = flat[::2]
-    return flat[2 * names.index(name) + 1] if name in names else b""
 
 
 async def ensure_verdict_series(client: RespClient, keys: Keys, partition: PartitionKeys,
@@ -113,7 +109,7 @@ class Aggregator:
             if verdict:  # flagged: every verdict but the first (clean)
                 minute = ts - ts % self.fine_ms
                 for dimension in OFFENDER_DIMENSIONS:
-                    offenders[dimension, VERDICTS[verdict], minute, field_value(flat, dimension.encode())] += 1
+                    offenders[dimension, VERDICTS[verdict], minute, first_value(flat, dimension.encode(), b"")] += 1
         # Every verdict gets a sample in every bucket that saw a click, zeros included:
         # a series' rollup closes a minute only when that series gets a later sample,
         # so a verdict that stopped would otherwise never have its last minute rolled up.

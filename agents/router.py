@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.client.resp import RespClient
+from pipeline.client.resp import RespClient, all_replies
 from pipeline.client.step import Section, Step, counted
 from pipeline.core.keys import Keys, PartitionKeys
 from pipeline.core.partitions import device_field, partition_of
@@ -67,9 +67,7 @@ class Router:
             part = ctx.keys.partition(number)
             calls.append(ROUTE.argv({"input": part.input, "dead": part.dead, "stats": part.stats,
                                      "routed": part.routed}, {"stage": ctx.stage, "last": share.pop("last")}, share))
-        for reply in await ctx.client.pipeline(calls):
-            if isinstance(reply, Exception):
-                raise reply
+        all_replies(await ctx.client.pipeline(calls))
         await ctx.client.execute(*ADVANCE.argv(
             {"stream": ctx.stream},
             {"group": ctx.stage, "after": ctx.after, "last": entries[-1][0], "count": len(entries)}))

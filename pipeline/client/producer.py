@@ -14,20 +14,13 @@ from dataclasses import dataclass
 
 from pipeline.client.connection import open_fast_client
 from pipeline.client.partitioning import agree_partitions
-from pipeline.client.resp import RespClient, RespError
+from pipeline.client.resp import RespClient, all_replies
 from pipeline.core.keys import Keys
 from pipeline.core.partitions import partition_of
+from pipeline.core.replies import first_value
 from pipeline.core.settings import Settings
 
 Fields = Sequence[str | bytes]
-
-
-def field_value(fields: Fields, name: str) -> str | bytes:
-    """The first value of field `name` in a flat field/value list, "" when there is none."""
-    for at in range(0, len(fields) - 1, 2):
-        if fields[at] in (name, name.encode()):
-            return fields[at + 1]
-    return ""
 
 
 @dataclass(frozen=True)
@@ -37,7 +30,11 @@ class Partitioner:
 
     def stream(self, fields: Fields) -> str:
         """The input stream of the click's partition (by its ``device_id``)."""
-        return self.keys.partition(partition_of(field_value(fields, "device_id"), self.partitions)).input
+        # A click's names may be text or bytes.
+        device = first_value(fields, "device_id", None)
+        if device is None:
+            device = first_value(fields, b"device_id", b"")
+        return self.keys.partition(partition_of(device, self.partitions)).input
 
 
 class PartitionProducer:
@@ -49,11 +46,8 @@ class PartitionProducer:
 
     async def send(self, clicks: Sequence[Fields]) -> list[bytes]:
         """XADD every click to its partition in one round trip; returns the entry ids."""
-        replies = await self.client.pipeline([("XADD", self.partitioner.stream(c), "*", *c) for c in clicks])
-        for reply in replies:
-            if isinstance(reply, RespError):
-                raise reply
-        return list(replies)
+        return all_replies(await self.client.pipeline([("XADD", self.partitioner.stream(c), "*", *c)
+                                                       for c in clicks]))
 
     async def close(self) -> None:
         await self.client.close()

@@ -57,12 +57,18 @@ class RespAuthError(FraudError):
     """The server refused the URL's credentials or database: retrying will not help."""
 
 
+def all_replies(replies: list[Any]) -> list[Any]:
+    """A pipeline's replies, or the first error among them raised."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 async def one_command(pipeline: Callable[[Sequence[Sequence[Arg]]], Awaitable[list[Any]]],
                       args: Sequence[Arg]) -> Any:
     """One command through a client's pipeline: its reply, or its error raised."""
-    (reply,) = await pipeline([args])
-    if isinstance(reply, RespError):
-        raise reply
+    (reply,) = all_replies(await pipeline([args]))
     return reply
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import zlib
 
+from pipeline.core.replies import first_value
+
 
 def partition_of(device_id: bytes | str, partitions: int) -> int:
     if isinstance(device_id, str):
@@ -19,17 +21,4 @@ def partition_of(device_id: bytes | str, partitions: int) -> int:
 
 def device_field(flat: list[bytes] | None) -> bytes:
     """The first ``device_id`` value of a flat field/value list, b"" when there is none."""
-    if not flat:
-        return b""
-    # Nearly always the first name: list.index finds it at C speed; a value spelled
-    # "device_id" (an odd position) is skipped by the slow path.
-    try:
-        at = flat.index(b"device_id")
-    except ValueError:
-        return b""
-    if at % 2 == 0 and at + 1 < len(flat):
-        return flat[at + 1]
-    for at in range(0, len(flat) - 1, 2):
-        if flat[at] == b"device_id":
-            return flat[at + 1]
-    return b""
+    return first_value(flat or (), b"device_id", b"")

@@ -17,5 +17,23 @@ def text_pairs(flat: Sequence[Any]) -> dict[str, Any]:
     return {_text(name): _text(value) for name, value in pairs(flat).items()}
 
 
+def first_value(flat: Sequence[Any], name: Any, missing: Any) -> Any:
+    """The value of the first field `name` in a flat name/value list; `missing` when there is none.
+    ``list.index`` finds it at C speed (on hot paths: the router, the aggregator); a value spelled
+    like the name (an odd position) takes the slow path."""
+    if not flat:
+        return missing
+    try:
+        at = flat.index(name)
+    except ValueError:
+        return missing
+    if at % 2 == 0 and at + 1 < len(flat):
+        return flat[at + 1]
+    for at in range(0, len(flat) - 1, 2):
+        if flat[at] == name:
+            return flat[at + 1]
+    return missing
+
+
 def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value

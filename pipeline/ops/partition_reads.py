@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from agents.pipeline import PIPELINE
-from pipeline.client.resp import RespClient, RespError
+from pipeline.client.resp import RespClient, all_replies
 from pipeline.core.keys import Keys
 from pipeline.core.replies import pairs, text_pairs
 from pipeline.runtime.stage import Stage
@@ -22,9 +22,7 @@ async def stats_totals(client: RespClient, keys: Keys, partitions: int) -> dict[
     """Every counter (``detector.clean``, ``router.routed``...) summed over the partitions."""
     replies = await client.pipeline([("HGETALL", part.stats) for part in keys.partitions(partitions)])
     totals: Counter[str] = Counter()
-    for reply in replies:
-        if isinstance(reply, RespError):
-            raise reply
+    for reply in all_replies(replies):
         totals.update({name: int(value) for name, value in text_pairs(reply).items()})
     return dict(totals)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.client.resp import RespClient
+from pipeline.client.resp import RespClient, all_replies
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.runtime.stage import Stage
@@ -82,10 +82,8 @@ class Assignment:
         live = [self.member] if self.greedy else await self.members()
         if self.owned:
             held = list(self.owned.items())
-            replies = await self.client.pipeline([self._lease_argv("renew", u, e) for u, e in held])
+            replies = all_replies(await self.client.pipeline([self._lease_argv("renew", u, e) for u, e in held]))
             for (unit, _), reply in zip(held, replies, strict=True):
-                if isinstance(reply, Exception):
-                    raise reply
                 if int(reply[0]) == 0:
                     del self.owned[unit]
                     changes.lost.append(unit)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.client.cluster import ClusterClient
-from pipeline.client.resp import RespClient, RespError
+from pipeline.client.resp import RespClient, all_replies
 
 CLUSTER_BLOCK_MS = 20
 
@@ -29,9 +29,7 @@ async def read_streams(client: RespClient | ClusterClient, streams: Sequence[str
     replies = await client.pipeline([("XREAD", "COUNT", count, "STREAMS", s, c)
                                       for s, c in zip(streams, cursors, strict=True)])
     found: dict[str, Entries] = {}
-    for reply in replies:
-        if isinstance(reply, RespError):
-            raise reply
+    for reply in all_replies(replies):
         found |= _by_stream(reply)
     if found or block_ms is None:
         return found
