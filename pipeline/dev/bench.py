@@ -143,7 +143,7 @@ async def info_fields(client: RespClient | ClusterClient, section: str) -> dict[
     return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
 
 
-async def _redis_cpu_s(client: RespClient | ClusterClient) -> dict[str, float]:
+async def redis_cpu_s(client: RespClient | ClusterClient) -> dict[str, float]:
     """Each master's Redis CPU seconds so far (one server: itself), by ``host:port``: on a cluster
     a keyless ``INFO`` reaches one master only, so each is asked in turn."""
     used = {}
@@ -168,7 +168,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
         for unit in stage.units(settings):
             while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
                 await asyncio.sleep(0.05)
-    redis_cpu = await _redis_cpu_s(client)
+    redis_cpu = await redis_cpu_s(client)
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
     started = time.time()
@@ -183,7 +183,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
         for stage in stages:
             if stage.process.poll() is None:
                 cpu[stage.name] = _cpu_s(stage) - start_cpu.get(stage.name, 0.0)
-        redis_cpu = {node: used - redis_cpu.get(node, 0.0) for node, used in (await _redis_cpu_s(client)).items()}
+        redis_cpu = {node: used - redis_cpu.get(node, 0.0) for node, used in (await redis_cpu_s(client)).items()}
         assert producer.process.stdout is not None
         cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
     finally:

@@ -21,7 +21,7 @@ from pipeline.client.producer import Partitioner
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server
+from pipeline.dev.bench import bench_server, info_fields, redis_cpu_s
 from pipeline.runtime.agent import run_burst
 
 # Commands an agent sends itself (reads, set-up, bookkeeping); every other command ran inside a step.
@@ -34,18 +34,16 @@ PAGE = 1000
 async def command_usec(client: RespClient) -> dict[str, tuple[int, int]]:
     """command -> (calls, microseconds) from INFO commandstats."""
     out: dict[str, tuple[int, int]] = {}
-    for line in (await client.execute("INFO", "commandstats")).decode().splitlines():
-        if line.startswith("cmdstat_"):
-            name, rest = line[len("cmdstat_"):].split(":", 1)
-            fields = dict(item.split("=", 1) for item in rest.split(","))
-            out[name] = (int(fields["calls"]), int(fields["usec"]))
+    for name, stats in (await info_fields(client, "commandstats")).items():
+        if name.startswith("cmdstat_"):
+            fields = dict(item.split("=", 1) for item in stats.split(","))
+            out[name[len("cmdstat_"):]] = (int(fields["calls"]), int(fields["usec"]))
     return out
 
 
-async def redis_cpu_s(client: RespClient) -> float:
-    fields = dict(line.split(":", 1) for line in (await client.execute("INFO", "cpu")).decode().splitlines()
-                  if ":" in line)
-    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+async def server_cpu_s(client: RespClient) -> float:
+    """The server's (every master's) Redis CPU seconds so far."""
+    return sum((await redis_cpu_s(client)).values())
 
 
 async def write_clicks(client: RespClient, settings: Settings, clicks: int, direct: bool) -> None:
@@ -82,16 +80,16 @@ async def breakdown(settings: Settings, clicks: int, direct: bool) -> list[dict[
     client = await open_fast_client(settings)
     try:
         rows = []
-        before_cpu, before = await redis_cpu_s(client), await command_usec(client)
+        before_cpu, before = await server_cpu_s(client), await command_usec(client)
         await write_clicks(client, settings, clicks, direct)
-        after_cpu, after = await redis_cpu_s(client), await command_usec(client)
+        after_cpu, after = await server_cpu_s(client), await command_usec(client)
         rows.append(stage_row("producer", clicks, after_cpu - before_cpu, _delta(after, before)))
         for stage in PIPELINE:
             if direct and not stage.partitioned:
                 continue
             before_cpu, before = after_cpu, after
             await run_burst(stage, settings, f"breakdown-{stage.name}")
-            after_cpu, after = await redis_cpu_s(client), await command_usec(client)
+            after_cpu, after = await server_cpu_s(client), await command_usec(client)
             rows.append(stage_row(stage.name, clicks, after_cpu - before_cpu, _delta(after, before)))
         return rows
     finally:
