@@ -159,16 +159,27 @@ end
 
 -- Moves the group's offset to `last`, with its entries-read count so that XINFO GROUPS
 -- reports the lag exactly, and records the batch in the partition's commit log.
-local function commit(stream, k, p, group, count)
+-- A group's entries-read count (from XINFO GROUPS): known once a step has committed, 0 at the start.
+local function entries_read(group)
   local read = group['entries-read']
   if not read and group['last-delivered-id'] == '0-0' then
-    read = 0
+    return 0
   end
+  return read
+end
+
+-- Moves a group's offset to `id`, with its entries-read count when known (nil: not known).
+local function set_offset(stream, name, id, read)
   if read then
-    redis.call('XGROUP', 'SETID', stream, p.group, p.last, 'ENTRIESREAD', read + count)
+    redis.call('XGROUP', 'SETID', stream, name, id, 'ENTRIESREAD', read)
   else
-    redis.call('XGROUP', 'SETID', stream, p.group, p.last)
+    redis.call('XGROUP', 'SETID', stream, name, id)
   end
+end
+
+local function commit(stream, k, p, group, count)
+  local read = entries_read(group)
+  set_offset(stream, p.group, p.last, read and read + count)
   redis.call('XADD', k.commits, 'MAXLEN', '~', COMMITS_KEPT, '*', 'owner', p.owner, 'epoch', p.epoch,
              'after', p.after, 'first', p.first, 'last', p.last, 'count', count)
 end
@@ -631,10 +642,7 @@ local function safe_min_id(stream)
   local safe = nil
   local groups = redis.call('XINFO', 'GROUPS', stream)
   for _, g in ipairs(groups) do
-    local info = {}
-    for j = 1, #g, 2 do
-      info[g[j]] = g[j + 1]
-    end
+    local info = fields_of(g)
     local bound = info['last-delivered-id']
     local summary = redis.call('XPENDING', stream, info['name'])
     if summary[2] and id_less(summary[2], bound) then
@@ -775,21 +783,17 @@ local function advance(keys, args)
   if not group or not id_less(group['last-delivered-id'], p.last) then
     return 0
   end
-  local current = group['last-delivered-id']
-  local read = group['entries-read']
-  if not read and current == '0-0' then
-    read = 0
+  local current, read, count = group['last-delivered-id'], entries_read(group), tonumber(p.count)
+  if read and current ~= p.after then
+    if id_less(p.after, current) then
+      -- A former router's late batch, the offset within it: only its entries past the offset are
+      -- read now (at most the batch's). Without ENTRIESREAD the group's lag would stay unknown.
+      count = #redis.call('XRANGE', k.stream, '(' .. current, p.last, 'COUNT', p.count)
+    else
+      read = nil
+    end
   end
-  if read and current == p.after then
-    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + tonumber(p.count))
-  elseif read and id_less(p.after, current) then
-    -- A former router's late batch, the offset within it: only its entries past the offset are
-    -- read now (at most the batch's). Without ENTRIESREAD the group's lag would stay unknown.
-    local count = #redis.call('XRANGE', k.stream, '(' .. current, p.last, 'COUNT', p.count)
-    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last, 'ENTRIESREAD', read + count)
-  else
-    redis.call('XGROUP', 'SETID', k.stream, p.group, p.last)
-  end
+  set_offset(k.stream, p.group, p.last, read and read + count)
   return 1
 end
 
