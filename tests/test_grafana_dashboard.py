@@ -26,10 +26,10 @@ from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from tests.arrival import xadd_at_event_time
-from tests.helpers import run_pipeline, stream_entries, verdicts_by_raw_id
+from tests.helpers import list_ips, run_pipeline, stream_entries, verdicts_by_raw_id
 from tests.plugin_replies import display_names, extract_json, plugin_frames, stream_frame
 from tests.plugin_replies import rows as frame_rows
-from tests.test_offenders import blacklist, offenders_command
+from tests.test_offenders import offenders_command
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_FILES = sorted((ROOT / "grafana/dashboards").glob("*.json"))
@@ -356,7 +356,7 @@ async def feed(settings: Settings) -> tuple[int, int, list[str]]:
     now_ms = int(time.time() * 1000)
     # Whole minutes inside the dashboard's range, ending well before now.
     t0 = (now_ms - 6 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
-    await blacklist(settings, *BLACKLISTED)
+    await list_ips(settings, BLACKLISTED)
     clicks, invalid = crafted_clicks(t0, settings.partitions)
     ids = xadd_at_event_time(settings, clicks)
     await run_pipeline(settings)

@@ -14,15 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 from agents.aggregator import OFFENDERS, offender_spans
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
-from pipeline.ops.blacklist import add_ips
 from tests.arrival import xadd_at_event_time
-from tests.helpers import run_pipeline, stream_entries
+from tests.helpers import list_ips, run_pipeline, stream_entries
 
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 FLAGGED = VERDICTS[1:]
@@ -76,16 +74,8 @@ def verdict_entries(settings: Settings) -> list[tuple[str, dict[str, str]]]:
             for e in stream_entries(settings, part.verdicts)]
 
 
-async def blacklist(settings: Settings, *ips: str) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        await add_ips(client, Keys(settings.namespace), settings, list(ips))
-    finally:
-        await client.aclose()
-
-
 async def feed(settings: Settings, t0: int, minutes: int) -> None:
-    await blacklist(settings, LISTED_IP)
+    await list_ips(settings, [LISTED_IP])
     xadd_at_event_time(settings, spam_bursts(t0, minutes))
     await run_pipeline(settings)
 

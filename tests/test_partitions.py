@@ -14,28 +14,16 @@ import pytest
 import redis
 
 from agents.generator import blacklisted_ips
-from pipeline.client.connection import open_redis
 from pipeline.core.keys import Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
-from pipeline.ops.blacklist import add_ips
-from tests.helpers import run_pipeline, xadd_all
+from tests.helpers import list_ips, run_pipeline, xadd_all
 from tests.outputs import check_commit_logs, lease_owners, pipeline_drained, read_partitions
 from tests.partition_audit import check_against_model, labelled_trace
 from tests.procs import FAST_RECOVERY, kill_and_settle, spawn_agent, stop_all, wait_until
 
 CLICKS = 12_000
 LEASE_MS = int(FAST_RECOVERY["FRAUD_LEASE_MS"])
-
-
-def load_blacklist(settings: Settings) -> None:
-    async def load() -> None:
-        client = await open_redis(settings)
-        try:
-            await add_ips(client, Keys(settings.namespace), settings, blacklisted_ips())
-        finally:
-            await client.aclose()
-    asyncio.run(load())
 
 
 class Agents:
@@ -70,7 +58,7 @@ def test_outcomes_match_the_model_for_any_number_of_detectors(settings: Settings
                                                               detectors: int) -> None:
     """A seeded labelled trace sent at once (a backlog: every batch holds several clicks of a device):
     every outcome is the sequential model's, whatever the number of detectors."""
-    load_blacklist(settings)
+    asyncio.run(list_ips(settings, blacklisted_ips()))
     agents = Agents(settings, tmp_path / "agents.log")
     try:
         agents.start("router", "router-1")
@@ -92,7 +80,7 @@ def test_outcomes_match_the_model_for_any_number_of_detectors(settings: Settings
 def test_members_joining_and_leaving_mid_flow_change_no_outcome(settings: Settings, tmp_path: Path) -> None:
     """Detectors join while a backlog is judged and one leaves (SIGTERM) in the middle: partitions
     move between members, and every outcome is still the model's, every batch applied once."""
-    load_blacklist(settings)
+    asyncio.run(list_ips(settings, blacklisted_ips()))
     agents = Agents(settings, tmp_path / "agents.log")
     trace = labelled_trace(seed=7, count=3 * CLICKS // 2)
     third = len(trace) // 3

@@ -9,16 +9,14 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 
 from pipeline.cli.main import build_parser
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import VERDICTS, Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
-from pipeline.ops.blacklist import add_ips
 from tests.arrival import xadd_at_event_time
-from tests.helpers import run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
+from tests.helpers import list_ips, run_pipeline, series_totals, verdicts_by_raw_id, xadd_all
 from tests.partition_audit import model_for
 
 BASE_MS = 1_700_000_000_000
@@ -40,18 +38,10 @@ def click(device: str, ip: str, ts: int, tx: str | None = None) -> list[str]:
     return [*fields, "transaction_id", tx] if tx else fields
 
 
-async def blacklist_add(settings: Settings, ip: str) -> None:
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        await add_ips(client, Keys(settings.namespace), settings, [ip])
-    finally:
-        await client.aclose()
-
-
 async def test_range_reprocessing_uses_current_rules_and_leaves_live_keys_alone(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     keys = Keys(settings.namespace)
-    await blacklist_add(settings, "192.0.2.66")
+    await list_ips(settings, ["192.0.2.66"])
     ids = xadd_at_event_time(settings, [
         click("a", "10.1.1.1", 0, "t1"),
         click("b", "198.51.100.9", 100, "t2"),       # clean live, blacklisted later
@@ -66,7 +56,7 @@ async def test_range_reprocessing_uses_current_rules_and_leaves_live_keys_alone(
     assert Counter(live_before.values()) == {"clean": 5, "ip_blacklist": 1}
 
     # The rules change: an address some clean clicks used is now known bad.
-    await blacklist_add(settings, "198.51.100.9")
+    await list_ips(settings, ["198.51.100.9"])
     live_keys = snapshot(settings, "clicks:")
     assert await run(settings, "replay", "--from-stream", "--name", "whatif",
                      "--start", ids[0], "--end", ids[5]) == 0
