@@ -43,8 +43,7 @@ async def input_drained(client: RespClient, stream: str, group: str) -> bool:
 
 
 async def stage_drained(client: RespClient, keys: Keys, partitions: int, stage: Stage) -> bool:
-    units = list(range(partitions)) if stage.partitioned else [0]
-    for unit in units:
+    for unit in stage.units_of(partitions):
         if not await input_drained(client, stage.input_stream(keys, unit), stage.name):
             return False
     return True

@@ -181,8 +181,7 @@ async def live_members(client: aioredis.Redis, keys: Keys, stage: Stage, now_ms:
 
 async def stage_info(client: aioredis.Redis, keys: Keys, stage: Stage, partitions: int,
                      now_ms: int) -> dict[str, Any]:
-    units = list(range(partitions)) if stage.partitioned else [0]
-    rows = [await unit_info(client, keys, stage, unit, now_ms) for unit in units]
+    rows = [await unit_info(client, keys, stage, unit, now_ms) for unit in stage.units_of(partitions)]
     return {
         "partitioned": stage.partitioned,
         "members": await live_members(client, keys, stage, now_ms),

@@ -76,7 +76,11 @@ class Stage:
 
     def units(self, settings: Settings) -> list[int]:
         """What members of the stage share: its partitions, or the one unpartitioned input."""
-        return list(range(settings.partitions)) if self.partitioned else [0]
+        return self.units_of(settings.partitions)
+
+    def units_of(self, partitions: int) -> list[int]:
+        """``units`` for a number of partitions (the tools read the one recorded in Redis)."""
+        return list(range(partitions)) if self.partitioned else [0]
 
     def input_stream(self, keys: Keys, unit: int = 0) -> str:
         return str(getattr(keys.partition(unit) if self.partitioned else keys, self.input))
