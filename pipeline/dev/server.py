@@ -55,7 +55,8 @@ class EmbeddedRedis:
         self.password = password
         self.acl_users = tuple(acl_users)
         self.extra_args = tuple(extra_args)
-        self.aclfile = aclfile
+        # Absolute, as every path here: the server resolves a relative one from its --dir.
+        self.aclfile = Path(aclfile).resolve() if aclfile is not None else None
         self.login = login if login is not None else (None, password)
         self.tls = tls
 
