@@ -219,3 +219,11 @@ def test_security_uri_missing_is_one_clear_error(tmp_path: Path) -> None:
     root = _apt_root(tmp_path, {"sources.list": "deb http://mirror.test/debian bookworm main\n"})
     with pytest.raises(LibsslError, match="no security suite"):
         security_uri(root)
+
+
+def test_a_relative_acl_file_is_handed_to_the_server_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server resolves a relative --aclfile from its --dir: with the default FRAUD_HOME (.fraud,
+    relative) it found no ACL file and refused to start (./dev.sh demo on a fresh clone)."""
+    monkeypatch.chdir(tmp_path)
+    server = EmbeddedRedis(Path(".fraud"), 6399, aclfile=Path(".fraud/redis-6399/users.acl"))
+    assert server.aclfile == tmp_path / ".fraud" / "redis-6399" / "users.acl"
