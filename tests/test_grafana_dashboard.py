@@ -363,6 +363,13 @@ async def feed(settings: Settings) -> tuple[int, int, list[str]]:
     return now_ms, t0, ids[-invalid:]
 
 
+async def monitor_tick(settings: Settings) -> None:
+    """One tick of the real monitor agent through the real CLI: it merges the partitions' offender
+    buckets the offender tables read (and records the health series)."""
+    args = build_parser().parse_args(["agent", "monitor", "--interval", "0.05", "--once"])
+    assert await args.run(args, settings) == 0
+
+
 def chosen(settings: Settings, partition: int = 0) -> dict[str, str]:
     """The dashboard's variables with the pipeline's namespace and a partition chosen."""
     return {**dashboard_variables(FRAUD), "namespace": settings.namespace, "partition": str(partition)}
@@ -507,17 +514,18 @@ async def test_dead_letter_panels_show_the_rejected_entries(settings: Settings) 
 
 async def test_offender_tables_rank_the_flagged_verdicts_of_the_whole_range(settings: Settings) -> None:
     _, t0, _ = await feed(settings)
+    await monitor_tick(settings)
     from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
     flagged = [f for _, f in verdict_entries(settings) if f["verdict"] != "clean"]
     assert len(flagged) == 4 + 3 + 5 + 3 + 1 + 1
     for title, field in (("Top offending devices", "device_id"), ("Top offending IPs", "ip")):
         (target,) = panel(title)["targets"]
-        # The panel's command is the declared read over every partition (FRAUD_PARTITIONS' default),
-        # with the pipeline's spans and the dashboard's range.
-        declared = offenders_command(Settings(), field, from_ms, to_ms, limit=10)
+        # The panel's command is the declared read over the monitor's merged buckets, with the
+        # pipeline's spans and the dashboard's range.
+        declared = offenders_command(Settings(), field, from_ms, to_ms, limit=10, merged=True)
         assert plugin_command(target, from_ms, to_ms) == declared, title
         assert plugin_command(target, from_ms, to_ms, chosen(settings)) == offenders_command(
-            settings, field, from_ms, to_ms, limit=10), "it follows the namespace"
+            settings, field, from_ms, to_ms, limit=10, merged=True), "it follows the namespace"
         shown = table(settings, title, from_ms, to_ms)
         counts = Counter(f[field] for f in flagged)
         assert [r["flagged clicks"] for r in shown] == sorted(counts.values(), reverse=True)[:10]
@@ -540,6 +548,7 @@ async def test_offender_tables_keep_numeric_looking_names_apart(settings: Settin
               for n, device in enumerate(["abc", "def", "12345"]) for k in range(3 + n)]
     xadd_at_event_time(settings, clicks)
     await run_pipeline(settings)
+    await monitor_tick(settings)
     from_ms, to_ms = dashboard_range(FRAUD, int(time.time() * 1000))
     shown = table(settings, "Top offending devices", from_ms, to_ms)
     assert [(r["device_id"], r["flagged clicks"]) for r in shown] == [("12345", 3), ("def", 2), ("abc", 1)]

@@ -15,10 +15,11 @@ from typing import Any
 
 import redis
 
-from agents.aggregator import OFFENDERS, offender_spans
+from agents.aggregator import offender_spans
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
+from pipeline.ops.offenders import offenders_argv
 from tests.arrival import xadd_at_event_time
 from tests.helpers import list_ips, run_pipeline, stream_entries
 
@@ -27,17 +28,14 @@ FLAGGED = VERDICTS[1:]
 LISTED_IP = "203.0.113.9"
 
 
-def offenders_command(settings: Settings, dimension: str, from_ms: int, to_ms: int, limit: int) -> list[str]:
-    """The read the dashboard makes (FCALL_RO: it writes nothing): the declared step, with every
-    partition's offender prefix as KEYS (beyond the step's named keys, of which it has none)."""
-    fine_ms, coarse_ms = offender_spans(settings)
-    argv = OFFENDERS.argv(
-        {}, {"dimension": dimension, "verdicts": ",".join(FLAGGED), "from": from_ms, "to": to_ms,
-             "fine_ms": fine_ms, "coarse_ms": coarse_ms, "max_range_ms": settings.series_retention_ms,
-             "limit": limit})
-    prefixes = [part.offenders_prefix for part in Keys(settings.namespace).partitions(settings.partitions)]
-    assert argv[2] == 0, "no named keys: every key is a partition's prefix"
-    return [str(word) for word in ("FCALL_RO", argv[1], len(prefixes), *prefixes, *argv[3:])]
+def offenders_command(settings: Settings, dimension: str, from_ms: int, to_ms: int, limit: int,
+                      merged: bool = False) -> list[str]:
+    """A read of the offenders (FCALL_RO: it writes nothing): over every partition's offender prefix
+    (one server only), or over the monitor's merged buckets (``merged``: the dashboard's read)."""
+    keys = Keys(settings.namespace)
+    prefixes = [keys.merged_offenders_prefix] if merged else [
+        part.offenders_prefix for part in keys.partitions(settings.partitions)]
+    return [str(word) for word in offenders_argv(settings, prefixes, dimension, from_ms, to_ms, limit)]
 
 
 def read_offenders(settings: Settings, dimension: str, from_ms: int, to_ms: int, limit: int = 1_000) -> list[Any]:

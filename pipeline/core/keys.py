@@ -162,6 +162,13 @@ class Keys:
         A method, not a property: the properties of Keys are key names."""
         return ("namespace", self.namespace)
 
+    @property
+    def merged_offenders_prefix(self) -> str:
+        """Every partition's offender buckets summed, under one hash tag (the monitor keeps them,
+        ``pipeline/ops/offenders.py``): a read of one key prefix, which Redis Cluster allows where a
+        read of every partition's buckets in one call is refused (CROSSSLOT). Same layout after it."""
+        return self._key("{offenders}", "offenders", "")
+
     def health_series(self, metric: str, subject: str) -> str:
         return self._key("health", metric, subject)
 

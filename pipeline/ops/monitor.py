@@ -9,7 +9,11 @@ as series labelled ``namespace=<ns> metric=pipeline_health measure=<measure> sta
 - ``throughput`` of each stage, in clicks/s over the last interval,
 - ``dead_letters`` (every partition's dead-letter stream, summed) under stage ``dead``.
 
-It is no consumer-group member: it only reads, so any number may run.
+Each tick it also keeps what the dashboard reads the same way on one server and on a cluster
+(``monitor_upkeep``): the merged offender buckets, and RedisTimeSeries' view of the cluster.
+
+It is no consumer-group member: it writes only its series and the merged offender buckets (each
+merge a sum of what the partitions hold, so any number may run).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pipeline.core.settings import Settings
 from pipeline.core.signals import release_signals, stop_on_signals
 from pipeline.core.units import clock, duration
 from pipeline.core.waiting import wait_or_stop
+from pipeline.ops.monitor_upkeep import Upkeep
 from pipeline.ops.status import open_status_client, read_stats, snapshot
 
 log = structlog.get_logger()
@@ -97,6 +102,7 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
     client = await (opening() if args.once else open_patiently(opening, log))
     keys = Keys(settings.namespace)
     recorder = HealthRecorder(client, settings)
+    upkeep = Upkeep(settings)
     stop = stop_on_signals()
     log.info("monitor started", interval_s=args.interval, once=args.once)
     outage = Outage()
@@ -108,7 +114,7 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
             await wait_or_stop(stop, args.interval)
             if stop.is_set():
                 break
-            snap = await _read_or_log(outage, _tick(client, keys, recorder, previous))
+            snap = await _read_or_log(outage, _tick(client, keys, recorder, upkeep, previous))
             if snap is None:
                 continue
             previous = snap
@@ -117,15 +123,17 @@ async def run_monitor(args: argparse.Namespace, settings: Settings) -> int:
                 break
     finally:
         release_signals()
+        await upkeep.close()
         await client.aclose()
     log.info("monitor stopped", ticks=ticks)
     return 0
 
 
-async def _tick(client: aioredis.Redis, keys: Keys, recorder: HealthRecorder,
+async def _tick(client: aioredis.Redis, keys: Keys, recorder: HealthRecorder, upkeep: Upkeep,
                 previous: Mapping[str, Any] | None) -> dict[str, Any]:
     snap = await snapshot(client, keys, previous)
     await recorder.record(health_samples(snap))
+    await upkeep.run(client, snap)
     return snap
 
 

@@ -1,5 +1,6 @@
 """The admin's set-up step: the Function library, the number of partitions, every stage's consumer
-group in each of its inputs and what it writes to there (filters, series). Idempotent: run it
+group in each of its inputs and what it writes to there (filters, series), and on a cluster every
+master's RedisTimeSeries view of the cluster. Idempotent: run it
 before the agents, and again to upgrade."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pipeline.client.functions import LIBRARY_NAME, load_functions
 from pipeline.client.partitioning import agree_partitions
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from pipeline.ops.timeseries_cluster import refresh_every_master
 
 
 async def set_up(settings: Settings) -> list[str]:
@@ -31,6 +33,10 @@ async def set_up(settings: Settings) -> list[str]:
                 await handler.setup(client, keys, keys.partition(unit) if stage.partitioned else None)
             units = len(stage.units(settings))
             done.append(f"group {stage.name}: {created} of {units} input(s) created, {units - created} already there")
+        # On a cluster, TS.MRANGE answers for every shard only once each master's RedisTimeSeries
+        # has read the cluster's shape: without it, each silently counts its own shard alone.
+        if refreshed := await refresh_every_master(client):
+            done.append(f"RedisTimeSeries cluster view refreshed on {refreshed} masters")
         return done
     finally:
         await client.close()
