@@ -12,6 +12,7 @@ import redis
 
 from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
+from pipeline.dev.cluster import LocalCluster, NodeAddress
 from pipeline.dev.server import EmbeddedRedis
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -83,3 +84,31 @@ def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
                            libssl_dir=LIBSSL_DIR)
     with running(server):
         yield server
+
+
+# --- a 3-master Redis Cluster, shared by every test that needs one (starting one takes seconds) ---
+
+CLUSTER_SHARDS = 3
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-master cluster of the session's own (its home under tmp), stopped by pid at the end."""
+    nodes = [NodeAddress(free_port(), free_port()) for _ in range(CLUSTER_SHARDS)]
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), nodes, libssl_dir=LIBSSL_DIR)
+    local.start()
+    try:
+        for url in local.urls:
+            load_library(url)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def cluster_settings(cluster: LocalCluster, tmp_path: Path) -> Settings:
+    for url in cluster.urls:
+        with redis.Redis.from_url(url) as node:
+            node.flushall()
+    # Any node will do: the agents find the others.
+    return Settings(redis_url=cluster.urls[1], home=tmp_path)

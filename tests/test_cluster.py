@@ -7,7 +7,6 @@ import signal
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -22,10 +21,9 @@ from pipeline.client.connection import open_fast_client, open_redis
 from pipeline.client.functions import library_state
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.cluster import LocalCluster, NodeAddress, partition_slots
+from pipeline.dev.cluster import LocalCluster, partition_slots
 from pipeline.ops.blacklist import add_ips, check_ips
 from pipeline.ops.reshard import move_slot
-from tests.conftest import LIBSSL_DIR, free_port, load_library
 from tests.helpers import xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, open_client, pipeline_drained
 from tests.partition_audit import check_against_model, labelled_trace
@@ -33,29 +31,6 @@ from tests.procs import freeze, spawn_agent, stop_all, tcp_addrs, uncommitted_ow
 
 SHARDS = 3
 CLICKS = 6_000
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A 3-master cluster of the session's own (its home under tmp), stopped by pid at the end."""
-    nodes = [NodeAddress(free_port(), free_port()) for _ in range(SHARDS)]
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"), nodes, libssl_dir=LIBSSL_DIR)
-    local.start()
-    try:
-        for url in local.urls:
-            load_library(url)
-        yield local
-    finally:
-        local.stop()
-
-
-@pytest.fixture
-def cluster_settings(cluster: LocalCluster, tmp_path: Path) -> Settings:
-    for url in cluster.urls:
-        with redis.Redis.from_url(url) as node:
-            node.flushall()
-    # Any node will do: the agents find the others.
-    return Settings(redis_url=cluster.urls[1], home=tmp_path)
 
 
 def test_the_local_cluster_serves_every_slot_with_the_modules(cluster: LocalCluster) -> None:

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.up",
     "pipeline.cli.agent",
     "pipeline.cli.status",
+    "pipeline.cli.offenders",
     "pipeline.cli.blacklist",
     "pipeline.cli.generate",
     "pipeline.cli.replay",

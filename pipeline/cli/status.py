@@ -72,7 +72,7 @@ async def _report_once(client: aioredis.Redis, keys: Keys, args: argparse.Namesp
         if args.interval > 0:
             previous = await read_stats(client, keys, settings.partitions)
             await asyncio.sleep(args.interval)
-        snap = await snapshot(client, keys, previous, partitions=settings.partitions)
+        snap = await snapshot(client, keys, previous, partitions=settings.partitions, shards=True)
     except Exception as err:
         if not is_unavailable(err):
             raise
@@ -103,7 +103,7 @@ async def _watch(client: aioredis.Redis, keys: Keys, args: argparse.Namespace, s
             previous = await attempt(read_stats(client, keys, settings.partitions))
             await wait_or_stop(stop, args.interval)
         while not stop.is_set():
-            snap = await attempt(snapshot(client, keys, previous, partitions=settings.partitions))
+            snap = await attempt(snapshot(client, keys, previous, partitions=settings.partitions, shards=True))
             if snap is not None:
                 if redraw:
                     sys.stdout.write("\x1b[2J\x1b[H")

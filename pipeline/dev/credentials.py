@@ -25,6 +25,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # The role each command acts as; an agent acts as its stage (the generator as a producer).
 # ``fraud server`` makes the credentials and uses the admin's itself.
 COMMAND_ROLES: dict[str, str | None] = {"server": None, "setup": ADMIN, "acl": ADMIN, "up": ADMIN, "status": "monitor",
+                 "offenders": "monitor",
                  "blacklist": "operator", "replay": "operator", "group": "operator", "generate": "producer",
                  "bench": ADMIN, "soak": ADMIN}
 AGENT_ROLES = {"generator": "producer"}

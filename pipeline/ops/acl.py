@@ -136,15 +136,22 @@ def role_rules(role: str, keys: Keys) -> list[str]:
                             _selector(_SERIES_CREATE, *series, *rollups),
                             _selector(("+zscore", "+zcard", "+zincrby", "+zpopmin", "+zadd", "+pexpireat"), offenders))
     if role == "monitor":
-        # Reads the streams', groups', leases' and members' state, writes its own health series.
+        # Reads the streams', groups', leases' and members' state, writes its own health series;
+        # merges the partitions' offender buckets into its own; and (`fraud status` and `fraud
+        # offenders` run as this role) reads each node's figures, the cluster's shape and the
+        # offenders (FCALL_RO: no-writes functions only), and keeps RedisTimeSeries' view of the cluster.
         health = g(keys.health_series("", ""))[:-1] + "*"
         leases = [g(keys.lease("*"))[:-2] + "*", each(lambda k: k.lease("")) + "*"]
+        offenders, merged = each(lambda k: k.offenders_prefix) + "*", g(keys.merged_offenders_prefix) + "*"
         return [*_BASE, "+xinfo|stream", "+xinfo|groups", "+xinfo|consumers", "+xlen", "+xrevrange", "+xrange",
                 "+hgetall", "+hget", "+hmget", "+zrange", "+zrangebyscore", "+zcard", "+memory|usage", "+time",
                 "+ts.get", "+ts.info", "+ts.add", "+ts.madd", "+ts.create", "+ts.alter",
+                "+info", "+cluster|nodes", "+cluster|slots", "+timeseries.infocluster", "+timeseries.refreshcluster",
+                "+fcall_ro",
                 *_keys("%R", g(keys.raw), g(keys.config), g(keys.members("")) + "*", *leases, inputs, verdicts,
-                       dead, stats, *commits.values()),
-                *_keys("", health)]
+                       dead, stats, *commits.values(), offenders),
+                *_keys("", health),
+                _selector(("+zrange", "+exists", "+del", "+zadd", "+pexpireat", "+rename"), merged)]
     if role == "operator":
         # Blacklist, group moves, replays and re-processing aside, status: anything on the
         # namespace's keys except what is admin's (the function library, server-wide commands).

@@ -60,7 +60,7 @@ def health_samples(snap: Mapping[str, Any]) -> list[Sample]:
 
 
 class HealthRecorder:
-    """Writes a tick's samples in one TS.MADD, creating each series on first use."""
+    """Writes a tick's samples in one round trip, creating each series on first use."""
 
     def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
         self.client = client
@@ -89,11 +89,13 @@ class HealthRecorder:
                 raise ResponseError(f"TS.MADD refused {len(still)} health samples")
 
     async def _madd(self, samples: list[Sample]) -> list[Sample]:
-        args: list[Any] = []
+        # One TS.ADD per sample in one pipeline rather than one TS.MADD: on Redis Cluster the
+        # health series lie in different slots, and a multi-key command across slots is refused.
+        pipe = self.client.pipeline(transaction=False)
         for measure, stage, value in samples:
             # "*": the server's clock, so samples line up whichever host the monitor runs on.
-            args += (self.keys.health_series(measure, stage), "*", value)
-        reply = await self.client.execute_command("TS.MADD", *args)
+            pipe.execute_command("TS.ADD", self.keys.health_series(measure, stage), "*", value)
+        reply = await pipe.execute(raise_on_error=False)
         return [sample for sample, outcome in zip(samples, reply, strict=True) if isinstance(outcome, Exception)]
 
 

@@ -28,6 +28,7 @@ from pipeline.client.connection import open_redis
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
+from pipeline.ops.shards import shard_info
 from pipeline.runtime.stage import Stage
 
 # The partitions' streams shown summed (as attribute names of PartitionKeys).
@@ -214,10 +215,13 @@ async def server_time_ms(client: aioredis.Redis) -> int:
 
 
 async def snapshot(client: aioredis.Redis, keys: Keys, previous: Mapping[str, Any] | None = None,
-                   dead_sample: int = DEAD_SAMPLE, partitions: int | None = None) -> dict[str, Any]:
+                   dead_sample: int = DEAD_SAMPLE, partitions: int | None = None,
+                   shards: bool = False) -> dict[str, Any]:
     """The pipeline's state now; with an earlier reading (``read_stats`` or a snapshot), its rates too.
 
     `partitions`: used when the pipeline has recorded none yet (nothing ran); the recorded number wins.
+    `shards`: each node's role, memory, load and partitions too (``shards.shard_info``; INFO and
+    CLUSTER NODES, which the monitor's user is not allowed).
     """
     recorded = await client.hget(keys.config, "partitions")
     count = int(recorded) if recorded is not None else (partitions or 0)
@@ -239,6 +243,7 @@ async def snapshot(client: aioredis.Redis, keys: Keys, previous: Mapping[str, An
         "throughput": throughput(previous, reading) if previous is not None else None,
         "dead_letters": await dead_letters(client, keys, count, dead_sample),
         "stats": reading["stats"],
+        **({"shards": await shard_info(client, count)} if shards else {}),
     }
 
 

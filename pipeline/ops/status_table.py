@@ -74,6 +74,14 @@ def stage_rows(snap: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def shard_rows(shards: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per node (the one server, or each node of a cluster): its partitions listed."""
+    return table(("SHARD", "ROLE", "STATE", "MEMORY", "OPS/S", "PARTITIONS"),
+                 [(s["address"], s["role"] if s["master"] is None else f"replica of {s['master']}", s["state"],
+                   None if s["used_memory"] is None else size(s["used_memory"]), s["ops_per_sec"],
+                   ",".join(map(str, s["partitions"])) or "none") for s in shards])
+
+
 def render(snap: Mapping[str, Any], where: str) -> str:
     out = [f"fraud status  {where}  namespace {snap['namespace']}  partitions {snap['partitions']}  "
            f"at {clock(snap['taken_at_ms'])} UTC", ""]
@@ -83,6 +91,9 @@ def render(snap: Mapping[str, Any], where: str) -> str:
           clock(s["first_time_ms"]), clock(s["last_time_ms"]), size(s["memory_bytes"]))
          for s in snap["streams"].values()])
     out.append("")
+    if "shards" in snap:
+        out += shard_rows(snap["shards"])
+        out.append("")
     out += stage_rows(snap)
     out.append("")
     rates = snap["throughput"]
