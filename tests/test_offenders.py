@@ -16,10 +16,14 @@ from typing import Any
 import redis
 
 from agents.aggregator import offender_spans
+from pipeline.client.connection import open_fast_client
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
+from pipeline.ops.monitor_upkeep import Upkeep
 from pipeline.ops.offenders import offenders_argv
+from pipeline.ops.offenders import read_offenders as ops_read
+from pipeline.ops.status import open_status_client, snapshot
 from tests.arrival import xadd_at_event_time
 from tests.helpers import list_ips, run_pipeline, stream_entries
 
@@ -137,3 +141,43 @@ async def test_a_bucket_keeps_at_most_its_bound_and_the_heavy_hitters(settings: 
             assert expires - int(time.time() * 1000) <= ttl <= expires - now, "a retention after its end"
     (top,) = read_offenders(settings, "device_id", minute, minute + 1, limit=1)
     assert top["device_id"] == "heavy"
+
+
+async def merged_after_tick(settings: Settings, upkeep: Upkeep) -> None:
+    """One monitor tick's upkeep, on a fresh snapshot (as the monitor agent runs it)."""
+    client = await open_status_client(settings)
+    try:
+        await upkeep.run(client, await snapshot(client, Keys(settings.namespace)))
+    finally:
+        await client.aclose()
+
+
+async def test_the_merged_buckets_and_the_per_partition_read_give_the_one_call_answer(settings: Settings) -> None:
+    """What the dashboard reads on either deployment (the monitor's merged buckets, one key) and
+    what `fraud offenders` reads (one call per partition) equal one call over every partition,
+    after the first tick (a catch-up over the retention) and after a later one (only the buckets
+    the aggregator's progress can have changed: arrivals hours before the server's clock too)."""
+    now = int(time.time() * 1000)
+    t0 = (now - 4 * HOUR_MS) // HOUR_MS * HOUR_MS + 30 * MINUTE_MS
+    upkeep = Upkeep(settings)
+    fast = await open_fast_client(settings)
+    try:
+        for first, minutes in ((0, 70), (70, 40)):
+            xadd_at_event_time(settings, spam_bursts(t0 + first * MINUTE_MS, minutes))
+            if first == 0:
+                await list_ips(settings, [LISTED_IP])
+            await run_pipeline(settings)
+            await merged_after_tick(settings, upkeep)
+            for from_ms, to_ms in ((t0 - HOUR_MS, now), (t0 + 17 * MINUTE_MS + 5, t0 + 95 * MINUTE_MS)):
+                for dimension in OFFENDER_DIMENSIONS:
+                    whole = read_offenders(settings, dimension, from_ms, to_ms, limit=5)
+                    assert whole, "the range must hold flagged clicks"
+                    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+                        merged = [json.loads(row) for row in client.execute_command(
+                            *offenders_command(settings, dimension, from_ms, to_ms, 5, merged=True))]
+                    assert merged == whole, (first, dimension, from_ms, to_ms)
+                    assert await ops_read(fast, settings, dimension, from_ms, to_ms, 5, settings.partitions) == whole
+        assert upkeep.positions is not None
+    finally:
+        await upkeep.close()
+        await fast.close()

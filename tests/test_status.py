@@ -153,6 +153,12 @@ async def test_lag_and_counters_follow_a_real_run(cli_env: Settings, capsys: pyt
     assert doc["dead_letters"] == {"count": 1, "sampled": 1, "reasons": {"missing_field": 1}}
     assert sum(n for name, n in doc["stats"].items() if name.startswith("detector.")) == 7
     assert doc["stats"]["aggregator.counted"] == 6
+    # One server is one shard: it serves every partition.
+    (shard,) = doc["shards"]
+    assert shard["address"].endswith(f":{cli_env.redis_url.rsplit(':', 1)[1]}")
+    assert (shard["role"], shard["master"], shard["state"]) == ("master", None, "ok")
+    assert shard["used_memory"] > 0 and shard["ops_per_sec"] >= 0
+    assert shard["partitions"] == list(range(cli_env.partitions))
 
     code, doc, err = await status_json(capsys, "--max-lag", "0")
     assert code == status.THRESHOLD_EXIT
@@ -292,6 +298,10 @@ async def test_table_shows_streams_stages_and_dead_letters(
     assert aggregator_total.split()[6:9] == ["3", "0", "3"]
     assert any(line.split() == ["1", "missing_field"] for line in lines)
     assert any(line.startswith("THROUGHPUT over 0.1") for line in lines)
+    shard_header = lines.index(next(line for line in lines if line.startswith("SHARD ")))
+    assert lines[shard_header].split() == ["SHARD", "ROLE", "STATE", "MEMORY", "OPS/S", "PARTITIONS"]
+    assert lines[shard_header + 1].split()[1:3] == ["master", "ok"]
+    assert lines[shard_header + 1].split()[-1] == ",".join(map(str, range(cli_env.partitions)))
 
 
 def test_unreachable_redis_is_one_line_and_exit_1(

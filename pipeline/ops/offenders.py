@@ -27,7 +27,9 @@ import orjson
 
 from agents.aggregator import OFFENDERS, offender_spans
 from pipeline.client.cluster import ClusterClient
+from pipeline.client.functions import LIBRARY_NAME, NOT_READY_PREFIX
 from pipeline.client.resp import RespClient, RespError
+from pipeline.core.errors import FraudError
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys
 from pipeline.core.replies import first_value
 from pipeline.core.settings import Settings
@@ -75,6 +77,8 @@ async def read_offenders(client: Client, settings: Settings, dimension: str, fro
         for part in keys.partitions(partitions)])
     for reply in replies:
         if isinstance(reply, RespError):
+            if str(reply).startswith(NOT_READY_PREFIX):
+                raise FraudError(f"the '{LIBRARY_NAME}' function library is not loaded: an admin runs `fraud setup`")
             raise reply
     return ranked((orjson.loads(row) for reply in replies for row in reply), dimension, limit)
 
