@@ -1,0 +1,71 @@
+"""The dashboard's counts across a failover: RedisTimeSeries' view of the cluster goes stale when a
+replica takes over (a shard it does not know), and the monitor agent repairs it at its next tick."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from pipeline.cli.main import build_parser
+from pipeline.core.keys import Keys
+from pipeline.core.settings import Settings
+from pipeline.dev.cluster import LocalCluster
+from pipeline.ops.setup import set_up
+from tests.helpers import run_pipeline, xadd_all
+from tests.procs import wait_until
+from tests.test_cluster_dashboard import clicks
+from tests.test_cluster_failover import SHARDS, _role, replicated  # noqa: F401 (the fixture)
+
+
+def global_counts(url: str, namespace: str) -> dict[str, float]:
+    """Every verdict's clicks over all time, summed over the partitions by the node asked."""
+    with redis.Redis.from_url(url, decode_responses=True, protocol=2, socket_timeout=30) as node:
+        reply = node.execute_command("TS.MRANGE", "-", "+", "AGGREGATION", "sum", 10**13, "FILTER",
+                                     f"namespace={namespace}", "metric=clicks", "tier=raw",
+                                     "GROUPBY", "verdict", "REDUCE", "sum")
+    return {name.split("=", 1)[1]: sum(float(v) for _, v in samples) for name, _, samples in reply
+            if any(float(v) for _, v in samples)}
+
+
+def cluster_ok(url: str) -> bool:
+    try:
+        with redis.Redis.from_url(url, socket_timeout=2) as node:
+            return "cluster_state:ok" in node.execute_command("CLUSTER", "INFO").decode()
+    except redis.RedisError:
+        return False
+
+
+def test_counts_fail_after_a_failover_until_the_monitor_refreshes_the_view(replicated: LocalCluster,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    settings = Settings(redis_url=replicated.urls[1], home=tmp_path)
+    asyncio.run(set_up(settings))
+    xadd_all(settings, clicks(int(time.time() * 1000)))
+    asyncio.run(run_pipeline(settings))
+    with RedisCluster.from_url(settings.redis_url, decode_responses=True) as client:
+        expected = Counter(f["verdict"] for part in Keys(settings.namespace).partitions(settings.partitions)
+                           for _, f in client.xrange(part.verdicts))
+    assert sum(expected.values()) == 120
+    assert global_counts(replicated.urls[0], settings.namespace) == expected
+    # The first master killed; its replica (the first replica node) takes over.
+    victim, heir = replicated.servers[0], replicated.servers[SHARDS]
+    os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    live = replicated.urls[1:SHARDS + 1]
+    wait_until(lambda: _role(heir) == "master" and all(cluster_ok(url) for url in live), 30,
+               "the replica to be promoted and the cluster to be ok again")
+    # The live masters' modules still fan out to the dead one: the count panels fail, not lie
+    # (each refusal takes the module's 5 s timeout: one master is asked, the new one).
+    with pytest.raises(redis.ResponseError, match="multi-shard command failed"):
+        global_counts(heir.url, settings.namespace)
+    # One tick of the real monitor agent: it finds the stale views and refreshes them.
+    args = build_parser().parse_args(["agent", "monitor", "--interval", "0.05", "--once"])
+    assert asyncio.run(args.run(args, settings)) == 0
+    for url in live:
+        assert global_counts(url, settings.namespace) == expected, url
