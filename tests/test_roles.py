@@ -99,6 +99,7 @@ def test_the_watchers_and_tools_run_with_their_roles(protected: Protected) -> No
         admin.execute_command("ACL", "LOG", "RESET")
     output = ok(fraud(url, "agent", "monitor", "--once", "--interval", "0.1", home=home))
     output += ok(fraud(url, "status", home=home))
+    output += ok(fraud(url, "offenders", "--by", "ip", home=home))
     output += ok(fraud(url, "group", "reset", "--stage", "router", "--to-earliest", "--force",
                        home=home))
     output += ok(fraud(url, "replay", "--from-stream", "--name", "again", home=home))
@@ -151,7 +152,10 @@ REFUSED: dict[str, list[tuple[str, ...]]] = {
                    ("FCALL", "fraud_lease", "1", PART.lease("detector"), "0")],
     "monitor": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"), ("DEL", KEYS.raw),
                 ("CF.ADD", PART.blacklist, "192.0.2.1"), ("XGROUP", "SETID", PART.input, "detector", "0"),
-                ("HSET", PART.lease("detector"), "owner", "x"), ("HSETNX", KEYS.config, "partitions", "3")],
+                ("HSET", PART.lease("detector"), "owner", "x"), ("HSETNX", KEYS.config, "partitions", "3"),
+                # It merges the partitions' offender buckets into its own, and writes nothing of theirs.
+                ("ZADD", PART.offenders("ip", "click_spam", 60_000, 0), "1", "x"),
+                ("DEL", PART.offenders("ip", "click_spam", 60_000, 0))],
     "operator": [("SET", "elsewhere", "1"), ("GET", "elsewhere")],
     "dashboard": [("XADD", KEYS.raw, "*", "a", "b"), ("FCALL", "fraud_detect", "0"),
                   ("SET", f"{KEYS.namespace}:x", "1"), ("DEL", KEYS.raw), ("XTRIM", KEYS.raw, "MAXLEN", "0"),
