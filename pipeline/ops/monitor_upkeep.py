@@ -18,7 +18,7 @@ import structlog
 
 from pipeline.client.cluster import ClusterClient
 from pipeline.client.connection import open_fast_client
-from pipeline.client.resp import RespClient
+from pipeline.client.resp import RespClient, RespError, is_server_state_error
 from pipeline.core.settings import Settings
 from pipeline.ops.offenders import counted_arrivals, merge_offenders
 from pipeline.ops.timeseries_cluster import refresh_stale
@@ -40,6 +40,15 @@ class Upkeep:
         refreshed = await refresh_stale(client)
         if refreshed:
             log.info("timeseries cluster view refreshed", masters=refreshed)
+        try:
+            await self._merge(snap)
+        except RespError as err:
+            if not is_server_state_error(err):
+                raise
+            # A shard failing over, loading...: the same buckets are merged at the next tick.
+            log.warning("offenders not merged, retrying next tick", error=str(err))
+
+    async def _merge(self, snap: Mapping[str, Any]) -> None:
         if self.fast is None:
             self.fast = await open_fast_client(self.settings)
         positions = {u["partition"]: u["last_delivered_id"] for u in snap["stages"]["aggregator"]["units"]}
