@@ -24,11 +24,12 @@ from redis.cluster import RedisCluster
 from pipeline.cli.main import build_parser
 from pipeline.client.connection import open_fast_client
 from pipeline.core.keys import OFFENDER_DIMENSIONS, Keys
+from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster
 from pipeline.ops.offenders import FLAGGED, offenders_argv, read_offenders
 from pipeline.ops.setup import set_up
-from pipeline.ops.timeseries_cluster import refresh_stale, shards_seen
+from pipeline.ops.timeseries_cluster import itself, refresh_stale, shards_seen
 from tests.conftest import CLUSTER_SHARDS
 from tests.helpers import run_pipeline, xadd_all
 from tests.plugin_replies import plugin_frames
@@ -115,14 +116,14 @@ async def test_every_count_panel_gives_exact_global_counts_on_every_master(
 
 async def test_the_cluster_view_of_every_master_is_current(cluster: LocalCluster,
                                                            cluster_settings: Settings) -> None:
-    """What the monitor checks each tick: every master's RedisTimeSeries knows the three masters."""
-    ids = set()
+    """What the monitor checks each tick: every master's RedisTimeSeries knows the three masters,
+    each as it runs now (its node id and the module's run id)."""
     views = []
     for url in cluster.urls:
         with redis.Redis.from_url(url) as node:
-            ids.add(node.execute_command("CLUSTER", "MYID").decode())
-            views.append(shards_seen(node.execute_command("TIMESERIES.INFOCLUSTER")))
-    assert len(ids) == CLUSTER_SHARDS and views == [ids] * CLUSTER_SHARDS
+            views.append(node.execute_command("TIMESERIES.INFOCLUSTER"))
+    running = {itself(view) for view in views}
+    assert len(running) == CLUSTER_SHARDS and [shards_seen(view) for view in views] == [running] * CLUSTER_SHARDS
     client = aioredis.RedisCluster.from_url(cluster_settings.redis_url, decode_responses=True)
     try:
         assert await refresh_stale(client) == []
@@ -165,8 +166,7 @@ async def test_offenders_read_per_partition_and_merged_for_the_dashboard(
     # The dashboard's read: one tick of the real monitor merges the partitions' buckets into one
     # slot; the panel's command (one key) answers on that slot's master, and MOVED elsewhere,
     # which the plugin's cluster client follows.
-    args = build_parser().parse_args(["agent", "monitor", "--interval", "0.05", "--once"])
-    assert await args.run(args, settings) == 0
+    await monitor_tick(settings)
     with RedisCluster.from_url(settings.redis_url) as client:
         home = client.get_node_from_key(keys.merged_offenders_prefix).port
     for title, dimension in (("Top offending devices", "device_id"), ("Top offending IPs", "ip")):
@@ -212,3 +212,46 @@ async def test_status_shows_every_shard_and_its_partitions(cluster: LocalCluster
     assert await status(cluster_settings) == 0
     out = capsys.readouterr().out
     assert out.count("  master  ok  ") == CLUSTER_SHARDS and "PARTITION" in out
+
+
+def global_counts(url: str, namespace: str) -> dict[str, float]:
+    """Every verdict's clicks over all time, summed over the partitions by the node asked."""
+    with redis.Redis.from_url(url, decode_responses=True, protocol=2, socket_timeout=30) as node:
+        reply = node.execute_command("TS.MRANGE", "-", "+", "AGGREGATION", "sum", 10**13, "FILTER",
+                                     f"namespace={namespace}", "metric=clicks", "tier=raw",
+                                     "GROUPBY", "verdict", "REDUCE", "sum")
+    return {name.split("=", 1)[1]: sum(float(v) for _, v in samples) for name, _, samples in reply
+            if any(float(v) for _, v in samples)}
+
+
+async def monitor_tick(settings: Settings) -> None:
+    args = build_parser().parse_args(["agent", "monitor", "--interval", "0.05", "--once"])
+    assert await args.run(args, settings) == 0
+
+
+async def test_a_restarted_master_counts_alone_until_the_monitor_refreshes_the_views(
+        cluster: LocalCluster, cluster_settings: Settings, fed: list[dict[str, str]]) -> None:
+    """A master restarted (SIGTERM, started again: the same node, a new run id) has no view of the
+    cluster: it silently counts its own shard only; the others still fan out to its old run and
+    fail. One monitor tick refreshes them all, and a current view is not refreshed again."""
+    settings = cluster_settings
+    restarted = cluster.servers[2]
+    restarted.stop()
+    restarted.start()
+    cluster.wait_ok(30)
+    with RedisCluster.from_url(settings.redis_url) as client:
+        own = {p for p in range(settings.partitions) if client.get_node_from_key(f"{{{p}}}").port == restarted.port}
+    assert own, "the restarted master serves partitions"
+    alone = Counter(f["verdict"] for f in fed if partition_of(f["device_id"], settings.partitions) in own)
+    assert global_counts(restarted.url, settings.namespace) == alone
+    with pytest.raises(redis.ResponseError, match="multi-shard command failed"):
+        global_counts(cluster.urls[0], settings.namespace)
+    await monitor_tick(settings)
+    everything = Counter(f["verdict"] for f in fed)
+    for url in cluster.urls:
+        assert global_counts(url, settings.namespace) == everything, url
+    client = aioredis.RedisCluster.from_url(settings.redis_url, decode_responses=True)
+    try:
+        assert await refresh_stale(client) == []
+    finally:
+        await client.aclose()

@@ -14,25 +14,14 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from pipeline.cli.main import build_parser
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster
 from pipeline.ops.setup import set_up
 from tests.helpers import run_pipeline, xadd_all
 from tests.procs import wait_until
-from tests.test_cluster_dashboard import clicks
+from tests.test_cluster_dashboard import clicks, global_counts, monitor_tick
 from tests.test_cluster_failover import SHARDS, _role, replicated  # noqa: F401 (the fixture)
-
-
-def global_counts(url: str, namespace: str) -> dict[str, float]:
-    """Every verdict's clicks over all time, summed over the partitions by the node asked."""
-    with redis.Redis.from_url(url, decode_responses=True, protocol=2, socket_timeout=30) as node:
-        reply = node.execute_command("TS.MRANGE", "-", "+", "AGGREGATION", "sum", 10**13, "FILTER",
-                                     f"namespace={namespace}", "metric=clicks", "tier=raw",
-                                     "GROUPBY", "verdict", "REDUCE", "sum")
-    return {name.split("=", 1)[1]: sum(float(v) for _, v in samples) for name, _, samples in reply
-            if any(float(v) for _, v in samples)}
 
 
 def cluster_ok(url: str) -> bool:
@@ -65,7 +54,6 @@ def test_counts_fail_after_a_failover_until_the_monitor_refreshes_the_view(repli
     with pytest.raises(redis.ResponseError, match="multi-shard command failed"):
         global_counts(heir.url, settings.namespace)
     # One tick of the real monitor agent: it finds the stale views and refreshes them.
-    args = build_parser().parse_args(["agent", "monitor", "--interval", "0.05", "--once"])
-    assert asyncio.run(args.run(args, settings)) == 0
+    asyncio.run(monitor_tick(settings))
     for url in live:
         assert global_counts(url, settings.namespace) == expected, url

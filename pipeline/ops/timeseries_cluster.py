@@ -6,19 +6,21 @@ on that node. Measured on this Redis Stack (RedisTimeSeries 1.12, tests/test_clu
 the README): on a cluster never refreshed, each master silently answers from its own shard only
 (wrong global counts, no error); after a slot moves between masters it already knows, every master
 still answers for every shard; after a failover (a replica promoted: a shard the view does not
-know) every node answers ``A multi-shard command failed`` until refreshed; replicas never answer
-(the same error). So the view is refreshed:
+know) every node answers ``A multi-shard command failed`` until refreshed; after a master
+restarts, it has no view (``no cluster mode``: its own shard only, silently) and the others fail
+as after a failover; replicas never answer (the same error). So the view is refreshed:
 
 - by ``fraud setup`` on every master (``refresh_every_master``), and by ``fraud cluster start``;
-- by the monitor agent, on every tick, on each master whose view misses one of the cluster's
-  masters (``refresh_stale``): a failover or an added shard is repaired within one tick,
-  whoever caused it;
+- by the monitor agent, on every tick, on each master whose view is not the cluster's masters as
+  they run now (``refresh_stale``): a failover, a restart or an added shard is repaired within
+  one tick, whoever caused it;
 - by hand or by another tool after a topology change: ``refresh_timeseries(urls)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -49,37 +51,66 @@ async def refresh_every_master(client: RespClient | ClusterClient) -> int:
     return len(masters)
 
 
-def shards_seen(info: list[object]) -> set[str]:
-    """The node ids of the shards in a ``TIMESERIES.INFOCLUSTER`` reply (``MyId``, ``MyRunId``, then one
-    record per shard), those it does not count as connected left out."""
-    shards = info[-1] if info and isinstance(info[-1], list) else []
-    seen = set()
-    for shard in shards:
-        fields = text_pairs(shard)
-        if fields.get("status", "connected") == "connected":
-            seen.add(fields["id"])
-    return seen
+def shards_seen(info: Any) -> set[tuple[str, str]]:
+    """(node id, module run id) of each shard in a ``TIMESERIES.INFOCLUSTER`` reply (``MyId``,
+    ``MyRunId``, then one record per shard); none when the node has no view (``no cluster mode``:
+    not refreshed since it started). The run id is the module's own, drawn when it starts: it
+    tells a restarted node from the one a view was made with (a connection's status does not:
+    ``uninitialized`` until first used, on a sound view too)."""
+    if not isinstance(info, list) or not info or not isinstance(info[-1], list):
+        return set()
+    return {(fields["id"], fields["runid"]) for fields in map(text_pairs, info[-1])}
+
+
+def itself(info: Any) -> tuple[str, str] | None:
+    """(``MyId``, ``MyRunId``) of the node that gave an ``INFOCLUSTER`` reply; None without a view."""
+    if not isinstance(info, list) or len(info) < 4:
+        return None
+    fields = text_pairs(info[:4])
+    return fields["MyId"], fields["MyRunId"]
 
 
 async def refresh_stale(client: aioredis.Redis | aioredis.RedisCluster) -> list[str]:
-    """Refresh each live master whose module's view differs from the masters serving slots now;
-    returns the addresses refreshed. Nothing on a single server (its view is itself)."""
+    """Refresh each live master whose module's view is not the cluster's masters as they run now;
+    returns the addresses refreshed. Nothing on a single server (its view is itself).
+
+    First those without a view or whose view lacks a master or has another (a restart, a
+    failover, an added shard): once refreshed, each tells its module's run id; then those whose
+    view has another run id for a master (one that restarted since)."""
     if not isinstance(client, aioredis.RedisCluster):
         return []
-    nodes = await client.cluster_nodes()
-    masters = {address: node["node_id"] for address, node in nodes.items()
-               if "master" in node["flags"] and "fail" not in node["flags"] and node["slots"]}
+    masters = await _live_masters(client)
+
+    async def view(target: Any) -> Any:
+        return await client.execute_command(INFO, target_nodes=target)
+
+    views = {address: await view(target) for address, (target, _) in masters.items()}
+    ids = {node_id for _, node_id in masters.values()}
     refreshed = []
-    for address in sorted(masters):
-        host, _, port = address.rpartition(":")
-        node = client.get_node(host, int(port))
-        if node is None:
-            await client.nodes_manager.initialize()  # a node it does not know yet: a promoted replica
-            node = client.get_node(host, int(port))
-        if node is None:
-            continue
-        info = await client.execute_command(INFO, target_nodes=node)
-        if shards_seen(info) != set(masters.values()):
-            await client.execute_command(REFRESH, target_nodes=node)
+    for address, (target, _) in masters.items():
+        if {node_id for node_id, _ in shards_seen(views[address])} != ids:
+            await client.execute_command(REFRESH, target_nodes=target)
             refreshed.append(address)
-    return refreshed
+            views[address] = await view(target)
+    running = {me for info in views.values() if (me := itself(info)) is not None}
+    for address, (target, _) in masters.items():
+        if address not in refreshed and shards_seen(views[address]) != running:
+            await client.execute_command(REFRESH, target_nodes=target)
+            refreshed.append(address)
+    return sorted(refreshed)
+
+
+async def _live_masters(client: aioredis.RedisCluster) -> dict[str, tuple[Any, str]]:
+    """address -> (the client's node, node id) of every master serving slots and not failed."""
+    masters = {}
+    for address, node in sorted((await client.cluster_nodes()).items()):
+        if "master" not in node["flags"] or "fail" in node["flags"] or not node["slots"]:
+            continue
+        host, _, port = address.rpartition(":")
+        target = client.get_node(host, int(port))
+        if target is None:
+            await client.nodes_manager.initialize()  # a node it does not know yet: a promoted replica
+            target = client.get_node(host, int(port))
+        if target is not None:
+            masters[address] = (target, node["node_id"])
+    return masters
