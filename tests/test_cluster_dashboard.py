@@ -10,6 +10,8 @@ master (pipeline/ops/timeseries_cluster.py says what happens without it).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from collections import Counter
@@ -183,6 +185,15 @@ async def test_offenders_read_per_partition_and_merged_for_the_dashboard(
                 rows = [json.loads(row) for row in node.execute_command(*command)]
             assert as_counts(rows, dimension) == {m: expected[m] for m in top}, title
             assert [r[dimension] for r in rows] == top, "heaviest first, ties by name"
+
+
+async def status_document(settings: Settings) -> dict[str, Any]:
+    """``fraud status --json``'s document, through the real CLI's parser."""
+    args = build_parser().parse_args(["status", "--json", "--interval", "0"])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert await args.run(args, settings) == 0
+    return dict(orjson.loads(out.getvalue()))
 
 
 async def status(settings: Settings, *options: str) -> int:

@@ -20,7 +20,7 @@ from pipeline.dev.cluster import LocalCluster
 from pipeline.ops.setup import set_up
 from tests.helpers import run_pipeline, xadd_all
 from tests.procs import wait_until
-from tests.test_cluster_dashboard import clicks, global_counts, monitor_tick
+from tests.test_cluster_dashboard import clicks, global_counts, monitor_tick, status_document
 from tests.test_cluster_failover import SHARDS, _role, replicated  # noqa: F401 (the fixture)
 
 
@@ -57,3 +57,16 @@ def test_counts_fail_after_a_failover_until_the_monitor_refreshes_the_view(repli
     asyncio.run(monitor_tick(settings))
     for url in live:
         assert global_counts(url, settings.namespace) == expected, url
+    # fraud status per shard: the heir a master with the victim's partitions, the victim failed,
+    # the other replicas beside their masters.
+    snap = asyncio.run(status_document(settings))
+    rows = {row["address"]: row for row in snap["shards"]}
+    address = {server: f"127.0.0.1:{server.port}" for server in replicated.servers}
+    assert rows[address[victim]]["state"] == "failed" and rows[address[victim]]["partitions"] == []
+    assert (rows[address[heir]]["role"], rows[address[heir]]["state"]) == ("master", "ok")
+    masters = [rows[address[s]] for s in (heir, *replicated.servers[1:SHARDS])]
+    assert sorted(p for row in masters for p in row["partitions"]) == list(range(settings.partitions))
+    for index, replica in enumerate(replicated.servers[SHARDS + 1:], start=1):
+        row = rows[address[replica]]
+        assert (row["role"], row["master"]) == ("replica", address[replicated.servers[index]])
+        assert row["partitions"] == rows[address[replicated.servers[index]]]["partitions"]

@@ -2,7 +2,7 @@
 dashboard needs to read the same way on one server and on Redis Cluster.
 
 - RedisTimeSeries' view of the cluster (``timeseries_cluster.refresh_stale``): after a failover
-  or an added shard, ``TS.MRANGE`` fails on every node until it is refreshed;
+  or a restart, ``TS.MRANGE`` fails or counts one shard until it is refreshed;
 - the merged offender buckets (``offenders.merge_offenders``): at the first tick every bucket of
   the retention, then each tick the buckets the aggregator's progress since the last can have
   changed.
