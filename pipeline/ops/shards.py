@@ -40,8 +40,12 @@ async def shard_info(client: aioredis.Redis, partitions: int) -> list[dict[str, 
     memory (bytes), instantaneous ops/s, partitions served; masters first, each followed by its replicas."""
     if not isinstance(client, aioredis.RedisCluster):
         kwargs = client.connection_pool.connection_kwargs
-        return [{"address": f"{kwargs.get('host')}:{kwargs.get('port')}", "role": "master", "master": None,
-                 **await _figures(client), "partitions": list(range(partitions))}]
+        replication = await client.info("replication")
+        # A replica outside a cluster (status read from it) holds its master's copy of every partition.
+        master = (f"{replication['master_host']}:{replication['master_port']}"
+                  if replication.get("role") == "slave" else None)
+        return [{"address": f"{kwargs.get('host')}:{kwargs.get('port')}", "role": "replica" if master else "master",
+                 "master": master, **await _figures(client), "partitions": list(range(partitions))}]
     nodes = await client.cluster_nodes()
     ids = {node["node_id"]: address for address, node in nodes.items()}
     masters = {address: _slots(node["slots"]) for address, node in nodes.items() if "master" in node["flags"]}
