@@ -11,6 +11,7 @@ from agents.pipeline import PIPELINE
 from agents.pipeline import stage as stage_named
 from pipeline.client.connection import open_redis
 from pipeline.core.keys import VERDICTS, Keys
+from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from pipeline.ops.blacklist import add_ips
 from pipeline.runtime.agent import StreamAgent
@@ -79,3 +80,11 @@ async def list_ips(settings: Settings, ips: Iterable[str]) -> None:
         await add_ips(client, Keys(settings.namespace), settings, list(ips))
     finally:
         await client.aclose()
+
+
+def one_device_per_partition(stem: str, partitions: int) -> list[str]:
+    """A device name (stem + a number) for each partition, in partition order."""
+    first: dict[int, str] = {}
+    for n in range(1_000 * partitions):
+        first.setdefault(partition_of(f"{stem}{n}", partitions), f"{stem}{n}")
+    return [first[p] for p in range(partitions)]

@@ -23,10 +23,9 @@ import yaml
 
 from pipeline.cli.main import build_parser
 from pipeline.core.keys import VERDICTS, Keys
-from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
 from tests.arrival import xadd_at_event_time
-from tests.helpers import list_ips, run_pipeline, stream_entries, verdicts_by_raw_id
+from tests.helpers import list_ips, one_device_per_partition, run_pipeline, stream_entries, verdicts_by_raw_id
 from tests.plugin_replies import display_names, extract_json, plugin_frames, stream_frame
 from tests.plugin_replies import rows as frame_rows
 from tests.test_offenders import offenders_command
@@ -336,14 +335,6 @@ def crafted_clicks(t0: int, partitions: int) -> tuple[list[list[str]], int]:
                ["ip", "10.9.9.9", "ts", str(t0 + 2_000)],
                ["device_id", "bad-ts", "ip", "10.9.9.8", "ts", "yesterday"]]
     return [c for _, c in clicks] + invalid, len(invalid)
-
-
-def one_device_per_partition(stem: str, partitions: int) -> list[str]:
-    """A device name (stem + a number) for each partition, in partition order."""
-    first: dict[int, str] = {}
-    for n in range(1_000 * partitions):
-        first.setdefault(partition_of(f"{stem}{n}", partitions), f"{stem}{n}")
-    return [first[p] for p in range(partitions)]
 
 
 def verdict_entries(settings: Settings) -> list[tuple[str, dict[str, str]]]:

@@ -25,7 +25,7 @@ from pipeline.ops.offenders import offenders_argv
 from pipeline.ops.offenders import read_offenders as ops_read
 from pipeline.ops.status import open_status_client, snapshot
 from tests.arrival import xadd_at_event_time
-from tests.helpers import list_ips, run_pipeline, stream_entries
+from tests.helpers import list_ips, one_device_per_partition, run_pipeline, stream_entries
 
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 FLAGGED = VERDICTS[1:]
@@ -181,3 +181,26 @@ async def test_the_merged_buckets_and_the_per_partition_read_give_the_one_call_a
     finally:
         await upkeep.close()
         await fast.close()
+
+
+async def test_a_merged_bucket_keeps_the_heaviest_sums_within_the_bound(settings: Settings) -> None:
+    """Partitions with few members each (exact), together more than K: the merged bucket keeps the
+    K heaviest sums (ties by name), so it takes no more memory than a partition's."""
+    settings = replace(settings, offenders_per_bucket=5)
+    now = int(time.time() * 1000)
+    minute = (now - 10 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    lights = [*one_device_per_partition("light", settings.partitions),
+              *one_device_per_partition("pale", settings.partitions)]
+    clicks = [["device_id", "heavy", "ip", "10.0.0.1", "ts", str(minute + 100 + k)] for k in range(12)]
+    for d, device in enumerate(lights):
+        clicks += [["device_id", device, "ip", "10.0.0.2", "ts", str(minute + 1_000 + d * 100 + k)] for k in range(4)]
+    xadd_at_event_time(settings, sorted(clicks, key=lambda c: int(c[-1])))
+    await run_pipeline(settings)
+    await merged_after_tick(settings, Upkeep(settings))
+    keys = Keys(settings.namespace)
+    fine_ms, _ = offender_spans(settings)
+    with redis.Redis.from_url(settings.redis_url, decode_responses=True) as client:
+        merged = client.zrange(f"{keys.merged_offenders_prefix}device_id:click_spam:{fine_ms}:{minute}", 0, -1,
+                               withscores=True)
+    # heavy: 10 flagged; each light and pale device 2; ties kept by name.
+    assert merged == sorted([("heavy", 10.0), *((d, 2.0) for d in sorted(lights)[:4])], key=lambda m: (m[1], m[0]))
