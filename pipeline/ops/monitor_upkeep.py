@@ -19,6 +19,7 @@ import structlog
 from pipeline.client.cluster import ClusterClient
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient, RespError, is_server_state_error
+from pipeline.core.errors import RedisUnavailableError
 from pipeline.core.settings import Settings
 from pipeline.ops.offenders import counted_arrivals, merge_offenders
 from pipeline.ops.timeseries_cluster import refresh_stale
@@ -42,10 +43,10 @@ class Upkeep:
             log.info("timeseries cluster view refreshed", masters=refreshed)
         try:
             await self._merge(snap)
-        except RespError as err:
-            if not is_server_state_error(err):
+        except (RespError, RedisUnavailableError) as err:
+            if not (is_server_state_error(err) if isinstance(err, RespError) else err.transient):
                 raise
-            # A shard failing over, loading...: the same buckets are merged at the next tick.
+            # A shard failing over, loading, out of reach: the same buckets are merged at the next tick.
             log.warning("offenders not merged, retrying next tick", error=str(err))
 
     async def _merge(self, snap: Mapping[str, Any]) -> None:
