@@ -43,7 +43,7 @@ class Detector:
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
         self.memory_ms = settings.dedup_horizon_ms + settings.click_spam_window_ms
-        # A window's index entry is raised by H past the click that passed it, so
+        # A window's index entry is the next multiple of H above its device's newest ts, so
         # that it is written about once per horizon per device, not per click.
         self.rule_params = {
             # The verdict of a click no rule matches first, then the rules switched on, in the order they apply.
