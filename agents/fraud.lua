@@ -474,8 +474,8 @@ end
 -- Keys: lease, commits, input (the partition's verdicts), dead, stats, offenders, then
 --       'series:<verdict>' for every verdict (the partition's series)
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), retention_ms
---         (0: none), fine_ms, coarse_ms, offenders_cap
--- Sections: entries (id), rejects (id, reason, n + copy), cells (verdict, bucket, count),
+--         (0: none), fine_ms, coarse_ms, offenders_cap, counted (how many verdict entries the cells count)
+-- Sections: rejects (id, reason, n + copy), cells (verdict, bucket, count),
 --           offenders (dimension, verdict, bucket, member, count)
 --
 -- Every sample is checked before any is written: RedisTimeSeries refuses one
@@ -485,7 +485,7 @@ end
 -- aggregator lags the detector by about the retention, which must be seen.
 local function aggregate(keys, args)
   local k, p, s = decode(keys, args)
-  local entries, cells, rejects = s.entries, s.cells, s.rejects
+  local cells, rejects = s.cells, s.rejects
   local X, R = cells.at, rejects.at
   local group, reply = open_partition(k, p)
   if not group then
@@ -522,7 +522,7 @@ local function aggregate(keys, args)
     local n = at + R.n
     dead_letter(k.dead, p.stage, args[at + R.id], args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
-  commit(k.input, k, p, group, #entries.starts + #rejects.starts)
+  commit(k.input, k, p, group, tonumber(p.counted) + #rejects.starts)
   local counts = {counted = counted, dead = #rejects.starts}
   count_stats(k.stats, p.stage, counts)
   return ok_reply(counts)
