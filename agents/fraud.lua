@@ -199,7 +199,7 @@ end
 
 -- The rules, one small named function each: true when the click earns that verdict.
 -- A click carries what the rules look at: `listed` (its IP is in the blacklist), `earlier`
--- (its device's clicks in [ts - window, ts] before it), `ts`, `beats` (the ts of its device's
+-- (its device's clicks in [ts - window, ts] before it), `ts`, `beats` (the ts, as text, of its device's
 -- previous clicks, at most K, in arrival order), `lat` and `lon` (nil without a position) and
 -- `last` (its device's previous positioned click: lat, lon, at; or nil). The caller's
 -- `verdicts` parameter orders them: its first name is the verdict of a click no rule matches,
@@ -229,8 +229,9 @@ local RULES = {
   robotic = function(click, p)
     local beats, ts = click.beats, click.ts
     local n, sum, low, high, newer = 0, 0, math.huge, -math.huge, ts
+    -- Read as numbers only as far back as the lookback reaches: a click's parsing cost.
     for j = #beats, 1, -1 do
-      local t = beats[j]
+      local t = tonumber(beats[j])
       if t < ts - p.robotic_lookback_ms then
         break
       end
@@ -264,13 +265,12 @@ end
 -- An empty lat means the click carries no position.
 local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   local held = redis.call('HMGET', trail, 'beats', 'lat', 'lon', 'at')
-  -- The times as text too: kept as they are, they need no formatting back (a click's cost).
-  local beats, words = {}, {}
+  -- The times stay text: the rule parses only those it reads, and kept ones need no formatting back.
+  local words = {}
   for t in string.gmatch(held[1] or '', '%S+') do
     words[#words + 1] = t
-    beats[#beats + 1] = tonumber(t)
   end
-  facts.beats = beats
+  facts.beats = words
   facts.last = held[4] and {lat = tonumber(held[2]), lon = tonumber(held[3]), at = tonumber(held[4])} or nil
   facts.lat, facts.lon = nil, nil
   local update = {}
@@ -279,7 +279,7 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
     for j = math.max(1, #words - p.robotic_intervals + 2), #words do
       kept[#kept + 1] = words[j]
     end
-    kept[#kept + 1] = int_text(facts.ts)
+    kept[#kept + 1] = facts.ts_text
     update = {'beats', table.concat(kept, ' ')}
   end
   if lat ~= '' then
@@ -287,7 +287,7 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
     if keeps_position then
       local n = #update
       update[n + 1], update[n + 2], update[n + 3], update[n + 4] = 'lat', lat, 'lon', lon
-      update[n + 5], update[n + 6] = 'at', int_text(facts.ts)
+      update[n + 5], update[n + 6] = 'at', facts.ts_text
     end
   end
   if #update > 0 then
@@ -400,7 +400,8 @@ local function detect(keys, args)
         redis.call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
       end
       bounds[device] = math.max(bounds[device] or ts, ts)
-      facts.listed, facts.earlier, facts.ts = listed[nth] == 1, earlier, ts
+      -- ts_text is the click's ts as the detector wrote it: canonical integer text (no sign, no leading zeros).
+      facts.listed, facts.earlier, facts.ts, facts.ts_text = listed[nth] == 1, earlier, ts, ts_text
       if keeps_beats or keeps_position then
         remember(facts, p.trail_prefix .. device, args[at + C.lat], args[at + C.lon], p, keeps_beats, keeps_position)
       end
