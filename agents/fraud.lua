@@ -439,12 +439,20 @@ end
 -- a member not yet kept, when the set is full, takes the place of the least counted one and
 -- inherits its count. A kept member's count is over-stated by at most what it inherited, which
 -- is at most the bucket's flagged clicks / cap; every member above that share is kept.
-local function space_saving(key, member, n, cap)
-  if redis.call('ZSCORE', key, member) or redis.call('ZCARD', key) < cap then
-    redis.call('ZINCRBY', key, n, member)
+-- `sizes` (key -> members) holds each bucket's size once read: one ZCARD per bucket per batch.
+local function space_saving(key, member, n, cap, sizes)
+  -- A kept member is counted in one command (XX: an absent member is left alone, and the reply is nil).
+  if redis.call('ZADD', key, 'XX', 'INCR', n, member) then
+    return
+  end
+  local size = sizes[key] or redis.call('ZCARD', key)
+  if size < cap then
+    redis.call('ZADD', key, n, member)
+    sizes[key] = size + 1
   else
     local least = redis.call('ZPOPMIN', key)
     redis.call('ZADD', key, tonumber(least[2]) + n, member)
+    sizes[key] = size
   end
 end
 
@@ -455,13 +463,13 @@ local function offend(prefix, section, args, p)
   local O = section.at
   local fine, coarse, cap = tonumber(p.fine_ms), tonumber(p.coarse_ms), tonumber(p.offenders_cap)
   local retention = tonumber(p.retention_ms)
-  local expiries = {}
+  local expiries, sizes = {}, {}
   for _, at in ipairs(section.starts) do
     local bucket, n = tonumber(args[at + O.bucket]), tonumber(args[at + O.count])
     for _, span in ipairs({fine, coarse}) do
       local start = bucket - bucket % span
       local key = offender_key(prefix, args[at + O.dimension], args[at + O.verdict], span, start)
-      space_saving(key, args[at + O.member], n, cap)
+      space_saving(key, args[at + O.member], n, cap, sizes)
       expiries[key] = start + span + retention
     end
   end
