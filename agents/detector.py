@@ -31,7 +31,7 @@ DETECT = Step(
             "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
             "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
             "travel_max_kmh", "travel_min_km", "travel_lookback_ms"),
-    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "floor", "lat", "lon", "n")),
+    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "lat", "lon", "n")),
               Section("rejects", ("id", "reason", "n"))))
 
 
@@ -88,8 +88,8 @@ class Detector:
                 continue
             # Prefixes keep a transaction id from ever colliding with an entry id.
             member = "t:" + click.transaction_id if click.transaction_id is not None else b"e:" + entry_id
-            clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip,
-                                   click.arrival - self.memory_ms, click.lat, click.lon), click.fields))
+            clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip, click.lat, click.lon),
+                                  click.fields))
         return {"clicks": clicks, "rejects": rejects}
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:

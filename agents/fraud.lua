@@ -312,11 +312,12 @@ end
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
 --         memory_ms (H + W), history_ms (H + the longest lookback of a rule on), window_prefix, trail_prefix,
 --         index_slack_ms, expire_limit, robotic_* and travel_* (the rules' settings)
--- Sections: clicks (id, device, member, ts, ip, floor, lat, lon, n + the verdict's fields),
+-- Sections: clicks (id, device, member, ts, ip, lat, lon, n + the verdict's fields),
 --           rejects (id, reason, n + the bounded copy of the original fields)
 --
--- floor = arrival - H - W. A later accepted click has ts >= its arrival - H >= this
--- arrival - H, so it looks back no further than floor: a window entry scored below
+-- floor = arrival - H - W, arrival being the ms part of the click's id (worked out here rather
+-- than sent: an argument per click costs more). A later accepted click has ts >= its
+-- arrival - H >= this arrival - H, so it looks back no further than floor: a window entry scored below
 -- floor can never count again. Hence (1) an existing member scored below the
 -- click's floor is stale and treated exactly as if absent, and (2) windows are
 -- trimmed, and removed whole, below the lowest floor of any click still to be
@@ -353,11 +354,11 @@ local function detect(keys, args)
 
   local count = #clicks.starts + #rejects.starts
   local ips = {}
-  local lowest_floor = math.huge
   for _, at in ipairs(clicks.starts) do
     ips[#ips + 1] = args[at + C.ip]
-    lowest_floor = math.min(lowest_floor, tonumber(args[at + C.floor]))
   end
+  -- Ids ascend in a batch: its first click arrived first, and has the lowest floor.
+  local lowest_floor = #ips > 0 and id_ms(args[clicks.starts[1] + C.id]) - memory_ms or math.huge
   local group, reply = open_partition(k, p)
   if not group then
     return reply
@@ -386,7 +387,7 @@ local function detect(keys, args)
     -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
     -- click into its device's window in one step.
     local fresh = redis.call('ZADD', window, 'NX', ts_text, member) == 1
-    if not fresh and tonumber(redis.call('ZSCORE', window, member)) < tonumber(args[at + C.floor]) then
+    if not fresh and tonumber(redis.call('ZSCORE', window, member)) < id_ms(id) - memory_ms then
       -- A stale member, as if trimmed already: this click takes its place.
       redis.call('ZADD', window, ts_text, member)
       fresh = true
