@@ -31,7 +31,7 @@ DETECT = Step(
             "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
             "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
             "travel_max_kmh", "travel_min_km", "travel_lookback_ms"),
-    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "floor", "lat", "lon", "n")),
+    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "lat", "lon", "n")),
               Section("rejects", ("id", "reason", "n"))))
 
 
@@ -43,7 +43,7 @@ class Detector:
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
         self.memory_ms = settings.dedup_horizon_ms + settings.click_spam_window_ms
-        # A window's index entry is raised by H past the click that passed it, so
+        # A window's index entry is the next multiple of H above its device's newest ts, so
         # that it is written about once per horizon per device, not per click.
         self.rule_params = {
             # The verdict of a click no rule matches first, then the rules switched on, in the order they apply.
@@ -88,8 +88,8 @@ class Detector:
                 continue
             # Prefixes keep a transaction id from ever colliding with an entry id.
             member = "t:" + click.transaction_id if click.transaction_id is not None else b"e:" + entry_id
-            clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip,
-                                   click.arrival - self.memory_ms, click.lat, click.lon), click.fields))
+            clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip, click.lat, click.lon),
+                                  click.fields))
         return {"clicks": clicks, "rejects": rejects}
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:

@@ -109,9 +109,10 @@ local function ok_reply(counts)
 end
 
 -- An integer (every one here is below 2^53) as exact decimal text: Lua's own
--- number-to-string conversion keeps 14 significant digits only.
+-- number-to-string conversion keeps 14 significant digits only. '%d' goes through a C long
+-- (64 bits on every platform Redis runs on), several times cheaper than '%.0f' (a float print).
 local function int_text(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 -- The millisecond part of an entry id: its arrival time.
@@ -198,7 +199,7 @@ end
 
 -- The rules, one small named function each: true when the click earns that verdict.
 -- A click carries what the rules look at: `listed` (its IP is in the blacklist), `earlier`
--- (its device's clicks in [ts - window, ts] before it), `ts`, `beats` (the ts of its device's
+-- (its device's clicks in [ts - window, ts] before it), `ts`, `beats` (the ts, as text, of its device's
 -- previous clicks, at most K, in arrival order), `lat` and `lon` (nil without a position) and
 -- `last` (its device's previous positioned click: lat, lon, at; or nil). The caller's
 -- `verdicts` parameter orders them: its first name is the verdict of a click no rule matches,
@@ -228,8 +229,9 @@ local RULES = {
   robotic = function(click, p)
     local beats, ts = click.beats, click.ts
     local n, sum, low, high, newer = 0, 0, math.huge, -math.huge, ts
+    -- Read as numbers only as far back as the lookback reaches: a click's parsing cost.
     for j = #beats, 1, -1 do
-      local t = beats[j]
+      local t = tonumber(beats[j])
       if t < ts - p.robotic_lookback_ms then
         break
       end
@@ -263,13 +265,12 @@ end
 -- An empty lat means the click carries no position.
 local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   local held = redis.call('HMGET', trail, 'beats', 'lat', 'lon', 'at')
-  -- The times as text too: kept as they are, they need no formatting back (a click's cost).
-  local beats, words = {}, {}
+  -- The times stay text: the rule parses only those it reads, and kept ones need no formatting back.
+  local words = {}
   for t in string.gmatch(held[1] or '', '%S+') do
     words[#words + 1] = t
-    beats[#beats + 1] = tonumber(t)
   end
-  facts.beats = beats
+  facts.beats = words
   facts.last = held[4] and {lat = tonumber(held[2]), lon = tonumber(held[3]), at = tonumber(held[4])} or nil
   facts.lat, facts.lon = nil, nil
   local update = {}
@@ -278,7 +279,7 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
     for j = math.max(1, #words - p.robotic_intervals + 2), #words do
       kept[#kept + 1] = words[j]
     end
-    kept[#kept + 1] = int_text(facts.ts)
+    kept[#kept + 1] = facts.ts_text
     update = {'beats', table.concat(kept, ' ')}
   end
   if lat ~= '' then
@@ -286,7 +287,7 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
     if keeps_position then
       local n = #update
       update[n + 1], update[n + 2], update[n + 3], update[n + 4] = 'lat', lat, 'lon', lon
-      update[n + 5], update[n + 6] = 'at', int_text(facts.ts)
+      update[n + 5], update[n + 6] = 'at', facts.ts_text
     end
   end
   if #update > 0 then
@@ -294,15 +295,29 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   end
 end
 
+-- The window index holds an upper bound of each device's newest ts: the next multiple of the
+-- slack above it, so that the bound moves (and is written) about once per slack of a device's
+-- time, not per click. One ZADD GT for a whole batch: it never lowers a bound, and a member whose
+-- bound stays is not written (nor sent to the AOF); no read of the index per click.
+local function raise_index(index, newest, slack_ms)
+  local items = {}
+  for device, ts in pairs(newest) do
+    items[#items + 1] = int_text(slack_ms > 0 and ts - ts % slack_ms + slack_ms or ts)
+    items[#items + 1] = device
+  end
+  in_slices('ZADD', index, 'GT', items)
+end
+
 -- Keys: lease, commits, input, verdicts, dead, blacklist, stats, window_index (one partition's)
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
 --         memory_ms (H + W), history_ms (H + the longest lookback of a rule on), window_prefix, trail_prefix,
 --         index_slack_ms, expire_limit, robotic_* and travel_* (the rules' settings)
--- Sections: clicks (id, device, member, ts, ip, floor, lat, lon, n + the verdict's fields),
+-- Sections: clicks (id, device, member, ts, ip, lat, lon, n + the verdict's fields),
 --           rejects (id, reason, n + the bounded copy of the original fields)
 --
--- floor = arrival - H - W. A later accepted click has ts >= its arrival - H >= this
--- arrival - H, so it looks back no further than floor: a window entry scored below
+-- floor = arrival - H - W, arrival being the ms part of the click's id (worked out here rather
+-- than sent: an argument per click costs more). A later accepted click has ts >= its
+-- arrival - H >= this arrival - H, so it looks back no further than floor: a window entry scored below
 -- floor can never count again. Hence (1) an existing member scored below the
 -- click's floor is stale and treated exactly as if absent, and (2) windows are
 -- trimmed, and removed whole, below the lowest floor of any click still to be
@@ -339,11 +354,11 @@ local function detect(keys, args)
 
   local count = #clicks.starts + #rejects.starts
   local ips = {}
-  local lowest_floor = math.huge
   for _, at in ipairs(clicks.starts) do
     ips[#ips + 1] = args[at + C.ip]
-    lowest_floor = math.min(lowest_floor, tonumber(args[at + C.floor]))
   end
+  -- Ids ascend in a batch: its first click arrived first, and has the lowest floor.
+  local lowest_floor = #ips > 0 and id_ms(args[clicks.starts[1] + C.id]) - memory_ms or math.huge
   local group, reply = open_partition(k, p)
   if not group then
     return reply
@@ -364,13 +379,15 @@ local function detect(keys, args)
   end
   -- What the rules see of the click in hand: one table, refilled for each click.
   local facts = {}
+  -- device -> the newest ts of its fresh clicks in this batch (for the window index).
+  local bounds = {}
   for nth, at in ipairs(clicks.starts) do
     local id, device, member, ts_text = args[at + C.id], args[at + C.device], args[at + C.member], args[at + C.ts]
     local window, ts = p.window_prefix .. device, tonumber(ts_text)
     -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
     -- click into its device's window in one step.
     local fresh = redis.call('ZADD', window, 'NX', ts_text, member) == 1
-    if not fresh and tonumber(redis.call('ZSCORE', window, member)) < tonumber(args[at + C.floor]) then
+    if not fresh and tonumber(redis.call('ZSCORE', window, member)) < id_ms(id) - memory_ms then
       -- A stale member, as if trimmed already: this click takes its place.
       redis.call('ZADD', window, ts_text, member)
       fresh = true
@@ -383,13 +400,9 @@ local function detect(keys, args)
       if nth % TRIM_EVERY == 0 then
         redis.call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
       end
-      -- The index keeps an upper bound of the device's newest ts, written only
-      -- when a click passes it (then raised by the slack), to save writes.
-      local bound = redis.call('ZSCORE', k.window_index, device)
-      if not bound or ts > tonumber(bound) then
-        redis.call('ZADD', k.window_index, int_text(ts + slack_ms), device)
-      end
-      facts.listed, facts.earlier, facts.ts = listed[nth] == 1, earlier, ts
+      bounds[device] = math.max(bounds[device] or ts, ts)
+      -- ts_text is the click's ts as the detector wrote it: canonical integer text (no sign, no leading zeros).
+      facts.listed, facts.earlier, facts.ts, facts.ts_text = listed[nth] == 1, earlier, ts, ts_text
       if keeps_beats or keeps_position then
         remember(facts, p.trail_prefix .. device, args[at + C.lat], args[at + C.lon], p, keeps_beats, keeps_position)
       end
@@ -404,6 +417,7 @@ local function detect(keys, args)
     local id, n = args[at + R.id], at + R.n
     dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
+  raise_index(k.window_index, bounds, slack_ms)
   -- Windows whose every click is below the bound go whole, a bounded number per call.
   local gone = redis.call('ZRANGEBYSCORE', k.window_index, '-inf', forget_state, 'LIMIT', 0, expire_limit)
   for _, device in ipairs(gone) do
@@ -426,12 +440,20 @@ end
 -- a member not yet kept, when the set is full, takes the place of the least counted one and
 -- inherits its count. A kept member's count is over-stated by at most what it inherited, which
 -- is at most the bucket's flagged clicks / cap; every member above that share is kept.
-local function space_saving(key, member, n, cap)
-  if redis.call('ZSCORE', key, member) or redis.call('ZCARD', key) < cap then
-    redis.call('ZINCRBY', key, n, member)
+-- `sizes` (key -> members) holds each bucket's size once read: one ZCARD per bucket per batch.
+local function space_saving(key, member, n, cap, sizes)
+  -- A kept member is counted in one command (XX: an absent member is left alone, and the reply is nil).
+  if redis.call('ZADD', key, 'XX', 'INCR', n, member) then
+    return
+  end
+  local size = sizes[key] or redis.call('ZCARD', key)
+  if size < cap then
+    redis.call('ZADD', key, n, member)
+    sizes[key] = size + 1
   else
     local least = redis.call('ZPOPMIN', key)
     redis.call('ZADD', key, tonumber(least[2]) + n, member)
+    sizes[key] = size
   end
 end
 
@@ -442,13 +464,13 @@ local function offend(prefix, section, args, p)
   local O = section.at
   local fine, coarse, cap = tonumber(p.fine_ms), tonumber(p.coarse_ms), tonumber(p.offenders_cap)
   local retention = tonumber(p.retention_ms)
-  local expiries = {}
+  local expiries, sizes = {}, {}
   for _, at in ipairs(section.starts) do
     local bucket, n = tonumber(args[at + O.bucket]), tonumber(args[at + O.count])
     for _, span in ipairs({fine, coarse}) do
       local start = bucket - bucket % span
       local key = offender_key(prefix, args[at + O.dimension], args[at + O.verdict], span, start)
-      space_saving(key, args[at + O.member], n, cap)
+      space_saving(key, args[at + O.member], n, cap, sizes)
       expiries[key] = start + span + retention
     end
   end
@@ -462,8 +484,8 @@ end
 -- Keys: lease, commits, input (the partition's verdicts), dead, stats, offenders, then
 --       'series:<verdict>' for every verdict (the partition's series)
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), retention_ms
---         (0: none), fine_ms, coarse_ms, offenders_cap
--- Sections: entries (id), rejects (id, reason, n + copy), cells (verdict, bucket, count),
+--         (0: none), fine_ms, coarse_ms, offenders_cap, counted (how many verdict entries the cells count)
+-- Sections: rejects (id, reason, n + copy), cells (verdict, bucket, count),
 --           offenders (dimension, verdict, bucket, member, count)
 --
 -- Every sample is checked before any is written: RedisTimeSeries refuses one
@@ -473,7 +495,7 @@ end
 -- aggregator lags the detector by about the retention, which must be seen.
 local function aggregate(keys, args)
   local k, p, s = decode(keys, args)
-  local entries, cells, rejects = s.entries, s.cells, s.rejects
+  local cells, rejects = s.cells, s.rejects
   local X, R = cells.at, rejects.at
   local group, reply = open_partition(k, p)
   if not group then
@@ -510,7 +532,7 @@ local function aggregate(keys, args)
     local n = at + R.n
     dead_letter(k.dead, p.stage, args[at + R.id], args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
-  commit(k.input, k, p, group, #entries.starts + #rejects.starts)
+  commit(k.input, k, p, group, tonumber(p.counted) + #rejects.starts)
   local counts = {counted = counted, dead = #rejects.starts}
   count_stats(k.stats, p.stage, counts)
   return ok_reply(counts)
