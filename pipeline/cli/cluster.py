@@ -33,7 +33,7 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
         raise ServerError(f"a local cluster serves 127.0.0.1 only, not {parts.hostname} in FRAUD_REDIS_URL")
     recorded = LocalCluster.recorded(settings.home)
     cluster = LocalCluster.with_ports(settings.home, parts.port or DEFAULT_PORT, args.shards, args.replicas,
-                                      partitions=settings.partitions)
+                                      partitions=settings.partitions, namespace=settings.namespace)
     if recorded is not None and recorded.nodes != cluster.nodes and any(recorded.pids()):
         raise ServerError(f"another cluster runs from {settings.home} (ports "
                           f"{', '.join(str(n.port) for n in recorded.nodes)}): `fraud cluster stop` it first")

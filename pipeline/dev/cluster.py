@@ -5,7 +5,9 @@ with ``--cluster-enabled yes``; its cluster config (``nodes-<port>.conf``), appe
 live in its own ``<home>/redis-<port>`` folder. The nodes are joined once, by hand rather than with
 ``redis-cli --cluster create``: its equal slot ranges put the partitions' hash tags unevenly on the
 masters (with 8 partitions on 3 masters one gets 4), so each master is given the slots of an even
-share of the partitions (``partition_slots``) and the rest of the slots in ranges. A restarted node
+share of the partitions (``partition_slots``), the keys outside the partitions (``clicks:raw``
+first: every click's ``XADD`` and the router's reads) go to a master with the fewest partitions,
+and the rest of the slots in ranges. A restarted node
 finds its cluster again from its config file.
 The layout (ports, replicas) is recorded in ``<home>/cluster.json`` so that ``stop`` and
 ``status`` need no arguments.
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 from redis.crc import key_slot
 
+from agents.pipeline import PIPELINE
+from pipeline.core.keys import Keys
 from pipeline.dev.server import EmbeddedRedis
 from pipeline.dev.stack import ServerError
 
@@ -33,11 +38,22 @@ BUS_OFFSET = 10_000
 SLOTS = 16384
 
 
-def partition_slots(partitions: int, shards: int) -> list[list[int]]:
+def unpartitioned_keys(namespace: str) -> list[str]:
+    """The keys no partition's tag places: the ingest stream, the config, the blacklist's list, the
+    stages' member sets and the unpartitioned stages' leases (the router's)."""
+    keys = Keys(namespace)
+    return [keys.raw, keys.config, keys.blacklist_members, *(keys.members(stage.name) for stage in PIPELINE),
+            *(keys.lease(stage.name) for stage in PIPELINE if not stage.partitioned)]
+
+
+def partition_slots(partitions: int, shards: int, unpartitioned: Iterable[str] = ()) -> list[list[int]]:
     """The slots each master serves so that it holds an even share of the partitions: partition
     ``p``'s keys carry the hash tag ``{p}``, so its slot is the CRC16 of ``p``; the partitions go to
-    the masters in turn (shares differ by at most one; two tags in one slot go together), and every
-    other slot to the master whose equal range it falls in, as ``redis-cli`` would place it."""
+    the masters in turn (shares differ by at most one; two tags in one slot go together). The
+    slots of the ``unpartitioned`` keys go to a master with the fewest partitions (with the
+    router, ``clicks:raw`` is the heaviest key there is: on a master with more partitions it made
+    that one do over 40 % of 3 masters' work), and every other slot to the master whose equal range
+    it falls in, as ``redis-cli`` would place it."""
     owner: dict[int, int] = {}
     held = [0] * shards
     for partition in range(partitions):
@@ -45,6 +61,9 @@ def partition_slots(partitions: int, shards: int) -> list[list[int]]:
         if slot not in owner:
             owner[slot] = min(range(shards), key=lambda shard: held[shard])
         held[owner[slot]] += 1
+    lightest = min(range(shards), key=lambda shard: held[shard])
+    for key in unpartitioned:
+        owner.setdefault(key_slot(key.encode()), lightest)
     slots: list[list[int]] = [[] for _ in range(shards)]
     for slot in range(SLOTS):
         slots[owner.get(slot, slot * shards // SLOTS)].append(slot)
@@ -72,7 +91,8 @@ class LocalCluster:
     """``shards`` masters, each with ``replicas`` replicas, on 127.0.0.1."""
 
     def __init__(self, home: Path, nodes: list[NodeAddress], replicas: int = 0, libssl_dir: Path | None = None,
-                 appendfsync: str = "everysec", host: str = "127.0.0.1", partitions: int = 8) -> None:
+                 appendfsync: str = "everysec", host: str = "127.0.0.1", partitions: int = 8,
+                 namespace: str = "clicks") -> None:
         if replicas not in (0, 1):
             raise ServerError(f"a local cluster has 0 or 1 replica per shard, not {replicas}")
         if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < 3:
@@ -83,6 +103,7 @@ class LocalCluster:
         self.replicas = replicas
         self.host = host
         self.partitions = partitions
+        self.namespace = namespace
         self.servers = [
             EmbeddedRedis(self.home, n.port, appendfsync=appendfsync, host=host, libssl_dir=libssl_dir,
                           extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{n.port}.conf",
@@ -192,7 +213,8 @@ class LocalCluster:
             with _client(server) as client:
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
                 ids.append(client.execute_command("CLUSTER", "MYID").decode())
-        for server, slots in zip(masters, partition_slots(self.partitions, self.shards), strict=True):
+        for server, slots in zip(masters, partition_slots(self.partitions, self.shards,
+                                                                    unpartitioned_keys(self.namespace)), strict=True):
             with _client(server) as client:
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE",
                                        *(bound for run in slot_ranges(slots) for bound in run))
