@@ -48,7 +48,7 @@ class StageProcess:
     process: psutil.Popen
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,7 +63,7 @@ def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Ite
     from pipeline.dev.server import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="fraud-bench-") as home:
-        server = EmbeddedRedis(Path(home), _free_port(), appendfsync=settings.appendfsync,
+        server = EmbeddedRedis(Path(home), free_port(), appendfsync=settings.appendfsync,
                                libssl_dir=settings.home / "libssl")
         server.start()
         with redis.Redis.from_url(server.url) as admin:
@@ -154,6 +154,12 @@ async def redis_cpu_s(client: RespClient | ClusterClient) -> dict[str, float]:
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    print_result(args, await measure(args, settings))
+    return 0
+
+
+async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """One run on the Redis (a server, or a cluster through any node) of ``settings``: its report."""
     keys = Keys(settings.namespace)
     direct = getattr(args, "direct", False)
     client = await open_fast_client(settings)
@@ -198,12 +204,36 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
         started = first
     latencies = await _latencies_ms(client, [p.verdicts for p in parts])
     stats = await stats_totals(client, keys, settings.partitions)
-    memory = int((await client.execute("MEMORY", "STATS"))[1])
+    memory = await redis_memory_bytes(client)
+    holdings = shard_holdings(client, keys, settings.partitions)
     persistence = await _persistence(client)
     await client.close()
-    _report(args, started, finished, latencies, cpu, redis_cpu, stats, memory, persistence,
-            _setup(args, settings, direct))
-    return 0
+    return _result(args, started, finished, latencies, cpu, redis_cpu, stats, memory, holdings, persistence,
+                   _setup(args, settings, direct))
+
+
+async def redis_memory_bytes(client: RespClient | ClusterClient) -> dict[str, int]:
+    """Each master's peak allocated memory (``MEMORY STATS``), by ``host:port``."""
+    return {f"{node.host}:{node.port}": int((await node.execute("MEMORY", "STATS"))[1])
+            for node in every_master(client)}
+
+
+def shard_holdings(client: RespClient | ClusterClient, keys: Keys, partitions: int) -> dict[str, str]:
+    """What each master of a cluster serves, by ``host:port``: its partitions, and ``clicks:raw``
+    if it serves the ingest stream (the one key no partitioning spreads); empty on one server."""
+    if not isinstance(client, ClusterClient):
+        return {}
+    def address(key: str) -> str:
+        host, port = client.node_of(key)
+        return f"{host}:{port}"
+
+    served: dict[str, list[int]] = {f"{node.host}:{node.port}": [] for node in every_master(client)}
+    for part in keys.partitions(partitions):
+        served.setdefault(address(part.input), []).append(part.number)
+    raw_node = address(keys.raw)
+    return {node: f"{len(held)} partitions ({','.join(map(str, held))})"
+            + (f" + {keys.raw}" if node == raw_node else "")
+            for node, held in served.items()}
 
 
 def _setup(args: argparse.Namespace, settings: Settings, direct: bool) -> dict[str, Any]:
@@ -229,12 +259,12 @@ async def group_exists(client: RespClient, stream: str, group: str) -> bool:
                for g in await client.execute("XINFO", "GROUPS", stream))
 
 
-def _report(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
-            cpu: dict[str, float], redis_cpu: dict[str, float], stats: dict[str, int], memory: int,
-            persistence: str, setup: dict[str, Any]) -> None:
+def _result(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
+            cpu: dict[str, float], redis_cpu: dict[str, float], stats: dict[str, int], memory: dict[str, int],
+            holdings: dict[str, str], persistence: str, setup: dict[str, Any]) -> dict[str, Any]:
     clicks = args.clicks
     elapsed = finished - started
-    result: dict[str, Any] = {
+    return {
         "clicks": clicks,
         "seconds": round(elapsed, 3),
         "clicks_per_s": round(clicks / elapsed),
@@ -242,35 +272,48 @@ def _report(args: argparse.Namespace, started: float, finished: float, latencies
         "latency_ms_p99": _percentile(latencies, 0.99),
         "cpu_us_per_click": {name: round(s / clicks * 1e6, 1) for name, s in sorted(cpu.items())}
         | {"redis": round(sum(redis_cpu.values()) / clicks * 1e6, 1)},
-        # Per master: its Redis CPU per click and its share of all the masters' (a cluster's spread).
-        "redis_shards": _shares(redis_cpu, clicks),
+        # Per master: its Redis CPU per click and its share of all the masters' (a cluster's spread),
+        # its memory and what it serves.
+        "redis_shards": _shares(redis_cpu, clicks, memory, holdings),
         "verdicts": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("detector.")},
         "counted": stats.get("aggregator.counted", 0),
-        "redis_memory_bytes": memory,
+        "redis_memory_bytes": sum(memory.values()),
         "persistence": persistence,
         **setup,
         # Each stage's finished entries (an outcome each), summed over the partitions.
         "finished": {stage.name: stage.finished_count(stats) for stage in PIPELINE},
     }
+
+
+def print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
     if args.json:
         print(orjson.dumps(result).decode())
         return
-    entry = "written into the partitions (direct)" if setup["direct"] else f"{setup['routers']} router(s)"
-    print(f"{clicks} clicks end to end in {elapsed:.2f} s: {result['clicks_per_s']:,} clicks/s"
-          f" ({setup['partitions']} partitions, {entry}, {args.detectors} detector(s),"
-          f" {args.aggregators} aggregator(s), Redis {persistence})")
+    clicks = result["clicks"]
+    entry = "written into the partitions (direct)" if result["direct"] else f"{result['routers']} router(s)"
+    print(f"{clicks} clicks end to end in {result['seconds']:.2f} s: {result['clicks_per_s']:,} clicks/s"
+          f" ({result['partitions']} partitions, {entry}, {args.detectors} detector(s),"
+          f" {args.aggregators} aggregator(s), Redis {result['persistence']})")
     print(f"latency XADD -> verdict: p50 {result['latency_ms_p50']:.0f} ms, "
           f"p99 {result['latency_ms_p99']:.0f} ms")
     print("CPU per click (us): " + ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_click"].items()))
-    if len(redis_cpu) > 1:
-        print("Redis per shard: " + ", ".join(f"{node} {row['cpu_us_per_click']} us/click ({row['share_pct']} %)"
-                                              for node, row in result["redis_shards"].items()))
+    if len(result["redis_shards"]) > 1:
+        print_shards(result["redis_shards"])
     print("verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
           + f"; counted {result['counted']}")
-    print(f"Redis memory: {memory / 2**20:.1f} MiB")
+    print(f"Redis memory: {result['redis_memory_bytes'] / 2**20:.1f} MiB")
 
 
-def _shares(redis_cpu: dict[str, float], clicks: int) -> dict[str, dict[str, float]]:
+def print_shards(shards: dict[str, dict[str, Any]]) -> None:
+    print("Redis per shard:")
+    for node, row in shards.items():
+        print(f"  {node}  {row['cpu_us_per_click']:>5} us/click  {row['share_pct']:>5} %  "
+              f"{row['memory_bytes'] / 2**20:6.1f} MiB  {row.get('holds', '')}".rstrip())
+
+
+def _shares(redis_cpu: dict[str, float], clicks: int, memory: dict[str, int],
+            holdings: dict[str, str]) -> dict[str, dict[str, Any]]:
     total = sum(redis_cpu.values()) or 1.0
-    return {node: {"cpu_us_per_click": round(used / clicks * 1e6, 1), "share_pct": round(100 * used / total, 1)}
+    return {node: {"cpu_us_per_click": round(used / clicks * 1e6, 1), "share_pct": round(100 * used / total, 1),
+                   "memory_bytes": memory.get(node, 0)} | ({"holds": holdings[node]} if node in holdings else {})
             for node, used in sorted(redis_cpu.items())}
