@@ -4,7 +4,7 @@ Each run starts a fresh cluster of N masters (and a replica each with ``--replic
 ports under a temporary folder, with AOF as the one-server bench, loads the function library on
 every master, runs ``measure`` through the first master (the agents find the others), and stops
 every node by its pid, also when the run fails or is interrupted. The same number of runs on one
-fresh server takes turns with the cluster's (one server, cluster, one server, ...), so that
+fresh server takes turns with the cluster's (cluster, one server, cluster, ...), so that
 "total Redis CPU per click on the cluster against one server" compares runs of the same minutes
 on the same machine. Reported per design: the median and min-max of clicks/s and of Redis CPU per
 click; for the cluster, each shard's (by what it serves) Redis CPU per click, share and memory.
@@ -69,7 +69,7 @@ async def compare_with_cluster(args: argparse.Namespace, settings: Settings) -> 
     runs: list[ClusterRun] = []
     total = 2 * args.repeat
     for round_ in range(args.repeat):
-        for design in (ONE_SERVER, CLUSTER):
+        for design in (CLUSTER, ONE_SERVER):
             _progress(f"run {len(runs) + 1}/{total}: {design}"
                       + (f" of {args.cluster} masters, {args.replicas} replica(s) each" if design == CLUSTER else ""))
             load_before = os.getloadavg()[0]
