@@ -187,8 +187,35 @@ def test_a_failing_cluster_bench_stops_every_node(bench_home: Path, monkeypatch:
 @pytest.mark.parametrize(("argv", "says"), [
     (["--cluster", "2"], "--cluster 2: Redis Cluster needs at least 3 masters"),
     (["--cluster", "3", "--use-running"], "drop --use-running"),
-    (["--replicas", "1"], "--replicas is a cluster's: it needs --cluster"),
+    (["--replicas", "1"], "--replicas and --failover-drill are a cluster's: they need --cluster"),
 ])
 def test_cluster_bench_options(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", *argv]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_failover_drill_measures_what_a_master_kill_lost(bench_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The drill's figures are measurements (what the replication lag lets a crash lose varies by
+    run): asserted is only that each run killed its master, the replica took over, the pipeline
+    drained and every figure was counted; and every node stopped afterwards."""
+    ports: list[int] = []
+
+    def recorded_port() -> int:
+        ports.append(free_port())
+        return ports[-1]
+    monkeypatch.setattr(bench_cluster, "free_port", recorded_port)
+    assert main(["bench", "--cluster", "3", "--replicas", "1", "--failover-drill", "--clicks", "2000", "--json"]) == 0
+    runs = orjson.loads(capsys.readouterr().out)
+    assert [run["victim"] for run in runs] == ["raw master", "partitions master"]
+    for run in runs:
+        assert run["drained"] and run["failover_s"] > 0, run
+        assert run["acknowledged"] == 2000 and 0 <= run["acknowledged_lost"] <= run["acknowledged"], run
+        assert 0 < run["clicks_on_raw"] <= run["raw_entries"], run
+        assert run["clicks_without_outcome"] >= 0 and run["clicks_with_several_outcomes"] >= 0, run
+    assert len(ports) == 24 and not any(_listening(port) for port in ports), "a cluster node still runs"
+
+
+def test_failover_drill_needs_a_replica(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--cluster", "3", "--failover-drill"]) == 2
+    assert "needs --replicas 1" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from pipeline.dev.bench import _bench, bench_server
 from pipeline.dev.bench_cluster import compare_with_cluster
 from pipeline.dev.bench_compare import compare
 from pipeline.dev.breakdown import breakdown_runs, print_runs
+from pipeline.dev.failover_drill import failover_drill, print_drill
 
 DEFAULT_REPEAT = 3
 MIN_MASTERS = 3
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace, settings: Settings) -> object:
         return run_breakdown(args, settings)
     if args.cluster is not None:
         return run_cluster(args, settings)
-    if args.replicas:
-        raise BenchUsageError("--replicas is a cluster's: it needs --cluster")
+    if args.replicas or args.failover_drill:
+        raise BenchUsageError("--replicas and --failover-drill are a cluster's: they need --cluster")
     if args.baseline is None:
         if args.compare_detectors is not None or args.repeat is not None or args.with_direct:
             raise BenchUsageError("--compare-detectors, --repeat and --with-direct compare designs: "
@@ -63,7 +64,21 @@ def run_cluster(args: argparse.Namespace, settings: Settings) -> object:
         raise BenchUsageError("--cluster starts a cluster and one server of its own and compares them: drop "
                               "--use-running, --baseline, --compare-detectors and --with-direct")
     args.repeat = 1 if args.repeat is None else args.repeat
+    if args.failover_drill:
+        if args.replicas != 1 or args.direct:
+            raise BenchUsageError("--failover-drill kills a master for its replica to take over: it needs "
+                                  "--replicas 1, and goes through clicks:raw (no --direct)")
+        return run_drill(args, settings)
     return compare_with_cluster(args, settings)
+
+
+async def run_drill(args: argparse.Namespace, settings: Settings) -> int:
+    runs = await failover_drill(args, settings)
+    if args.json:
+        print(orjson.dumps(runs).decode())
+    else:
+        print_drill(runs, args.clicks)
+    return 0
 
 
 def detector_counts(text: str) -> list[int]:
@@ -108,5 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "one server's; every node is stopped afterwards")
     parser.add_argument("--replicas", type=int, choices=(0, 1), default=0,
                         help="with --cluster: replicas per master (default 0)")
+    parser.add_argument("--failover-drill", action="store_true",
+                        help="with --cluster N --replicas 1: instead of the comparison, SIGKILL a master mid-flow "
+                             "(writes not paused), once the one of clicks:raw and once another, --repeat times, and "
+                             "count what the failover lost or repeated")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)

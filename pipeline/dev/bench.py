@@ -82,7 +82,8 @@ def spawn_cli(settings: Settings, consumer: str, *argv: str, env: Mapping[str, s
     """A ``fraud`` command in a process of its own, on these settings, logging only warnings."""
     full_env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
                     FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
-                    FRAUD_CONSUMER=consumer, FRAUD_PARTITIONS=str(settings.partitions), **(env or {}))
+                    FRAUD_CONSUMER=consumer, FRAUD_PARTITIONS=str(settings.partitions))
+    full_env.update(env or {})  # the caller's own, over these
     return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env, stdout=stdout)
 
 
@@ -93,6 +94,15 @@ def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None)
 def active_stages(direct: bool) -> list[Stage]:
     """The stages a run uses: a direct producer writes into the partitions, and needs no router."""
     return [stage for stage in PIPELINE if not (direct and stage is ROUTER)]
+
+
+async def wait_inputs_taken(client: RespClient | ClusterClient, keys: Keys, settings: Settings,
+                            stages: list[Stage]) -> None:
+    """Until every input of every stage has its group (made by the member that took it)."""
+    for stage in stages:
+        for unit in stage.units(settings):
+            while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
+                await asyncio.sleep(0.05)
 
 
 async def _wait_until_counted(client: RespClient, keys: Keys, settings: Settings, stages: list[Stage],
@@ -170,10 +180,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
               for stage in active for i in range(counts[stage.name])]
     # Every input of every stage is taken (its group made by its owner) before the clock starts.
-    for stage in active:
-        for unit in stage.units(settings):
-            while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
-                await asyncio.sleep(0.05)
+    await wait_inputs_taken(client, keys, settings, active)
     redis_cpu = await redis_cpu_s(client)
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}

@@ -38,6 +38,14 @@ CLUSTER = "cluster"
 @contextmanager
 def bench_cluster(settings: Settings, shards: int, replicas: int, aof: bool = True) -> Iterator[Settings]:
     """A fresh local cluster for one run, the library loaded; the settings point at its first master."""
+    with local_bench_cluster(settings, shards, replicas, aof) as (_, cluster_settings):
+        yield cluster_settings
+
+
+@contextmanager
+def local_bench_cluster(settings: Settings, shards: int, replicas: int,
+                        aof: bool = True) -> Iterator[tuple[LocalCluster, Settings]]:
+    """``bench_cluster``, with the cluster itself (for a drill that kills a node of it)."""
     with tempfile.TemporaryDirectory(prefix="fraud-bench-cluster-") as home:
         nodes = [NodeAddress(free_port(), free_port()) for _ in range(shards * (1 + replicas))]
         cluster = LocalCluster(Path(home), nodes, replicas, libssl_dir=settings.home / "libssl",
@@ -51,7 +59,8 @@ def bench_cluster(settings: Settings, shards: int, replicas: int, aof: bool = Tr
                         admin.function_load(library_source(), replace=True)
                     if not aof:
                         admin.config_set("appendonly", "no")
-            yield replace(settings, redis_url=cluster.urls[0], home=Path(home))
+            cluster.wait_replicas_in_sync(timeout=30)
+            yield cluster, replace(settings, redis_url=cluster.urls[0], home=Path(home))
         finally:
             # Each node by its pid file, whatever happened (a failed start stops the nodes that ran).
             cluster.stop()

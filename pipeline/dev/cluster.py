@@ -165,6 +165,22 @@ class LocalCluster:
                 raise ServerError(f"the cluster did not become ok within {timeout:.0f} s: " + "; ".join(waiting))
             time.sleep(0.1)
 
+    def wait_replicas_in_sync(self, timeout: float) -> None:
+        """Until every replica's link to its master is up (its first full copy done)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = [s.port for s in self.servers[self.shards:] if _replication(s).get("master_link_status") != "up"]
+            if not lagging:
+                return
+            if time.monotonic() >= deadline:
+                raise ServerError(f"replicas {lagging} did not sync with their masters within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def replica_of(self, master: EmbeddedRedis) -> EmbeddedRedis:
+        """The replica started for ``master`` (``REPLICATE`` in turn: the i-th replica follows the
+        i-th master, as long as no failover has swapped them)."""
+        return self.servers[self.shards + self.servers.index(master) % self.shards]
+
     def refresh_timeseries(self) -> None:
         """Tell every node's RedisTimeSeries the cluster's current shape: until it is told, its
         ``TS.MRANGE``/``TS.MGET``/``TS.QUERYINDEX`` silently answer from the node's own shard only
@@ -253,6 +269,22 @@ class LocalCluster:
         if known != str(len(self.servers)):
             return f"knows {known} of {len(self.servers)} nodes"
         return "ok"
+
+
+def _replication(server: EmbeddedRedis) -> dict[str, object]:
+    with _client(server) as client:
+        return dict(client.info("replication"))
+
+
+def role(server: EmbeddedRedis) -> str:
+    """``master`` or ``slave``, as the node says now."""
+    return str(_replication(server)["role"])
+
+
+def replication_offset(server: EmbeddedRedis) -> int:
+    """The replication stream's offset: what a master has written, what a replica has received."""
+    info = _replication(server)
+    return int(info["master_repl_offset"] if info["role"] == "master" else info["slave_repl_offset"])  # type: ignore[call-overload]
 
 
 def _client(server: EmbeddedRedis) -> redis.Redis:
