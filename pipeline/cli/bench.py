@@ -13,10 +13,10 @@ from pipeline.dev.bench import _bench, bench_server
 from pipeline.dev.bench_cluster import compare_with_cluster
 from pipeline.dev.bench_compare import compare
 from pipeline.dev.breakdown import breakdown_runs, print_runs
+from pipeline.dev.cluster import MIN_MASTERS
 from pipeline.dev.failover_drill import failover_drill, print_drill
 
 DEFAULT_REPEAT = 3
-MIN_MASTERS = 3
 
 
 class BenchUsageError(FraudError):

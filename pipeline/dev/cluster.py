@@ -36,6 +36,8 @@ NODE_TIMEOUT_MS = 2000
 # Redis's own convention: a node's cluster bus listens on its port + 10000.
 BUS_OFFSET = 10_000
 SLOTS = 16384
+# Redis Cluster's own minimum of masters (fewer cannot agree on a failover).
+MIN_MASTERS = 3
 
 
 def unpartitioned_keys(namespace: str) -> list[str]:
@@ -95,7 +97,7 @@ class LocalCluster:
                  namespace: str = "clicks") -> None:
         if replicas not in (0, 1):
             raise ServerError(f"a local cluster has 0 or 1 replica per shard, not {replicas}")
-        if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < 3:
+        if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < MIN_MASTERS:
             raise ServerError(f"Redis Cluster needs at least 3 masters: {len(nodes)} nodes with {replicas} "
                               f"replica(s) each make {len(nodes) // (1 + replicas)}")
         self.home = Path(home).resolve()
