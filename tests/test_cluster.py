@@ -23,7 +23,8 @@ from pipeline.client.connection import open_fast_client, open_redis
 from pipeline.client.functions import library_state
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.cluster import LocalCluster, NodeAddress, partition_slots, unpartitioned_keys
+from pipeline.dev.cluster import LocalCluster, NodeAddress
+from pipeline.dev.slot_placement import partition_slots, unpartitioned_keys
 from pipeline.ops.blacklist import add_ips, check_ips
 from pipeline.ops.reshard import move_slot
 from tests.conftest import LIBSSL_DIR, free_port, load_library

@@ -38,6 +38,7 @@ from pipeline.core.keys import Keys
 from pipeline.core.replies import text_pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
+from pipeline.dev.bench_report import bench_result, print_result
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 from pipeline.runtime.stage import Stage
 
@@ -143,11 +144,6 @@ def _fresh_keys(keys: Keys, partitions: int) -> list[str]:
                                      for key in (part.input, part.verdicts, part.dead, part.stats, part.routed))]
 
 
-def _percentile(values: list[int], fraction: float) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]) if ordered else 0.0
-
-
 async def info_fields(client: RespClient | ClusterClient, section: str) -> dict[str, str]:
     info = (await client.execute("INFO", section)).decode()
     return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
@@ -215,7 +211,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     holdings = shard_holdings(client, keys, settings.partitions)
     persistence = await _persistence(client)
     await client.close()
-    return _result(args, started, finished, latencies, cpu, redis_cpu, stats, memory, holdings, persistence,
+    return bench_result(args, started, finished, latencies, cpu, redis_cpu, stats, memory, holdings, persistence,
                    _setup(args, settings, direct))
 
 
@@ -264,63 +260,3 @@ async def group_exists(client: RespClient, stream: str, group: str) -> bool:
         return False
     return any(text_pairs(g)["name"] == group
                for g in await client.execute("XINFO", "GROUPS", stream))
-
-
-def _result(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
-            cpu: dict[str, float], redis_cpu: dict[str, float], stats: dict[str, int], memory: dict[str, int],
-            holdings: dict[str, str], persistence: str, setup: dict[str, Any]) -> dict[str, Any]:
-    clicks = args.clicks
-    elapsed = finished - started
-    return {
-        "clicks": clicks,
-        "seconds": round(elapsed, 3),
-        "clicks_per_s": round(clicks / elapsed),
-        "latency_ms_p50": _percentile(latencies, 0.50),
-        "latency_ms_p99": _percentile(latencies, 0.99),
-        "cpu_us_per_click": {name: round(s / clicks * 1e6, 1) for name, s in sorted(cpu.items())}
-        | {"redis": round(sum(redis_cpu.values()) / clicks * 1e6, 1)},
-        # Per master: its Redis CPU per click and its share of all the masters' (a cluster's spread),
-        # its memory and what it serves.
-        "redis_shards": _shares(redis_cpu, clicks, memory, holdings),
-        "verdicts": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("detector.")},
-        "counted": stats.get("aggregator.counted", 0),
-        "redis_memory_bytes": sum(memory.values()),
-        "persistence": persistence,
-        **setup,
-        # Each stage's finished entries (an outcome each), summed over the partitions.
-        "finished": {stage.name: stage.finished_count(stats) for stage in PIPELINE},
-    }
-
-
-def print_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
-    if args.json:
-        print(orjson.dumps(result).decode())
-        return
-    clicks = result["clicks"]
-    entry = "written into the partitions (direct)" if result["direct"] else f"{result['routers']} router(s)"
-    print(f"{clicks} clicks end to end in {result['seconds']:.2f} s: {result['clicks_per_s']:,} clicks/s"
-          f" ({result['partitions']} partitions, {entry}, {args.detectors} detector(s),"
-          f" {args.aggregators} aggregator(s), Redis {result['persistence']})")
-    print(f"latency XADD -> verdict: p50 {result['latency_ms_p50']:.0f} ms, "
-          f"p99 {result['latency_ms_p99']:.0f} ms")
-    print("CPU per click (us): " + ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_click"].items()))
-    if len(result["redis_shards"]) > 1:
-        print_shards(result["redis_shards"])
-    print("verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
-          + f"; counted {result['counted']}")
-    print(f"Redis memory: {result['redis_memory_bytes'] / 2**20:.1f} MiB")
-
-
-def print_shards(shards: dict[str, dict[str, Any]]) -> None:
-    print("Redis per shard:")
-    for node, row in shards.items():
-        print(f"  {node}  {row['cpu_us_per_click']:>5} us/click  {row['share_pct']:>5} %  "
-              f"{row['memory_bytes'] / 2**20:6.1f} MiB  {row.get('holds', '')}".rstrip())
-
-
-def _shares(redis_cpu: dict[str, float], clicks: int, memory: dict[str, int],
-            holdings: dict[str, str]) -> dict[str, dict[str, Any]]:
-    total = sum(redis_cpu.values()) or 1.0
-    return {node: {"cpu_us_per_click": round(used / clicks * 1e6, 1), "share_pct": round(100 * used / total, 1),
-                   "memory_bytes": memory.get(node, 0)} | ({"holds": holdings[node]} if node in holdings else {})
-            for node, used in sorted(redis_cpu.items())}

@@ -28,7 +28,8 @@ import redis
 
 from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server, free_port, measure, print_shards
+from pipeline.dev.bench import bench_server, free_port, measure
+from pipeline.dev.bench_report import print_shards
 from pipeline.dev.cluster import LocalCluster, NodeAddress
 
 ONE_SERVER = "one server"

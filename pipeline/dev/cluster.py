@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from redis.crc import key_slot
 
-from agents.pipeline import PIPELINE
-from pipeline.core.keys import Keys
 from pipeline.dev.server import EmbeddedRedis
+from pipeline.dev.slot_placement import partition_slots, slot_ranges, unpartitioned_keys
 from pipeline.dev.stack import ServerError
 
 LAYOUT_FILE = "cluster.json"
@@ -35,52 +32,8 @@ LAYOUT_FILE = "cluster.json"
 NODE_TIMEOUT_MS = 2000
 # Redis's own convention: a node's cluster bus listens on its port + 10000.
 BUS_OFFSET = 10_000
-SLOTS = 16384
 # Redis Cluster's own minimum of masters (fewer cannot agree on a failover).
 MIN_MASTERS = 3
-
-
-def unpartitioned_keys(namespace: str) -> list[str]:
-    """The keys no partition's tag places: the ingest stream, the config, the blacklist's list, the
-    stages' member sets and the unpartitioned stages' leases (the router's)."""
-    keys = Keys(namespace)
-    return [keys.raw, keys.config, keys.blacklist_members, *(keys.members(stage.name) for stage in PIPELINE),
-            *(keys.lease(stage.name) for stage in PIPELINE if not stage.partitioned)]
-
-
-def partition_slots(partitions: int, shards: int, unpartitioned: Iterable[str] = ()) -> list[list[int]]:
-    """The slots each master serves so that it holds an even share of the partitions: partition
-    ``p``'s keys carry the hash tag ``{p}``, so its slot is the CRC16 of ``p``; the partitions go to
-    the masters in turn (shares differ by at most one; two tags in one slot go together). The
-    slots of the ``unpartitioned`` keys go to a master with the fewest partitions (with the
-    router, ``clicks:raw`` is the heaviest key there is: on a master with more partitions it made
-    that one do over 40 % of 3 masters' work), and every other slot to the master whose equal range
-    it falls in, as ``redis-cli`` would place it."""
-    owner: dict[int, int] = {}
-    held = [0] * shards
-    for partition in range(partitions):
-        slot = key_slot(str(partition).encode())
-        if slot not in owner:
-            owner[slot] = min(range(shards), key=lambda shard: held[shard])
-        held[owner[slot]] += 1
-    lightest = min(range(shards), key=lambda shard: held[shard])
-    for key in unpartitioned:
-        owner.setdefault(key_slot(key.encode()), lightest)
-    slots: list[list[int]] = [[] for _ in range(shards)]
-    for slot in range(SLOTS):
-        slots[owner.get(slot, slot * shards // SLOTS)].append(slot)
-    return slots
-
-
-def slot_ranges(slots: list[int]) -> list[tuple[int, int]]:
-    """Sorted slots as (first, last) runs, for ``CLUSTER ADDSLOTSRANGE``."""
-    ranges: list[tuple[int, int]] = []
-    for slot in slots:
-        if ranges and ranges[-1][1] == slot - 1:
-            ranges[-1] = (ranges[-1][0], slot)
-        else:
-            ranges.append((slot, slot))
-    return ranges
 
 
 @dataclass(frozen=True)
