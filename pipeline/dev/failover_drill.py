@@ -24,7 +24,6 @@ import time
 from collections import Counter
 from typing import Any
 
-from agents.generator import traffic
 from agents.pipeline import PIPELINE
 from pipeline.client.cluster import ClusterClient
 from pipeline.client.connection import open_fast_client
@@ -34,6 +33,7 @@ from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 from pipeline.dev.bench import spawn_cli, wait_inputs_taken
 from pipeline.dev.bench_cluster import local_bench_cluster
+from pipeline.dev.breakdown import seeded_clicks
 from pipeline.dev.cluster import replication_offset, role
 from pipeline.ops.partition_reads import pipeline_drained
 
@@ -90,13 +90,6 @@ async def _wait(condition: Any, timeout: float) -> bool:
     return False
 
 
-def drill_clicks(count: int) -> list[list[str]]:
-    start = int(time.time() * 1000) - 60_000
-    ticks = iter(range(start, start + 10 * count))
-    generated = traffic(7, lambda: next(ticks))
-    return [next(generated)[0] for _ in range(count)]
-
-
 async def drill_once(settings: Settings, shards: int, clicks: int, victim_kind: str,
                      timeout: float) -> dict[str, Any]:
     with local_bench_cluster(settings, shards, 1) as (cluster, run_settings):
@@ -108,7 +101,7 @@ async def drill_once(settings: Settings, shards: int, clicks: int, victim_kind: 
         assert isinstance(client, ClusterClient)
         try:
             await wait_inputs_taken(client, keys, run_settings, list(PIPELINE))
-            trace = drill_clicks(clicks)
+            trace = seeded_clicks(clicks)
             half = clicks // 2
             producer = AtLeastOnceProducer(client, keys.raw)
             await producer.send(trace[:half])
