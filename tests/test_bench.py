@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 from pipeline.cli.main import main
 from pipeline.core.settings import Settings
+from pipeline.dev import bench_cluster
+from pipeline.dev.bench import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,3 +138,84 @@ def test_breakdown_shows_each_stage_with_and_without_aof(bench_home: Path, capsy
             row = by_stage[stage]
             assert row["redis_us_per_click"] > 0 and row["commands"]["fcall"]["calls"] > 0
             assert 0 <= row["lua_overhead_us_per_click"] <= row["fcall_us_per_click"]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_bench_on_a_cluster_of_its_own_beside_one_server(bench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--cluster 3``: a run on a fresh 3-master cluster, then one on one fresh server; each
+    shard's Redis CPU per click, share and memory, what it serves, the cluster's total against one
+    server's; and every node stopped afterwards."""
+    assert main(["bench", "--cluster", "3", "--clicks", "3000", "--detectors", "1", "--json"]) == 0
+    document = orjson.loads(capsys.readouterr().out)
+    assert (document["shards"], document["replicas"], document["repeat"]) == (3, 0, 1)
+    assert [run["design"] for run in document["runs"]] == ["cluster", "one server"]
+    cluster, one = (run["report"] for run in document["runs"])
+    for report in (one, cluster):
+        assert report["finished"]["router"] == 3000 and report["persistence"] == "AOF appendfsync everysec"
+    assert len(one["redis_shards"]) == 1
+    shards = cluster["redis_shards"]
+    assert len(shards) == 3 and abs(sum(row["share_pct"] for row in shards.values()) - 100) < 0.5, shards
+    assert all(row["memory_bytes"] > 0 and row["cpu_us_per_click"] > 0 for row in shards.values()), shards
+    # 3/3/2 partitions, and clicks:raw on a master with 2.
+    holds = sorted(row["holds"] for row in shards.values())
+    assert [h.split()[0] for h in holds] == ["2", "3", "3"] and holds[0].endswith(" + clicks:raw"), holds
+    summary = document["summary"]
+    assert summary["cluster_over_one_server_redis_cpu"] == pytest.approx(
+        cluster["cpu_us_per_click"]["redis"] / one["cpu_us_per_click"]["redis"], abs=0.001)
+    assert summary["largest_shard_share_pct"] == max(row["share_pct"] for row in shards.values())
+    assert not any(_listening(int(node.rsplit(":", 1)[1])) for node in shards), "a cluster node still runs"
+
+
+def test_a_failing_cluster_bench_stops_every_node(bench_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that cannot finish in a millisecond fails for certain, after the cluster (run first) started."""
+    ports: list[int] = []
+
+    def recorded_port() -> int:
+        ports.append(free_port())
+        return ports[-1]
+    monkeypatch.setattr(bench_cluster, "free_port", recorded_port)
+    with pytest.raises(TimeoutError, match="did not finish in time"):
+        main(["bench", "--cluster", "3", "--replicas", "1", "--clicks", "2000", "--timeout", "0.001"])
+    assert len(ports) == 12  # 6 nodes, a port and a bus port each
+    assert not any(_listening(port) for port in ports), "a cluster node still runs"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--cluster", "2"], "--cluster 2: Redis Cluster needs at least 3 masters"),
+    (["--cluster", "3", "--use-running"], "drop --use-running"),
+    (["--replicas", "1"], "--replicas and --failover-drill are a cluster's: they need --cluster"),
+])
+def test_cluster_bench_options(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_failover_drill_measures_what_a_master_kill_lost(bench_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The drill's figures are measurements (what the replication lag lets a crash lose varies by
+    run): asserted is only that each run killed its master, the replica took over, the pipeline
+    drained and every figure was counted; and every node stopped afterwards."""
+    ports: list[int] = []
+
+    def recorded_port() -> int:
+        ports.append(free_port())
+        return ports[-1]
+    monkeypatch.setattr(bench_cluster, "free_port", recorded_port)
+    assert main(["bench", "--cluster", "3", "--replicas", "1", "--failover-drill", "--clicks", "2000", "--json"]) == 0
+    runs = orjson.loads(capsys.readouterr().out)
+    assert [run["victim"] for run in runs] == ["raw master", "partitions master"]
+    for run in runs:
+        assert run["drained"] and run["failover_s"] > 0, run
+        assert run["acknowledged"] == 2000 and 0 <= run["acknowledged_lost"] <= run["acknowledged"], run
+        assert 0 < run["clicks_on_raw"] <= run["raw_entries"], run
+        assert run["clicks_without_outcome"] >= 0 and run["clicks_with_several_outcomes"] >= 0, run
+    assert len(ports) == 24 and not any(_listening(port) for port in ports), "a cluster node still runs"
+
+
+def test_failover_drill_needs_a_replica(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--cluster", "3", "--failover-drill"]) == 2
+    assert "needs --replicas 1" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import threading
@@ -21,22 +22,23 @@ from pipeline.client.connection import open_fast_client, open_redis
 from pipeline.client.functions import library_state
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.cluster import LocalCluster, partition_slots
+from pipeline.dev.cluster import LocalCluster
+from pipeline.dev.slot_placement import partition_slots, unpartitioned_keys
 from pipeline.ops.blacklist import add_ips, check_ips
 from pipeline.ops.reshard import move_slot
+from tests.conftest import CLUSTER_SHARDS
 from tests.helpers import xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, open_client, pipeline_drained
 from tests.partition_audit import check_against_model, labelled_trace
 from tests.procs import freeze, spawn_agent, stop_all, tcp_addrs, uncommitted_owned, wait_until
 
-SHARDS = 3
 CLICKS = 6_000
 
 
 def test_the_local_cluster_serves_every_slot_with_the_modules(cluster: LocalCluster) -> None:
     rows = cluster.status()
-    assert [row["state"] for row in rows] == ["ok"] * SHARDS
-    assert [row["role"] for row in rows] == ["master"] * SHARDS
+    assert [row["state"] for row in rows] == ["ok"] * CLUSTER_SHARDS
+    assert [row["role"] for row in rows] == ["master"] * CLUSTER_SHARDS
     for url in cluster.urls:
         with redis.Redis.from_url(url) as node:
             assert {m[b"name"] for m in node.module_list()} >= {b"bf", b"timeseries"}
@@ -50,11 +52,29 @@ def test_each_master_serves_an_even_share_of_the_partitions(partitions: int, sha
     assert len(held) == shards and max(held.values()) <= -(-partitions // shards), held
 
 
+@pytest.mark.parametrize(("partitions", "shards"), [(8, 3), (16, 3), (8, 4), (6, 3)])
+def test_the_unpartitioned_keys_go_to_a_master_with_the_fewest_partitions(partitions: int, shards: int) -> None:
+    unpartitioned = unpartitioned_keys("clicks")
+    assert {"clicks:raw", "clicks:config", "clicks:lease:router"} <= set(unpartitioned)
+    slots = partition_slots(partitions, shards, unpartitioned)
+
+    def master_of(key: str | bytes) -> int:
+        return next(m for m, served in enumerate(slots) if slot_of(key) in served)
+
+    held = Counter(master_of(str(p)) for p in range(partitions))
+    fewest = min(held[m] for m in range(shards))
+    owners = {master_of(key) for key in unpartitioned}
+    assert len(owners) == 1 and held[owners.pop()] == fewest, held
+
+
 def test_the_local_cluster_places_the_partitions_evenly(cluster: LocalCluster) -> None:
-    """The running cluster, as its nodes see it: each master serves 2 or 3 of the 8 partitions' slots."""
+    """The running cluster, as its nodes see it: each master serves 2 or 3 of the 8 partitions'
+    slots, and clicks:raw is on the one with 2 (with the router, the heaviest key there is)."""
     with RedisCluster.from_url(cluster.urls[0]) as admin:
         held = Counter(admin.get_node_from_key(f"{{{p}}}").port for p in range(8))
+        raw_master = admin.get_node_from_key("clicks:raw").port
     assert sorted(held.values()) == [2, 3, 3], held
+    assert held[raw_master] == 2, (raw_master, held)
 
 
 def test_a_command_goes_to_the_node_of_its_key() -> None:
@@ -149,7 +169,8 @@ def test_the_pipeline_on_a_cluster_gives_the_sequential_model_outcomes(cluster: 
         stop_all(started)
     assert all(p.returncode in (0, -9) for p in started), log.read_text()[-2000:]
     check_against_model(settings)
-    assert len(by_node) == SHARDS and max(by_node.values()) <= -(-settings.partitions // SHARDS), by_node
+    fair_share = -(-settings.partitions // CLUSTER_SHARDS)
+    assert len(by_node) == CLUSTER_SHARDS and max(by_node.values()) <= fair_share, by_node
     for url in cluster.urls:
         with redis.Redis.from_url(url) as node:
             assert node.dbsize() > 0
@@ -212,11 +233,14 @@ def test_detectors_sigkilled_with_uncommitted_work_on_a_cluster(cluster: LocalCl
 
 
 def test_a_partition_moved_to_another_master_mid_flow(cluster: LocalCluster, cluster_settings: Settings,
-                                                     tmp_path: Path) -> None:
-    """Partition 0's slot moves to another master while its detector, frozen, holds uncommitted
-    entries of it and a stale slot map, and the router goes on routing into it: the agents follow
-    the MOVED replies, and every click's outcome is the sequential model's, once."""
+                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Partition 0's slot moves to another master (``fraud cluster move``) while its detector,
+    frozen, holds uncommitted entries of it and a stale slot map, and the router goes on routing
+    into it: the agents follow the MOVED replies, and every click's outcome is the sequential
+    model's, once."""
     settings = cluster_settings
+    _cli_env(monkeypatch, settings)
     _load_blacklist(settings)
     log = tmp_path / "agents.log"
     trace = labelled_trace(seed=13, count=CLICKS)
@@ -236,24 +260,48 @@ def test_a_partition_moved_to_another_master_mid_flow(cluster: LocalCluster, clu
             target = next(n for n in client.get_primaries() if n.port != source.port)
             moved_before = _moved_replies(source.port)
             moving = [xadd_all_in_thread(settings, trace[2 * chunk:])]
-            moved = move_slot(redis.Redis(port=source.port), redis.Redis(port=target.port), "127.0.0.1", target.port,
-                              slot_of(keys.input))
+            assert main(["cluster", "move", "--partition", "0", "--to", f"127.0.0.1:{target.port}"]) == 0
             detector.send_signal(signal.SIGCONT)
             moving[0].join(30)
-            assert moved > 0
-            cluster.refresh_timeseries()
+            out = capsys.readouterr().out
+            assert re.search(rf"^partition 0 \(slot {slot_of(keys.input)}, [1-9]\d* keys\) moved from "
+                             rf"127.0.0.1:{source.port} to 127.0.0.1:{target.port}$", out, re.MULTILINE), out
+            # Every node's TimeSeries told the new shape (TS.MRANGE's fan-out).
+            assert f"TIMESERIES.REFRESHCLUSTER run on {CLUSTER_SHARDS} node(s)" in out
             client.nodes_manager.initialize()
             assert client.get_node_from_key(keys.input).port == target.port
             wait_until(lambda: pipeline_drained(client, settings), 60, "every stage to commit all its input")
             assert check_commit_logs(client, settings) > 0
             assert _moved_replies(source.port) > moved_before, "no agent was sent to the new master"
             # Back where it was, so that the partitions stay evenly placed for the next tests.
-            move_slot(redis.Redis(port=target.port), redis.Redis(port=source.port), "127.0.0.1", source.port,
-                      slot_of(keys.input))
+            assert main(["cluster", "move", "--partition", "0", "--to", f"127.0.0.1:{source.port}"]) == 0
             assert all(p.poll() is None for p in started), log.read_text()[-2000:]
     finally:
         stop_all(started)
     check_against_model(settings)
+
+
+def _cli_env(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """``fraud`` commands run in the test (``main``) on the cluster's node the agents use."""
+    monkeypatch.setenv("FRAUD_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("FRAUD_HOME", str(settings.home))
+
+
+def test_cluster_move_refuses_what_it_cannot_do_and_leaves_a_placed_partition(
+        cluster: LocalCluster, cluster_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    _cli_env(monkeypatch, cluster_settings)
+    with RedisCluster.from_url(cluster.urls[0]) as admin:
+        home = admin.get_node_from_key("{3}").port
+    assert main(["cluster", "move", "--partition", "3", "--to", f"127.0.0.1:{home}"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"partition 3 (slot {slot_of(b'3')}) is already on 127.0.0.1:{home}",
+        f"TIMESERIES.REFRESHCLUSTER run on {CLUSTER_SHARDS} node(s)"]
+    assert main(["cluster", "move", "--partition", "3", "--to", "127.0.0.1:1"]) == 1
+    assert capsys.readouterr().err.startswith("fraud: error: 127.0.0.1:1 is not a master of this cluster: its "
+                                              "masters are 127.0.0.1:")
+    assert main(["cluster", "move", "--partition", "8", "--to", f"127.0.0.1:{home}"]) == 1
+    assert capsys.readouterr().err == "fraud: error: no partition 8: FRAUD_PARTITIONS is 8\n"
 
 
 def xadd_all_in_thread(settings: Settings, clicks: list[list[str]]) -> threading.Thread:

@@ -10,8 +10,11 @@ from pipeline.cli.args import non_negative_float, positive_float, positive_int
 from pipeline.core.errors import FraudError
 from pipeline.core.settings import Settings
 from pipeline.dev.bench import _bench, bench_server
+from pipeline.dev.bench_cluster import compare_with_cluster
 from pipeline.dev.bench_compare import compare
 from pipeline.dev.breakdown import breakdown_runs, print_runs
+from pipeline.dev.cluster import MIN_MASTERS
+from pipeline.dev.failover_drill import failover_drill, print_drill
 
 DEFAULT_REPEAT = 3
 
@@ -39,6 +42,10 @@ async def run_breakdown(args: argparse.Namespace, settings: Settings) -> int:
 def run(args: argparse.Namespace, settings: Settings) -> object:
     if args.breakdown:
         return run_breakdown(args, settings)
+    if args.cluster is not None:
+        return run_cluster(args, settings)
+    if args.replicas or args.failover_drill:
+        raise BenchUsageError("--replicas and --failover-drill are a cluster's: they need --cluster")
     if args.baseline is None:
         if args.compare_detectors is not None or args.repeat is not None or args.with_direct:
             raise BenchUsageError("--compare-detectors, --repeat and --with-direct compare designs: "
@@ -48,6 +55,30 @@ def run(args: argparse.Namespace, settings: Settings) -> object:
         raise BenchUsageError("--baseline runs each design on a fresh embedded server: drop --use-running")
     args.repeat = DEFAULT_REPEAT if args.repeat is None else args.repeat
     return compare(args, settings.home)
+
+
+def run_cluster(args: argparse.Namespace, settings: Settings) -> object:
+    if args.cluster < MIN_MASTERS:
+        raise BenchUsageError(f"--cluster {args.cluster}: Redis Cluster needs at least {MIN_MASTERS} masters")
+    if args.use_running or args.baseline is not None or args.compare_detectors is not None or args.with_direct:
+        raise BenchUsageError("--cluster starts a cluster and one server of its own and compares them: drop "
+                              "--use-running, --baseline, --compare-detectors and --with-direct")
+    args.repeat = 1 if args.repeat is None else args.repeat
+    if args.failover_drill:
+        if args.replicas != 1 or args.direct:
+            raise BenchUsageError("--failover-drill kills a master for its replica to take over: it needs "
+                                  "--replicas 1, and goes through clicks:raw (no --direct)")
+        return run_drill(args, settings)
+    return compare_with_cluster(args, settings)
+
+
+async def run_drill(args: argparse.Namespace, settings: Settings) -> int:
+    runs = await failover_drill(args, settings)
+    if args.json:
+        print(orjson.dumps(runs).decode())
+    else:
+        print_drill(runs, args.clicks)
+    return 0
 
 
 def detector_counts(text: str) -> list[int]:
@@ -78,11 +109,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare-detectors", type=detector_counts, metavar="N[,N...]",
                         help="with --baseline: the detector counts to compare at (default: --detectors)")
     parser.add_argument("--repeat", type=positive_int, metavar="N",
-                        help=f"with --baseline: runs of each design per detector count (default {DEFAULT_REPEAT})")
+                        help=f"with --baseline: runs of each design per detector count (default {DEFAULT_REPEAT}); "
+                             "with --cluster: runs of each design (default 1)")
     parser.add_argument("--breakdown", action="store_true",
                         help="where Redis's CPU goes: each stage alone, per command, the Lua overhead of each "
                              "step, with AOF and without (needs no other option; --clicks, --direct apply)")
     parser.add_argument("--with-direct", action="store_true",
                         help="with --baseline: also run the current tree with --direct, as a third design")
+    parser.add_argument("--cluster", type=positive_int, metavar="N",
+                        help="run on a local Redis Cluster of N masters (at least 3) of its own, taking turns with "
+                             "runs on one server (--repeat times each, default 1), and report each shard's Redis CPU "
+                             "per click, share and memory, and the cluster's total Redis CPU per click against "
+                             "one server's; every node is stopped afterwards")
+    parser.add_argument("--replicas", type=int, choices=(0, 1), default=0,
+                        help="with --cluster: replicas per master (default 0)")
+    parser.add_argument("--failover-drill", action="store_true",
+                        help="with --cluster N --replicas 1: instead of the comparison, SIGKILL a master mid-flow "
+                             "(writes not paused), once the one of clicks:raw and once another, --repeat times, and "
+                             "count what the failover lost or repeated")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run)

@@ -1,14 +1,20 @@
-"""``fraud cluster start|stop|status``: a local Redis Cluster of embedded Redis Stack nodes."""
+"""``fraud cluster start|stop|status``: a local Redis Cluster of embedded Redis Stack nodes;
+``fraud cluster move``: a partition to another master of any cluster, while the pipeline runs."""
 
 from __future__ import annotations
 
 import argparse
 from urllib.parse import urlsplit
 
+import redis
+
+from pipeline.cli.args import non_negative_int
+from pipeline.client.connection import redis_py_tls
 from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster
 from pipeline.dev.credentials import DEFAULT_PORT
 from pipeline.dev.stack import ServerError
+from pipeline.ops.reshard import ReshardError, move_partition
 
 NOT_RUNNING_EXIT = 3
 
@@ -25,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions.add_parser("stop", help="stop every node of the recorded cluster").set_defaults(run=_stop)
     actions.add_parser("status", help="each node's role, slots and state; exit 3 if a node is down"
                        ).set_defaults(run=_status)
+    move = actions.add_parser(
+        "move", help="move a partition's slot to another master of the cluster at FRAUD_REDIS_URL while the "
+        "pipeline runs (the slot's keys in one MIGRATE), then TIMESERIES.REFRESHCLUSTER on every node")
+    move.add_argument("--partition", type=non_negative_int, required=True, help="the partition to move")
+    move.add_argument("--to", required=True, metavar="HOST:PORT", help="the master to move it to, as the cluster "
+                      "knows it (`fraud cluster status`, CLUSTER NODES)")
+    move.set_defaults(run=_move)
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> int:
@@ -33,7 +46,7 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
         raise ServerError(f"a local cluster serves 127.0.0.1 only, not {parts.hostname} in FRAUD_REDIS_URL")
     recorded = LocalCluster.recorded(settings.home)
     cluster = LocalCluster.with_ports(settings.home, parts.port or DEFAULT_PORT, args.shards, args.replicas,
-                                      partitions=settings.partitions)
+                                      partitions=settings.partitions, namespace=settings.namespace)
     if recorded is not None and recorded.nodes != cluster.nodes and any(recorded.pids()):
         raise ServerError(f"another cluster runs from {settings.home} (ports "
                           f"{', '.join(str(n.port) for n in recorded.nodes)}): `fraud cluster stop` it first")
@@ -61,6 +74,23 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         return NOT_RUNNING_EXIT
     rows = _show(cluster)
     return 0 if all(row["state"] == "ok" for row in rows) else NOT_RUNNING_EXIT
+
+
+def _move(args: argparse.Namespace, settings: Settings) -> int:
+    if args.partition >= settings.partitions:
+        raise ReshardError(f"no partition {args.partition}: FRAUD_PARTITIONS is {settings.partitions}")
+    tls = redis_py_tls(settings) if settings.redis_url.startswith("rediss:") else {}
+    try:
+        done = move_partition(settings.redis_url, args.partition, args.to, tls)
+    except redis.RedisError as err:
+        raise ReshardError(f"partition {args.partition} was not moved: {err}") from None
+    if done.moved:
+        print(f"partition {done.partition} (slot {done.slot}, {done.keys} keys) moved from {done.source} to "
+              f"{done.target}")
+    else:
+        print(f"partition {done.partition} (slot {done.slot}) is already on {done.target}")
+    print(f"TIMESERIES.REFRESHCLUSTER run on {done.refreshed} node(s)")
+    return 0
 
 
 def _show(cluster: LocalCluster) -> list[dict[str, str]]:

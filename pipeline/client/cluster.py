@@ -190,11 +190,15 @@ class ClusterClient:
             at += 1
         return out
 
+    def node_of(self, key: Arg) -> Address:
+        """The address of the master serving ``key``'s slot, as the map last read says."""
+        return self._slots[slot_of(key)]
+
     def _address(self, command: Sequence[Arg]) -> Address:
         key = command_key(command)
         if key is None:
             return self._slots[0]
-        return self._slots[slot_of(key)]
+        return self.node_of(key)
 
     def _client(self, address: Address) -> RespClient:
         node = self.nodes.get(address)

@@ -38,6 +38,7 @@ from pipeline.core.keys import Keys
 from pipeline.core.replies import text_pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
+from pipeline.dev.bench_report import bench_result, print_result
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 from pipeline.runtime.stage import Stage
 
@@ -48,7 +49,7 @@ class StageProcess:
     process: psutil.Popen
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,7 +64,7 @@ def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Ite
     from pipeline.dev.server import EmbeddedRedis
 
     with tempfile.TemporaryDirectory(prefix="fraud-bench-") as home:
-        server = EmbeddedRedis(Path(home), _free_port(), appendfsync=settings.appendfsync,
+        server = EmbeddedRedis(Path(home), free_port(), appendfsync=settings.appendfsync,
                                libssl_dir=settings.home / "libssl")
         server.start()
         with redis.Redis.from_url(server.url) as admin:
@@ -82,7 +83,8 @@ def spawn_cli(settings: Settings, consumer: str, *argv: str, env: Mapping[str, s
     """A ``fraud`` command in a process of its own, on these settings, logging only warnings."""
     full_env = dict(os.environ, FRAUD_REDIS_URL=settings.redis_url, FRAUD_NAMESPACE=settings.namespace,
                     FRAUD_LOG_FORMAT="json", FRAUD_LOG_LEVEL="warning", FRAUD_HOME=str(settings.home),
-                    FRAUD_CONSUMER=consumer, FRAUD_PARTITIONS=str(settings.partitions), **(env or {}))
+                    FRAUD_CONSUMER=consumer, FRAUD_PARTITIONS=str(settings.partitions))
+    full_env.update(env or {})  # the caller's own, over these
     return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env, stdout=stdout)
 
 
@@ -93,6 +95,15 @@ def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None)
 def active_stages(direct: bool) -> list[Stage]:
     """The stages a run uses: a direct producer writes into the partitions, and needs no router."""
     return [stage for stage in PIPELINE if not (direct and stage is ROUTER)]
+
+
+async def wait_inputs_taken(client: RespClient | ClusterClient, keys: Keys, settings: Settings,
+                            stages: list[Stage]) -> None:
+    """Until every input of every stage has its group (made by the member that took it)."""
+    for stage in stages:
+        for unit in stage.units(settings):
+            while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
+                await asyncio.sleep(0.05)
 
 
 async def _wait_until_counted(client: RespClient, keys: Keys, settings: Settings, stages: list[Stage],
@@ -133,11 +144,6 @@ def _fresh_keys(keys: Keys, partitions: int) -> list[str]:
                                      for key in (part.input, part.verdicts, part.dead, part.stats, part.routed))]
 
 
-def _percentile(values: list[int], fraction: float) -> float:
-    ordered = sorted(values)
-    return float(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]) if ordered else 0.0
-
-
 async def info_fields(client: RespClient | ClusterClient, section: str) -> dict[str, str]:
     info = (await client.execute("INFO", section)).decode()
     return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
@@ -154,6 +160,12 @@ async def redis_cpu_s(client: RespClient | ClusterClient) -> dict[str, float]:
 
 
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    print_result(args, await measure(args, settings))
+    return 0
+
+
+async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """One run on the Redis (a server, or a cluster through any node) of ``settings``: its report."""
     keys = Keys(settings.namespace)
     direct = getattr(args, "direct", False)
     client = await open_fast_client(settings)
@@ -164,10 +176,7 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
               for stage in active for i in range(counts[stage.name])]
     # Every input of every stage is taken (its group made by its owner) before the clock starts.
-    for stage in active:
-        for unit in stage.units(settings):
-            while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
-                await asyncio.sleep(0.05)
+    await wait_inputs_taken(client, keys, settings, active)
     redis_cpu = await redis_cpu_s(client)
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
@@ -198,12 +207,36 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
         started = first
     latencies = await _latencies_ms(client, [p.verdicts for p in parts])
     stats = await stats_totals(client, keys, settings.partitions)
-    memory = int((await client.execute("MEMORY", "STATS"))[1])
+    memory = await redis_memory_bytes(client)
+    holdings = shard_holdings(client, keys, settings.partitions)
     persistence = await _persistence(client)
     await client.close()
-    _report(args, started, finished, latencies, cpu, redis_cpu, stats, memory, persistence,
-            _setup(args, settings, direct))
-    return 0
+    return bench_result(args, started, finished, latencies, cpu, redis_cpu, stats, memory, holdings, persistence,
+                   _setup(args, settings, direct))
+
+
+async def redis_memory_bytes(client: RespClient | ClusterClient) -> dict[str, int]:
+    """Each master's peak allocated memory (``MEMORY STATS``), by ``host:port``."""
+    return {f"{node.host}:{node.port}": int((await node.execute("MEMORY", "STATS"))[1])
+            for node in every_master(client)}
+
+
+def shard_holdings(client: RespClient | ClusterClient, keys: Keys, partitions: int) -> dict[str, str]:
+    """What each master of a cluster serves, by ``host:port``: its partitions, and ``clicks:raw``
+    if it serves the ingest stream (the one key no partitioning spreads); empty on one server."""
+    if not isinstance(client, ClusterClient):
+        return {}
+    def address(key: str) -> str:
+        host, port = client.node_of(key)
+        return f"{host}:{port}"
+
+    served: dict[str, list[int]] = {f"{node.host}:{node.port}": [] for node in every_master(client)}
+    for part in keys.partitions(partitions):
+        served.setdefault(address(part.input), []).append(part.number)
+    raw_node = address(keys.raw)
+    return {node: f"{len(held)} partitions ({','.join(map(str, held))})"
+            + (f" + {keys.raw}" if node == raw_node else "")
+            for node, held in served.items()}
 
 
 def _setup(args: argparse.Namespace, settings: Settings, direct: bool) -> dict[str, Any]:
@@ -227,50 +260,3 @@ async def group_exists(client: RespClient, stream: str, group: str) -> bool:
         return False
     return any(text_pairs(g)["name"] == group
                for g in await client.execute("XINFO", "GROUPS", stream))
-
-
-def _report(args: argparse.Namespace, started: float, finished: float, latencies: list[int],
-            cpu: dict[str, float], redis_cpu: dict[str, float], stats: dict[str, int], memory: int,
-            persistence: str, setup: dict[str, Any]) -> None:
-    clicks = args.clicks
-    elapsed = finished - started
-    result: dict[str, Any] = {
-        "clicks": clicks,
-        "seconds": round(elapsed, 3),
-        "clicks_per_s": round(clicks / elapsed),
-        "latency_ms_p50": _percentile(latencies, 0.50),
-        "latency_ms_p99": _percentile(latencies, 0.99),
-        "cpu_us_per_click": {name: round(s / clicks * 1e6, 1) for name, s in sorted(cpu.items())}
-        | {"redis": round(sum(redis_cpu.values()) / clicks * 1e6, 1)},
-        # Per master: its Redis CPU per click and its share of all the masters' (a cluster's spread).
-        "redis_shards": _shares(redis_cpu, clicks),
-        "verdicts": {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("detector.")},
-        "counted": stats.get("aggregator.counted", 0),
-        "redis_memory_bytes": memory,
-        "persistence": persistence,
-        **setup,
-        # Each stage's finished entries (an outcome each), summed over the partitions.
-        "finished": {stage.name: stage.finished_count(stats) for stage in PIPELINE},
-    }
-    if args.json:
-        print(orjson.dumps(result).decode())
-        return
-    entry = "written into the partitions (direct)" if setup["direct"] else f"{setup['routers']} router(s)"
-    print(f"{clicks} clicks end to end in {elapsed:.2f} s: {result['clicks_per_s']:,} clicks/s"
-          f" ({setup['partitions']} partitions, {entry}, {args.detectors} detector(s),"
-          f" {args.aggregators} aggregator(s), Redis {persistence})")
-    print(f"latency XADD -> verdict: p50 {result['latency_ms_p50']:.0f} ms, "
-          f"p99 {result['latency_ms_p99']:.0f} ms")
-    print("CPU per click (us): " + ", ".join(f"{k} {v}" for k, v in result["cpu_us_per_click"].items()))
-    if len(redis_cpu) > 1:
-        print("Redis per shard: " + ", ".join(f"{node} {row['cpu_us_per_click']} us/click ({row['share_pct']} %)"
-                                              for node, row in result["redis_shards"].items()))
-    print("verdicts: " + ", ".join(f"{k} {v}" for k, v in result["verdicts"].items())
-          + f"; counted {result['counted']}")
-    print(f"Redis memory: {memory / 2**20:.1f} MiB")
-
-
-def _shares(redis_cpu: dict[str, float], clicks: int) -> dict[str, dict[str, float]]:
-    total = sum(redis_cpu.values()) or 1.0
-    return {node: {"cpu_us_per_click": round(used / clicks * 1e6, 1), "share_pct": round(100 * used / total, 1)}
-            for node, used in sorted(redis_cpu.items())}

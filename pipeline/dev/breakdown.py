@@ -46,14 +46,21 @@ async def server_cpu_s(client: RespClient) -> float:
     return sum((await redis_cpu_s(client)).values())
 
 
+def seeded_clicks(count: int) -> list[list[str]]:
+    """``count`` clicks of the seeded demo traffic (each a flat field list), 1 ms apart, ending a
+    minute ago: the same clicks every run."""
+    start = int(time.time() * 1000) - 60_000
+    ticks = iter(range(start, start + 10 * count))
+    generated = traffic(7, lambda: next(ticks))
+    return [next(generated)[0] for _ in range(count)]
+
+
 async def write_clicks(client: RespClient, settings: Settings, clicks: int, direct: bool) -> None:
     keys = Keys(settings.namespace)
     partitioner = Partitioner(keys, settings.partitions)
-    start = int(time.time() * 1000) - 60_000
-    ticks = iter(range(start, start + 10 * clicks, 1))
-    generated = traffic(7, lambda: next(ticks))
+    generated = seeded_clicks(clicks)
     for first in range(0, clicks, PAGE):
-        batch = [next(generated)[0] for _ in range(min(PAGE, clicks - first))]
+        batch = generated[first:first + PAGE]
         await client.pipeline([("XADD", partitioner.stream(c) if direct else keys.raw, "*", *c) for c in batch])
 
 

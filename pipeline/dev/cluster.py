@@ -5,7 +5,9 @@ with ``--cluster-enabled yes``; its cluster config (``nodes-<port>.conf``), appe
 live in its own ``<home>/redis-<port>`` folder. The nodes are joined once, by hand rather than with
 ``redis-cli --cluster create``: its equal slot ranges put the partitions' hash tags unevenly on the
 masters (with 8 partitions on 3 masters one gets 4), so each master is given the slots of an even
-share of the partitions (``partition_slots``) and the rest of the slots in ranges. A restarted node
+share of the partitions (``partition_slots``), the keys outside the partitions (``clicks:raw``
+first: every click's ``XADD`` and the router's reads) go to a master with the fewest partitions,
+and the rest of the slots in ranges. A restarted node
 finds its cluster again from its config file.
 The layout (ports, replicas) is recorded in ``<home>/cluster.json`` so that ``stop`` and
 ``status`` need no arguments.
@@ -19,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from redis.crc import key_slot
 
 from pipeline.dev.server import EmbeddedRedis
+from pipeline.dev.slot_placement import partition_slots, slot_ranges, unpartitioned_keys
 from pipeline.dev.stack import ServerError
 
 LAYOUT_FILE = "cluster.json"
@@ -30,36 +32,8 @@ LAYOUT_FILE = "cluster.json"
 NODE_TIMEOUT_MS = 2000
 # Redis's own convention: a node's cluster bus listens on its port + 10000.
 BUS_OFFSET = 10_000
-SLOTS = 16384
-
-
-def partition_slots(partitions: int, shards: int) -> list[list[int]]:
-    """The slots each master serves so that it holds an even share of the partitions: partition
-    ``p``'s keys carry the hash tag ``{p}``, so its slot is the CRC16 of ``p``; the partitions go to
-    the masters in turn (shares differ by at most one; two tags in one slot go together), and every
-    other slot to the master whose equal range it falls in, as ``redis-cli`` would place it."""
-    owner: dict[int, int] = {}
-    held = [0] * shards
-    for partition in range(partitions):
-        slot = key_slot(str(partition).encode())
-        if slot not in owner:
-            owner[slot] = min(range(shards), key=lambda shard: held[shard])
-        held[owner[slot]] += 1
-    slots: list[list[int]] = [[] for _ in range(shards)]
-    for slot in range(SLOTS):
-        slots[owner.get(slot, slot * shards // SLOTS)].append(slot)
-    return slots
-
-
-def slot_ranges(slots: list[int]) -> list[tuple[int, int]]:
-    """Sorted slots as (first, last) runs, for ``CLUSTER ADDSLOTSRANGE``."""
-    ranges: list[tuple[int, int]] = []
-    for slot in slots:
-        if ranges and ranges[-1][1] == slot - 1:
-            ranges[-1] = (ranges[-1][0], slot)
-        else:
-            ranges.append((slot, slot))
-    return ranges
+# Redis Cluster's own minimum of masters (fewer cannot agree on a failover).
+MIN_MASTERS = 3
 
 
 @dataclass(frozen=True)
@@ -72,10 +46,11 @@ class LocalCluster:
     """``shards`` masters, each with ``replicas`` replicas, on 127.0.0.1."""
 
     def __init__(self, home: Path, nodes: list[NodeAddress], replicas: int = 0, libssl_dir: Path | None = None,
-                 appendfsync: str = "everysec", host: str = "127.0.0.1", partitions: int = 8) -> None:
+                 appendfsync: str = "everysec", host: str = "127.0.0.1", partitions: int = 8,
+                 namespace: str = "clicks") -> None:
         if replicas not in (0, 1):
             raise ServerError(f"a local cluster has 0 or 1 replica per shard, not {replicas}")
-        if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < 3:
+        if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < MIN_MASTERS:
             raise ServerError(f"Redis Cluster needs at least 3 masters: {len(nodes)} nodes with {replicas} "
                               f"replica(s) each make {len(nodes) // (1 + replicas)}")
         self.home = Path(home).resolve()
@@ -83,6 +58,7 @@ class LocalCluster:
         self.replicas = replicas
         self.host = host
         self.partitions = partitions
+        self.namespace = namespace
         self.servers = [
             EmbeddedRedis(self.home, n.port, appendfsync=appendfsync, host=host, libssl_dir=libssl_dir,
                           extra_args=("--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{n.port}.conf",
@@ -144,6 +120,22 @@ class LocalCluster:
                 raise ServerError(f"the cluster did not become ok within {timeout:.0f} s: " + "; ".join(waiting))
             time.sleep(0.1)
 
+    def wait_replicas_in_sync(self, timeout: float) -> None:
+        """Until every replica's link to its master is up (its first full copy done)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = [s.port for s in self.servers[self.shards:] if _replication(s).get("master_link_status") != "up"]
+            if not lagging:
+                return
+            if time.monotonic() >= deadline:
+                raise ServerError(f"replicas {lagging} did not sync with their masters within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def replica_of(self, master: EmbeddedRedis) -> EmbeddedRedis:
+        """The replica started for ``master`` (``REPLICATE`` in turn: the i-th replica follows the
+        i-th master, as long as no failover has swapped them)."""
+        return self.servers[self.shards + self.servers.index(master) % self.shards]
+
     def refresh_timeseries(self) -> None:
         """Tell every node's RedisTimeSeries the cluster's current shape: until it is told, its
         ``TS.MRANGE``/``TS.MGET``/``TS.QUERYINDEX`` silently answer from the node's own shard only
@@ -192,7 +184,8 @@ class LocalCluster:
             with _client(server) as client:
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
                 ids.append(client.execute_command("CLUSTER", "MYID").decode())
-        for server, slots in zip(masters, partition_slots(self.partitions, self.shards), strict=True):
+        for server, slots in zip(masters, partition_slots(self.partitions, self.shards,
+                                                                    unpartitioned_keys(self.namespace)), strict=True):
             with _client(server) as client:
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE",
                                        *(bound for run in slot_ranges(slots) for bound in run))
@@ -231,6 +224,22 @@ class LocalCluster:
         if known != str(len(self.servers)):
             return f"knows {known} of {len(self.servers)} nodes"
         return "ok"
+
+
+def _replication(server: EmbeddedRedis) -> dict[str, object]:
+    with _client(server) as client:
+        return dict(client.info("replication"))
+
+
+def role(server: EmbeddedRedis) -> str:
+    """``master`` or ``slave``, as the node says now."""
+    return str(_replication(server)["role"])
+
+
+def replication_offset(server: EmbeddedRedis) -> int:
+    """The replication stream's offset: what a master has written, what a replica has received."""
+    info = _replication(server)
+    return int(info["master_repl_offset"] if info["role"] == "master" else info["slave_repl_offset"])  # type: ignore[call-overload]
 
 
 def _client(server: EmbeddedRedis) -> redis.Redis:

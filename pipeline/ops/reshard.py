@@ -13,7 +13,15 @@ the slot map on ``MOVED`` and retries until the nodes agree).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
+from redis.crc import key_slot
+
+from pipeline.core.errors import FraudError
 
 # Reads every key of the slot as it is now and moves them in one MIGRATE (KEYS form: one round trip).
 MOVE_KEYS = """
@@ -50,3 +58,92 @@ def move_slot(source: redis.Redis, target: redis.Redis, target_host: str, target
         raise redis.RedisError(f"slot {slot} stayed on its master: {'; '.join(map(str, failed))}")
     target.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
     return int(replies[1])
+
+
+class ReshardError(FraudError):
+    pass
+
+
+@dataclass(frozen=True)
+class PartitionMove:
+    partition: int
+    slot: int
+    source: str
+    target: str
+    keys: int
+    # Nodes told TIMESERIES.REFRESHCLUSTER afterwards (every node that answered: masters and replicas).
+    refreshed: int
+
+    @property
+    def moved(self) -> bool:
+        return self.source != self.target
+
+
+def node_url(url: str, address: str) -> str:
+    """``url`` (a node's) with another node's ``host:port``: its credentials and options kept."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=(credentials + "@" if credentials else "") + address))
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    address: str
+    flags: frozenset[str]
+    slots: tuple[tuple[int, int], ...]
+
+    @property
+    def reachable(self) -> bool:
+        return not self.flags & {"fail", "noaddr", "handshake"}
+
+
+def cluster_nodes(seed: redis.Redis) -> list[ClusterNode]:
+    """Every node the seed knows, from ``CLUSTER NODES``: ``host:port``, flags and the slot ranges
+    it serves (slots being imported or migrated, ``[slot->-id]``, are not served ones)."""
+    reply = seed.execute_command("CLUSTER", "NODES")
+    nodes = []
+    for line in (reply.decode() if isinstance(reply, bytes) else str(reply)).splitlines():
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        ranges = [text.split("-") for text in fields[8:] if not text.startswith("[")]
+        nodes.append(ClusterNode(fields[1].split("@")[0], frozenset(fields[2].split(",")),
+                                 tuple((int(r[0]), int(r[-1])) for r in ranges)))
+    return nodes
+
+
+def refresh_timeseries(seed: redis.Redis, url: str, options: Mapping[str, Any]) -> int:
+    """``TIMESERIES.REFRESHCLUSTER`` on every node the seed knows (a topology change leaves the
+    module's ``TS.MRANGE`` fan-out on the old shape until each node is told); the nodes told."""
+    told = 0
+    for node in cluster_nodes(seed):
+        if node.reachable:
+            with redis.Redis.from_url(node_url(url, node.address), **options) as client:
+                client.execute_command("TIMESERIES.REFRESHCLUSTER")
+            told += 1
+    return told
+
+
+def move_partition(url: str, partition: int, target: str, options: Mapping[str, Any] | None = None) -> PartitionMove:
+    """Move partition ``partition``'s slot (its tag ``{p}``) to the master at ``target``
+    (host:port) with ``move_slot``, then refresh every node's TimeSeries view of the cluster.
+    ``url`` is any node's, ``options`` redis-py's (TLS) for every node. A partition already on
+    ``target`` is left as it is."""
+    options = options or {}
+    slot = key_slot(str(partition).encode())
+    with redis.Redis.from_url(url, **options) as seed:
+        masters = {node.address: node for node in cluster_nodes(seed) if "master" in node.flags and node.reachable}
+        if target not in masters:
+            raise ReshardError(f"{target} is not a master of this cluster: its masters are "
+                               f"{', '.join(sorted(masters))}")
+        source = next((address for address, node in masters.items()
+                       if any(first <= slot <= last for first, last in node.slots)), None)
+        if source is None:
+            raise ReshardError(f"no master serves partition {partition}'s slot {slot}")
+        keys = 0
+        if source != target:
+            host, _, port = target.rpartition(":")
+            with (redis.Redis.from_url(node_url(url, source), **options) as from_node,
+                  redis.Redis.from_url(node_url(url, target), **options) as to_node):
+                keys = move_slot(from_node, to_node, host, int(port), slot)
+        return PartitionMove(partition, slot, source, target, keys, refresh_timeseries(seed, url, options))
