@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import orjson
@@ -61,10 +62,22 @@ def bench_home(tmp_path: Path, libssl_dir: Path, monkeypatch: pytest.MonkeyPatch
     return home
 
 
+@pytest.fixture(autouse=True)
+def own_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Temporary folders (a baseline's worktree among them) under this test's own tmp_path, so that a
+    check for leftover worktrees sees this test's only, never another bench run's in the same repo."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return temp
+
+
 def baseline_worktrees() -> list[str]:
+    """This test's baseline worktrees still registered with git (none once a bench has ended)."""
     listing = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, check=True).stdout
-    return [line for line in listing.splitlines() if line.startswith("worktree ") and "fraud-baseline-" in line]
+    mine = f"worktree {tempfile.gettempdir()}/fraud-baseline-"
+    return [line for line in listing.splitlines() if line.startswith(mine)]
 
 
 def test_baseline_benches_both_designs_side_by_side(bench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 COMMAND_ROLES: dict[str, str | None] = {"server": None, "setup": ADMIN, "acl": ADMIN, "up": ADMIN, "status": "monitor",
                  "offenders": "monitor",
                  "blacklist": "operator", "replay": "operator", "group": "operator", "generate": "producer",
-                 "bench": ADMIN, "soak": ADMIN}
+                 "bench": ADMIN, "soak": ADMIN, "cluster": ADMIN}
 AGENT_ROLES = {"generator": "producer"}
 
 
