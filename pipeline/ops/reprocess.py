@@ -23,6 +23,7 @@ from collections.abc import Collection
 from typing import Any
 
 from agents.pipeline import DETECTOR, PIPELINE, ROUTER
+from pipeline.client.cluster import every_master
 from pipeline.client.connection import open_fast_client
 from pipeline.client.partitioning import agree_partitions
 from pipeline.client.resp import RespClient, RespError
@@ -116,8 +117,20 @@ async def copy_blacklists(client: RespClient, live: Keys, replay: Keys, partitio
         source, target = live.partition(number), replay.partition(number)
         chunks += await copy_blacklist(client, source.blacklist, target.blacklist)
         await client.execute("COPY", source.blacklist_members, target.blacklist_members)
-    await client.execute("COPY", live.blacklist_members, replay.blacklist_members)
+    await copy_set(client, live.blacklist_members, replay.blacklist_members)
     return chunks
+
+
+async def copy_set(client: RespClient, source: str, target: str) -> None:
+    """Add a set's members to another set a page at a time: the list of record and its replay copy
+    carry no partition's tag, so on a cluster they lie in different slots, where COPY is refused."""
+    cursor = b"0"
+    while True:
+        cursor, members = await client.execute("SSCAN", source, cursor, "COUNT", PAGE)
+        if members:
+            await client.execute("SADD", target, *members)
+        if cursor == b"0":
+            return
 
 
 async def outcomes(client: RespClient, keys: Keys, first: bytes, clicks: Collection[ClickRef]) -> dict[ClickRef, str]:
@@ -202,7 +215,8 @@ async def reprocess(settings: Settings, name: str, start: str, end: str) -> Repr
     client = await open_fast_client(settings)
     partitions = settings.partitions
     try:
-        if await client.execute("EXISTS", replay.config, replay.raw):
+        # One key a command: on a cluster the two keys lie in different slots.
+        if any(await client.pipeline([("EXISTS", replay.config), ("EXISTS", replay.raw)])):
             raise FraudError(f"replay {name!r} exists: drop it first (fraud replay --drop --name {name})")
         # The replay splits devices as the live pipeline does.
         await agree_partitions(client.execute, live, partitions, record=False)
@@ -238,17 +252,23 @@ async def drop(settings: Settings, name: str) -> int:
     """Delete every key of a replay's key space; returns how many there were."""
     pattern = _glob_escape(Keys(settings.namespace).replay(name).namespace) + ":*"
     client = await open_fast_client(settings)
-    removed = 0
     try:
-        cursor = b"0"
-        while True:
-            cursor, found = await client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", PAGE)
-            if found:
-                removed += await client.execute("UNLINK", *found)
-            if cursor == b"0":
-                return removed
+        # SCAN sees one node's keys: on a cluster, each master's in turn.
+        return sum([await _drop_on(node, pattern) for node in every_master(client)])
     finally:
         await client.close()
+
+
+async def _drop_on(node: RespClient, pattern: str) -> int:
+    """Delete one node's keys matching ``pattern``, one key a command (a node's keys span many slots)."""
+    removed = 0
+    cursor = b"0"
+    while True:
+        cursor, found = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", PAGE)
+        if found:
+            removed += sum(await node.pipeline([("UNLINK", key) for key in found]))
+        if cursor == b"0":
+            return removed
 
 
 def check_order(start: str, end: str) -> None:
