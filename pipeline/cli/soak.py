@@ -13,7 +13,7 @@ from pipeline.dev.soak import soak
 
 
 async def run_soak(args: argparse.Namespace, settings: Settings) -> int:
-    with bench_server(settings, use_running=False) as soak_settings:
+    with bench_server(settings, use_running=args.use_running) as soak_settings:
         result = await soak(soak_settings, args.clicks, args.rate, timeout=args.timeout)
     summary = result.summary()
     if args.json:
@@ -36,5 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clicks", type=positive_int, default=1_000_000, help="clicks to push through")
     parser.add_argument("--rate", type=non_negative_float, default=10_000.0, help="clicks per second, 0 for flat out")
     parser.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds before giving up")
+    parser.add_argument("--use-running", action="store_true",
+                        help="soak the Redis of FRAUD_REDIS_URL (a server or a cluster) instead of a fresh server")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.set_defaults(run=run_soak)

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from agents.pipeline import PIPELINE
+from pipeline.client.cluster import ClusterClient, every_master
 from pipeline.client.connection import open_fast_client
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
@@ -108,8 +109,9 @@ def _spawn(settings: Settings, env: Mapping[str, str], name: str, *argv: str) ->
     return spawn_cli(settings, f"soak-{name}", *argv, env=env)
 
 
-async def _used_memory(client: RespClient) -> int:
-    return int((await info_fields(client, "memory"))["used_memory"])
+async def _used_memory(client: RespClient | ClusterClient) -> int:
+    """Redis memory in use, over every master: on a cluster a keyless INFO reaches one master only."""
+    return sum([int((await info_fields(node, "memory"))["used_memory"]) for node in every_master(client)])
 
 
 async def _partition_lengths(client: RespClient, keys: Keys, partitions: int, stream: str) -> int:
@@ -137,9 +139,10 @@ async def _count_keys(client: RespClient, pattern: str) -> int:
             return total
 
 
-async def count_window_keys(client: RespClient, keys: Keys, partitions: int) -> int:
-    """Device windows alive in every partition."""
-    return sum([await _count_keys(client, part.window_prefix + "*") for part in keys.partitions(partitions)])
+async def count_window_keys(client: RespClient | ClusterClient, keys: Keys, partitions: int) -> int:
+    """Device windows alive in every partition (SCAN sees one node's keys: each master is asked)."""
+    return sum([await _count_keys(node, part.window_prefix + "*")
+                for node in every_master(client) for part in keys.partitions(partitions)])
 
 
 async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str, str] = RETENTION_ENV,
