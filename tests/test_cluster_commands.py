@@ -15,6 +15,7 @@ import orjson
 import pytest
 from redis.cluster import RedisCluster
 
+from agents.generator import blacklisted_ips
 from agents.pipeline import PIPELINE
 from pipeline.cli.main import main
 from pipeline.core.keys import Keys
@@ -89,13 +90,15 @@ def test_generate_replay_and_agents_give_every_click_one_outcome(elsewhere: Sett
     """``fraud generate`` then ``fraud replay FILE`` then each ``fraud agent <stage> --burst``: every
     click has exactly one outcome; then ``fraud replay --from-stream`` re-judges the range aside
     with the same outcomes, and ``fraud replay --drop`` leaves no key of it on any node."""
-    fraud(capsys, "blacklist", "add", *LISTED)
+    # The generator's blacklisted addresses: the replay aside must see its snapshot of the list.
+    fraud(capsys, "blacklist", "add", *blacklisted_ips())
     trace = tmp_path / "trace.jsonl"
     fraud(capsys, "generate", "--out", str(trace), "--clicks", str(CLICKS), "--seed", "5")
     fraud(capsys, "replay", str(trace))
     run_pipeline(capsys)
     outcomes = check_exactly_once(elsewhere)
     assert len(outcomes.raw) == CLICKS and len(outcomes.verdicts) > CLICKS // 2
+    assert outcomes.verdict_counts()["ip_blacklist"] > 0
 
     report = fraud(capsys, "replay", "--from-stream", "--name", "again")
     assert re.search(rf"^replay 'again': {CLICKS} clicks ", report, re.MULTILINE), report
@@ -157,7 +160,12 @@ def test_generator_and_monitor_agents(elsewhere: Settings, capsys: pytest.Captur
     fraud(capsys, "agent", "monitor", "--interval", "0.05", "--once")
     keys = Keys(elsewhere.namespace)
     with open_client(elsewhere.redis_url) as client:
-        assert client.xlen(keys.raw) >= 500
+        assert client.xlen(keys.raw) == 500
+        dead = sum(client.xlen(part.dead) for part in keys.partitions(elsewhere.partitions))
+        # The monitor's samples, each series in its own slot, read every partition on its node.
+        for stage in ("router", "detector", "aggregator"):
+            assert float(client.execute_command("TS.GET", keys.health_series("lag", stage))[1]) == 0
+        assert float(client.execute_command("TS.GET", keys.health_series("dead_letters", "dead"))[1]) == dead
 
 
 def test_soak_on_the_running_cluster(elsewhere: Settings, capsys: pytest.CaptureFixture[str]) -> None:
