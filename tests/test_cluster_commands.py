@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from agents.generator import blacklisted_ips
@@ -196,3 +197,21 @@ def test_up_runs_the_pipeline_until_ctrl_c(elsewhere: Settings) -> None:
     assert up.returncode == 0, err[-2000:]
     assert "lag" in out
     check_exactly_once(elsewhere)
+
+
+def test_acl_apply_sets_the_users_on_every_node(elsewhere: Settings, cluster: LocalCluster,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """ACL users are each node's own: ``fraud acl --apply`` sets them on every node (the default
+    user is left as it is, so the other tests go on; the user is deleted after)."""
+    monkeypatch.setenv("FRAUD_DASHBOARD_PASSWORD", "a-test-password")
+    try:
+        assert "dashboard: set" in fraud(capsys, "acl", "--apply").splitlines()
+        for url in cluster.urls:
+            with redis.Redis.from_url(url) as node:
+                assert node.acl_getuser("dashboard") is not None, url
+                assert node.acl_whoami() == "default"
+    finally:
+        for url in cluster.urls:
+            with redis.Redis.from_url(url) as node:
+                node.acl_deluser("dashboard")

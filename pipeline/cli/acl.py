@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from redis.asyncio import RedisCluster
+
 from pipeline.client.connection import open_redis
 from pipeline.core.errors import FraudError
 from pipeline.core.keys import Keys
@@ -48,13 +50,17 @@ async def _acl(args: argparse.Namespace, settings: Settings) -> int:
     if args.apply:
         passwords = passwords_from_env()
         client = await open_redis(settings)
+        # Users are each node's own: on a cluster every node, replicas too, gets them (redis-py
+        # would send ACL SETUSER to one node at random).
+        every_node = {"target_nodes": client.get_nodes()} if isinstance(client, RedisCluster) else {}
         try:
             for role in ROLES:
                 if role not in passwords:
                     # Never switch a user off from here: it may be the admin running this.
                     print(f"{role}: left as it is (no {password_variable(role)})")
                     continue
-                await client.execute_command("ACL", "SETUSER", *setuser_words(role, keys, passwords[role]))
+                await client.execute_command("ACL", "SETUSER", *setuser_words(role, keys, passwords[role]),
+                                             **every_node)
                 print(f"{role}: set")
         finally:
             await client.aclose()
