@@ -26,7 +26,7 @@ from schemas.dead_letter import bounded_copy
 
 # fraud_detect in agents/fraud.lua, declared once: it reads every name below by name.
 DETECT = Step(
-    "fraud_detect", keys=(*FENCE_KEYS, "verdicts", "dead", "blacklist", "stats", "window_index"),
+    "fraud_detect", keys=(*FENCE_KEYS, "verdicts", "dead", "blacklist", "stats", "window_index", "rejected"),
     params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms", "history_ms",
             "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
             "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
@@ -98,7 +98,7 @@ class Detector:
         fence_keys, fence_params = ctx.fence(entries)
         reply = await ctx.client.execute(*DETECT.argv(
             {**fence_keys, "verdicts": part.verdicts, "dead": part.dead, "blacklist": part.blacklist,
-             "stats": part.stats, "window_index": part.window_index},
+             "stats": part.stats, "window_index": part.window_index, "rejected": part.rejected},
             {**fence_params, "window_prefix": part.window_prefix, "trail_prefix": part.trail_prefix,
              **self.rule_params},
             self.records(entries, part.number)))

@@ -308,7 +308,7 @@ local function raise_index(index, newest, slack_ms)
   in_slices('ZADD', index, 'GT', items)
 end
 
--- Keys: lease, commits, input, verdicts, dead, blacklist, stats, window_index (one partition's)
+-- Keys: lease, commits, input, verdicts, dead, blacklist, stats, window_index, rejected (one partition's)
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
 --         memory_ms (H + W), history_ms (H + the longest lookback of a rule on), window_prefix, trail_prefix,
 --         index_slack_ms, expire_limit, robotic_* and travel_* (the rules' settings)
@@ -415,7 +415,17 @@ local function detect(keys, args)
   end
   for _, at in ipairs(rejects.starts) do
     local id, n = args[at + R.id], at + R.n
-    dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
+    -- An entry dead-lettered already (re-delivered by a group reset) gets no second dead letter,
+    -- within the same horizon as a click's de-duplication: one outcome per entry.
+    if redis.call('ZADD', k.rejected, 'NX', string.match(id, '^%d+'), id) == 1 then
+      dead_letter(k.dead, p.stage, id, args[at + R.reason], args, n + 1, tonumber(args[n]))
+    else
+      counts.dead, counts.duplicate = counts.dead - 1, counts.duplicate + 1
+    end
+  end
+  if #rejects.starts > 0 then
+    -- Kept like a window's entries: none below the bound can be re-delivered within the horizon.
+    redis.call('ZREMRANGEBYSCORE', k.rejected, '-inf', forget_below)
   end
   raise_index(k.window_index, bounds, slack_ms)
   -- Windows whose every click is below the bound go whole, a bounded number per call.

@@ -78,6 +78,25 @@ async def test_dry_run_then_execute_re_delivers_after_the_id_in_every_partition(
     assert [g["lag"] for g in groups_on(settings, "input", "detector")] == [0] * settings.partitions
 
 
+async def test_a_re_delivered_malformed_entry_gets_no_second_dead_letter(settings: Settings) -> None:
+    bad = [["device_id", f"d{i}", "ip", "10.2.0.1", "ts", "not-a-time"] for i in range(4)]
+    xadd_at_event_time(settings, [click(i) for i in range(4)] + bad)
+    await run_pipeline(settings)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        dead_before = len(read_partitions(client, settings, "dead"))
+    assert dead_before == 4
+
+    assert await run(settings, "group", "reset", "--stage", "detector", "--to-earliest", "--execute") == 0
+    agent = await run_burst(settings, "detector")
+    assert agent.processed == 8
+    with redis.Redis.from_url(settings.redis_url) as client:
+        # Every entry came again and none got a second outcome: clicks nor dead letters.
+        assert len(read_partitions(client, settings, "dead")) == 4
+        assert len(read_partitions(client, settings, "verdicts")) == 4
+        totals = stats_totals(client, settings)
+        assert totals["detector.duplicate"] == 8 and totals["detector.dead"] == 4
+
+
 async def test_by_time_earliest_latest_on_the_router_and_on_partitions(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     keys = Keys(settings.namespace)

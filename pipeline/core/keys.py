@@ -89,6 +89,12 @@ class PartitionKeys:
         return self._key("windows")
 
     @property
+    def rejected(self) -> str:
+        """Sorted set of the entry ids the detector dead-lettered lately (score: arrival ms), so that
+        an entry re-delivered by a group reset gets no second dead letter within the horizon."""
+        return self._key("rejected")
+
+    @property
     def routed(self) -> str:
         """The last ``clicks:raw`` id the router copied here: re-routing after a crash skips to it."""
         return self._key("routed")

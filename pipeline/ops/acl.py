@@ -114,15 +114,16 @@ def role_rules(role: str, keys: Keys) -> list[str]:
     if role == "detector":
         windows, index, blacklist = each(lambda k: k.window_prefix) + "*", each(lambda k: k.window_index), \
             each(lambda k: k.blacklist)
+        rejected = each(lambda k: k.rejected)
         trails = each(lambda k: k.trail_prefix) + "*"
         # The blacklist too: FCALL's keys count as written; only CF.MEXISTS (and its creation) reaches it.
         return _stage_rules(keys, "detector", each(lambda k: k.lease("detector")), (inputs,),
-                            (verdicts, dead, stats, commits["detector"], blacklist, index),
+                            (verdicts, dead, stats, commits["detector"], blacklist, index, rejected),
                             _selector(("+xadd",), verdicts, dead, commits["detector"]),
                             _selector(("+xtrim",), dead), _selector(("+hincrby",), stats),
                             _selector(("+cf.mexists", "+cf.reserve"), blacklist),
                             _selector(("+zadd", "+zscore", "+zcount", "+zremrangebyscore", "+zrangebyscore", "+zrem",
-                                       "+del"), windows, index),
+                                       "+del"), windows, index, rejected),
                             # A device's state goes whole: one DEL of its window and its trail.
                             _selector(("+hmget", "+hset"), trails), _selector(("+del",), windows, trails))
     if role == "aggregator":
