@@ -23,8 +23,10 @@ to the id just before <ms>-0, so entries added at that time are delivered again.
 clicks that the detector has seen within FRAUD_DEDUP_HORIZON_MS are de-duplicated by its
 per-device window (by transaction_id, or by entry id when a click has none): they give no second
 verdict; the router copies no entry into its partition twice (the partition's routed mark), so
-re-processing is the detector's and aggregator's. Refused while the stage has live members or
-live leases on its inputs, unless --force."""
+re-processing is the detector's and aggregator's; a re-delivered malformed entry gets no second
+dead letter within the same horizon. The aggregator counts re-delivered verdicts again (series,
+offender buckets): reset it only to rebuild counts whose keys were deleted first. Refused while the
+stage has live members or live leases on its inputs, unless --force."""
 
 
 def target_id(args: argparse.Namespace) -> str:
