@@ -41,6 +41,10 @@ class Detector:
         self.partitions = settings.partitions
         self.limits = FieldLimits(settings.max_field_count, settings.max_field_bytes)
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
+        # The fields a verdict entry copies besides device_id, ip and ts (None: all the click's); only
+        # those are sent, so a smaller entry also means fewer arguments to the step.
+        extra = settings.verdict_extra_fields
+        self.copied = None if extra is None else tuple(name.encode() for name in extra)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
         self.memory_ms = settings.dedup_horizon_ms + settings.click_spam_window_ms
         # A window's index entry is the next multiple of H above its device's newest ts, so
@@ -77,7 +81,7 @@ class Detector:
         rejects: list[list[Any]] = []
         for entry_id, flat in entries:
             try:
-                click = check_click(entry_id, flat, self.limits, self.policy)
+                click = check_click(entry_id, flat, self.limits, self.policy, self.copied)
                 home = partition_of(click.device_id, self.partitions)
                 if home != partition:
                     raise InvalidClick(f"wrong_partition: device_id {click.device_id[:64]!r} belongs to partition "
