@@ -118,7 +118,8 @@ class CheckedClick(NamedTuple):
     ip: str
     ts: int
     transaction_id: str | None
-    # The verdict's fields: the entry's own (or those FRAUD_VERDICT_FIELDS copies), with ip canonical and ts set.
+    # The verdict's fields: the entry's own, with ip canonical and ts set (or only those FRAUD_VERDICT_FIELDS
+    # lists beyond device_id, ip and ts, which the step writes from the click's record).
     fields: list[Any]
     # The entry's arrival time (its id's millisecond part): the clock of the policy.
     arrival: int
@@ -152,7 +153,8 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
                 policy: EventTimePolicy, copied: tuple[bytes, ...] | None = None) -> CheckedClick:
     """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
 
-    ``copied``: the names the verdict copies besides device_id, ip and ts (None: every field).
+    ``copied``: the names the verdict copies besides device_id, ip and ts (None: every field); with
+    it, ``fields`` holds only those the click has (the step writes the other three from the click).
 
     This runs once per click on the hot path, so it decodes only the fields
     it must read and passes the entry's own field list on when it can. The
@@ -191,8 +193,8 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     ts_spelt = ts_raw is not None and not (ts_raw[:1] == b"0" and len(ts_raw) > 1)
     out: list[Any]
     if copied is not None:
-        # Only what the verdict entry copies: the fields its readers need, then the listed ones the click has.
-        out = [b"device_id", device_raw, b"ip", ip, b"ts", ts_raw if ts_spelt else str(ts)]
+        # Only the listed fields the click has: the step writes device_id, ip and ts from the record.
+        out = []
         for name in copied:
             value = fields.get(name)
             if value is not None:
