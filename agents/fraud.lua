@@ -353,7 +353,7 @@ local function detect(keys, args)
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
   -- `all`: a click's fields section is its whole verdict entry; `listed`: only the listed fields
   -- beyond device_id, ip and ts (FRAUD_VERDICT_FIELDS), which the step writes from the record.
-  local copies_all = p.verdict_fields == 'all'
+  local copies_all = p.verdict_fields ~= 'listed'
 
   local count = #clicks.starts + #rejects.starts
   local ips = {}
