@@ -84,6 +84,20 @@ async def test_a_minimal_list_gives_the_same_verdicts_counts_and_offenders_as_al
     assert any(len(full) > len(copied) for full in every["entries"].values())
 
 
+async def test_a_listed_entry_carries_the_canonical_ip_and_ts_and_only_the_listed_fields(settings: Settings) -> None:
+    settings = replace(settings, verdict_fields="campaign,referrer")
+    arrival = 1_700_000_000_000
+    click = ["device_id", "dev-1", "ip", "::FFFF:192.0.2.7", "ts", f"000{arrival - 5}", "transaction_id", "t-1",
+             "lat", "48.8566", "lon", "2.3522", "campaign", "c7", "colour", "blue"]
+    [raw_id] = xadd_arrived(settings, [(arrival, click)])
+    await run_pipeline(settings)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        [(_, flat)] = read_partitions(client, settings, "verdicts")
+    # In this order: what the aggregator reads first, then the listed field the click has.
+    assert flat == [b"verdict", b"clean", b"raw_id", raw_id.encode(), b"device_id", b"dev-1", b"ip", b"192.0.2.7",
+                    b"ts", str(arrival - 5).encode(), b"campaign", b"c7"]
+
+
 @hsettings(max_examples=int(os.environ.get("VERDICT_FIELDS_EXAMPLES", "60")), deadline=None,
            derandomize=bool(os.environ.get("CI")),
            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
