@@ -30,7 +30,7 @@ DETECT = Step(
     params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms", "history_ms",
             "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
             "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
-            "travel_max_kmh", "travel_min_km", "travel_lookback_ms"),
+            "travel_max_kmh", "travel_min_km", "travel_lookback_ms", "verdict_fields"),
     sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "lat", "lon", "n")),
               Section("rejects", ("id", "reason", "n"))))
 
@@ -43,6 +43,10 @@ class Detector:
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
         self.memory_ms = settings.dedup_horizon_ms + settings.click_spam_window_ms
+        # The fields a verdict entry copies besides device_id, ip and ts (None: all the click's); only
+        # those are sent, so a smaller entry also means fewer arguments to the step.
+        extra = settings.verdict_extra_fields
+        self.copied = None if extra is None else tuple(name.encode() for name in extra)
         # A window's index entry is the next multiple of H above its device's newest ts, so
         # that it is written about once per horizon per device, not per click.
         self.rule_params = {
@@ -63,6 +67,8 @@ class Detector:
             "index_slack_ms": settings.dedup_horizon_ms,
             # Each call may remove twice as many quiet windows as a batch can create.
             "expire_limit": 2 * settings.batch_size,
+            # `listed`: the step writes device_id, ip and ts from each click's record, then its fields section.
+            "verdict_fields": "all" if self.copied is None else "listed",
         }
 
     async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
@@ -77,7 +83,7 @@ class Detector:
         rejects: list[list[Any]] = []
         for entry_id, flat in entries:
             try:
-                click = check_click(entry_id, flat, self.limits, self.policy)
+                click = check_click(entry_id, flat, self.limits, self.policy, self.copied)
                 home = partition_of(click.device_id, self.partitions)
                 if home != partition:
                     raise InvalidClick(f"wrong_partition: device_id {click.device_id[:64]!r} belongs to partition "

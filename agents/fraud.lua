@@ -351,6 +351,9 @@ local function detect(keys, args)
     keeps_position = keeps_position or order[i] == 'impossible_travel'
   end
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
+  -- `all`: a click's fields section is its whole verdict entry; `listed`: only the listed fields
+  -- beyond device_id, ip and ts (FRAUD_VERDICT_FIELDS), which the step writes from the record.
+  local copies_all = p.verdict_fields ~= 'listed'
 
   local count = #clicks.starts + #rejects.starts
   local ips = {}
@@ -409,8 +412,14 @@ local function detect(keys, args)
       local verdict = judge(facts, p, order)
       counts[verdict] = counts[verdict] + 1
       local n = at + C.n
-      redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id,
-                 unpack(args, n + 1, n + tonumber(args[n])))
+      if copies_all then
+        redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id,
+                   unpack(args, n + 1, n + tonumber(args[n])))
+      else
+        -- The fields the pipeline's readers need come from the click's record, not sent twice.
+        redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id, 'device_id', device,
+                   'ip', args[at + C.ip], 'ts', ts_text, unpack(args, n + 1, n + tonumber(args[n])))
+      end
     end
   end
   for _, at in ipairs(rejects.starts) do

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import faust
 
+from pipeline.core.settings import VERDICT_ADDED_FIELDS
+
 DEVICE_ID_MAX = 128
 TRANSACTION_ID_MAX = 128
 # 9999-12-31T23:59:59.999Z: an entry id past it was set explicitly by a producer, not by the
@@ -37,7 +39,7 @@ KNOWN_FIELDS = frozenset(("device_id", "ip", "transaction_id", "ts", "lat", "lon
 DEGREES = re.compile(rb"-?[0-9]{1,3}(?:\.[0-9]{1,12})?")
 LAT_MAX, LON_MAX = 90.0, 180.0
 # Names the detector adds to a verdict; a click may not bring its own.
-RESERVED_FIELDS = frozenset(("verdict", "raw_id"))
+RESERVED_FIELDS = frozenset(VERDICT_ADDED_FIELDS)
 
 
 class Click(faust.Record, serializer="json", include_metadata=False):
@@ -116,7 +118,8 @@ class CheckedClick(NamedTuple):
     ip: str
     ts: int
     transaction_id: str | None
-    # The verdict's fields: the entry's own, with ip canonical and ts set.
+    # The verdict's fields: the entry's own, with ip canonical and ts set (or only those FRAUD_VERDICT_FIELDS
+    # lists beyond device_id, ip and ts, which the step writes from the click's record).
     fields: list[Any]
     # The entry's arrival time (its id's millisecond part): the clock of the policy.
     arrival: int
@@ -147,8 +150,11 @@ def check_size(flat: list[bytes] | None, limits: FieldLimits) -> dict[bytes, byt
 
 
 def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLimits,
-                policy: EventTimePolicy) -> CheckedClick:
+                policy: EventTimePolicy, copied: tuple[bytes, ...] | None = None) -> CheckedClick:
     """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
+
+    ``copied``: the names the verdict copies besides device_id, ip and ts (None: every field); with
+    it, ``fields`` holds only those the click has (the step writes the other three from the click).
 
     This runs once per click on the hot path, so it decodes only the fields
     it must read and passes the entry's own field list on when it can. The
@@ -183,9 +189,19 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
         raise InvalidClick(
             f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
     lat, lon = _position(fields.get(b"lat"), fields.get(b"lon"))
-    out = flat
     # The verdict carries ts in one spelling (no leading zeros), as it does ip.
-    if ts_raw is None or ip != ip_text or (ts_raw[:1] == b"0" and len(ts_raw) > 1):
+    ts_spelt = ts_raw is not None and not (ts_raw[:1] == b"0" and len(ts_raw) > 1)
+    out: list[Any]
+    if copied is not None:
+        # Only the listed fields the click has: the step writes device_id, ip and ts from the record.
+        out = []
+        for name in copied:
+            value = fields.get(name)
+            if value is not None:
+                out += (name, value)
+    elif ts_spelt and ip == ip_text:
+        out = flat
+    else:
         out = [v for pair in fields.items() if pair[0] not in (b"ip", b"ts") for v in pair]
         out += ("ip", ip, "ts", str(ts))
     return CheckedClick(device_id, ip, ts, transaction_id, out, arrival, lat, lon)

@@ -2,9 +2,11 @@
 
 Wire form: ``verdict`` (one of VERDICTS) and ``raw_id`` (the click's entry id on
 the raw stream) first, then the click's fields (``ip`` in canonical spelling,
-``ts`` always set). ``Verdict`` is that entry as a record, for readers of the
-stream (the tests read every verdict through it); the aggregator's hot path reads
-only what it counts (``verdict_index_and_time``). Dead letters: schemas/dead_letter.py.
+``ts`` always set): all of them, or with FRAUD_VERDICT_FIELDS set to a list,
+``device_id``, ``ip``, ``ts`` and the listed ones the click has. ``Verdict`` is
+that entry as a record, for readers of the stream (the tests read every verdict
+through it); the aggregator's hot path reads only what it counts
+(``verdict_index_and_time``). Dead letters: schemas/dead_letter.py.
 """
 
 from __future__ import annotations

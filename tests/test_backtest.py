@@ -7,6 +7,7 @@ import calendar
 import ipaddress
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -58,8 +59,11 @@ def as_counter(report: dict) -> Counter[tuple[str, bool]]:
                     for fraud, n in ((True, cells["fraud"]), (False, cells["not_fraud"])) if n})
 
 
-async def test_matrix_matches_an_independent_count(settings: Settings, log: Path,
+# "ts": verdict entries without the label's field unless the backtest keeps it copied.
+@pytest.mark.parametrize("verdict_fields", ["all", "ts"])
+async def test_matrix_matches_an_independent_count(settings: Settings, log: Path, verdict_fields: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    settings = replace(settings, verdict_fields=verdict_fields)
     # One busy bot's address on the live blacklist: its clicks become ip_blacklist in the backtest too.
     bot_ip = Counter(row[0] for row in sample_rows(3, ROWS)).most_common(1)[0][0]
     listed = ipaddress.IPv4Address(int(bot_ip))

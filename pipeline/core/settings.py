@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.keys import VERDICTS
+from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS
 
 
 class SettingsError(ValueError):
@@ -94,6 +94,9 @@ class Settings:
     rollup_retention_ms: int = 90 * 24 * 3_600_000
     # Members kept per offender bucket (a Space-Saving summary: see the aggregator).
     offenders_per_bucket: int = 100
+    # The click fields a verdict entry copies: `all` (every field the click has), or a comma-separated
+    # list of names. The pipeline's own readers' fields (VERDICT_REQUIRED_FIELDS) are always copied.
+    verdict_fields: str = "all"
 
     appendfsync: str = "everysec"
     log_format: str = "auto"
@@ -130,6 +133,7 @@ class Settings:
             raise SettingsError(f"FRAUD_MAX_FUTURE_MS must not be negative, got {self.max_future_ms}")
         self._validate_event_time_span()
         self._validate_rules()
+        self._validate_verdict_fields()
         if self.rollup_bucket_ms % self.bucket_ms:
             raise SettingsError("FRAUD_ROLLUP_BUCKET_MS must be a multiple of FRAUD_BUCKET_MS")
         if self.appendfsync not in ("always", "everysec", "no"):
@@ -158,6 +162,29 @@ class Settings:
                      self.robotic_lookback_ms if "robotic" in on else 0,
                      self.travel_lookback_ms if "impossible_travel" in on else 0)
         return self.dedup_horizon_ms + max(lookbacks)
+
+    @property
+    def verdict_extra_fields(self) -> tuple[str, ...] | None:
+        """The listed fields a verdict entry copies besides the required ones, in the list's order
+        (each once); None when it copies every field of the click (`all`)."""
+        if self.verdict_fields.strip() == "all":
+            return None
+        listed = (name.strip() for name in self.verdict_fields.split(","))
+        return tuple(dict.fromkeys(n for n in listed if n and n not in VERDICT_REQUIRED_FIELDS))
+
+    def _validate_verdict_fields(self) -> None:
+        if self.verdict_fields.strip() == "all":
+            return
+        names = [name.strip() for name in self.verdict_fields.split(",")]
+        if not all(names):
+            raise SettingsError("FRAUD_VERDICT_FIELDS must be all or a comma-separated list of field names, "
+                                f"got {self.verdict_fields!r}")
+        misplaced = [n for n in names if n in ("all", *VERDICT_ADDED_FIELDS) or len(n.encode()) > self.max_field_bytes]
+        if misplaced:
+            raise SettingsError(
+                f"FRAUD_VERDICT_FIELDS cannot list {', '.join(misplaced)}: `all` stands alone, "
+                f"{' and '.join(VERDICT_ADDED_FIELDS)} are always in a verdict entry, and a name is at most "
+                f"FRAUD_MAX_FIELD_BYTES long")
 
     def _validate_rules(self) -> None:
         chosen = [name.strip() for name in self.rules.split(",") if name.strip()]
@@ -190,6 +217,11 @@ class Settings:
                 "FRAUD_SERIES_RETENTION_MS must be at least twice FRAUD_DEDUP_HORIZON_MS + FRAUD_MAX_FUTURE_MS"
                 " + FRAUD_BUCKET_MS, so that no accepted click's count can be refused as too old")
 
+
+# What a verdict entry always holds: the detector's own two fields, and the click fields the pipeline's
+# readers need (the aggregator's event-time bucket and offender dimensions), whatever FRAUD_VERDICT_FIELDS lists.
+VERDICT_ADDED_FIELDS = ("verdict", "raw_id")
+VERDICT_REQUIRED_FIELDS = (*OFFENDER_DIMENSIONS, "ts")
 
 # Integers up to this are exact in a double (Lua's numbers).
 EXACT_MAX = 2**53

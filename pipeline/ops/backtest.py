@@ -97,6 +97,13 @@ async def count_outcomes(client: RespClient, keys: Keys, partitions: int, sent: 
     return Outcomes(counts)
 
 
+def copying_truth(settings: Settings) -> Settings:
+    """The settings with the label's field copied into every verdict entry: the count reads it there."""
+    if settings.verdict_extra_fields is None or TRUTH in settings.verdict_extra_fields:
+        return settings
+    return dataclasses.replace(settings, verdict_fields=f"{settings.verdict_fields},{TRUTH}")
+
+
 def with_setting(settings: Settings, name: str, value: int) -> Settings:
     """The settings with one rule setting changed; the horizon grows to hold a longer window."""
     field = {"threshold": "click_spam_threshold", "window_ms": "click_spam_window_ms"}[name]
@@ -114,7 +121,7 @@ async def backtest(settings: Settings, name: str, path: Path, fmt: str, mapping:
         raise FraudError("a backtest needs the label column (--label) and what counts as fraud")
     if mapping.ts is None:
         raise FraudError("a backtest needs the event-time column (--ts)")
-    aside = replay_settings(settings, name)
+    aside = copying_truth(replay_settings(settings, name))
     replay = Keys(aside.namespace)
     client = await open_fast_client(settings)
     try:
