@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import mode
@@ -23,7 +24,7 @@ import structlog
 from pipeline.client.connection import open_fast_client, open_patiently
 from pipeline.client.functions import require_functions
 from pipeline.client.partitioning import agree_partitions
-from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
+from pipeline.client.resp import RespClient, RespConnectionError, RespError, all_replies, is_server_state_error
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import id_at
@@ -55,6 +56,8 @@ class StreamAgent(mode.Service):
         self.assignment: Assignment | None = None
         # partition -> the offset its next batch follows (what this member last committed there)
         self.cursors: dict[int, bytes] = {}
+        # The next batches, read while the last ones' steps ran (see poll_once).
+        self._read_ahead: ReadAhead | None = None
         self.attempts = Attempts(settings.max_attempts)
         self._stopping = asyncio.Event()
         self._next_heartbeat = 0.0
@@ -159,8 +162,17 @@ class StreamAgent(mode.Service):
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
-        batches = await self.read(block=not self.burst)
-        await self.process_all(batches)
+        batches = self._take_read_ahead() or await self.read(block=not self.burst)
+        # Behind a backlog (a full batch), the next batches are read while these ones' steps run:
+        # each partition from its batch's last id, the offset its step commits; they are used only
+        # if every step committed exactly that. Without one, the next read waits for new clicks
+        # instead: reading ahead then would only split them into more, smaller batches.
+        backlog = any(len(entries) >= self.settings.batch_size for entries in batches.values())
+        ahead = asyncio.ensure_future(self._read_after(batches)) if backlog and not self._stopping.is_set() else None
+        try:
+            await self.process_all(batches)
+        finally:
+            self._read_ahead = await _settled(ahead)
         if not self.cursors and not self.burst:
             await wait_or_stop(self._stopping, max(0.0, self._next_heartbeat - time.monotonic()))
         return not batches
@@ -185,10 +197,11 @@ class StreamAgent(mode.Service):
         self.cursors[unit] = await committed_offset(
             self.client, self.stage.input_stream(self.keys, unit), self.stage.name)
 
-    async def read(self, block: bool) -> dict[int, list[Entry]]:
-        """The next batch of every owned partition, from the offsets this member committed."""
+    async def read(self, block: bool, cursors: dict[int, bytes] | None = None) -> dict[int, list[Entry]]:
+        """The next batch of every owned partition, from the offsets this member committed (or `cursors`)."""
         assert self.client is not None
-        units = sorted(self.cursors)
+        cursors = self.cursors if cursors is None else cursors
+        units = sorted(cursors)
         if not units:
             return {}
         streams = [self.stage.input_stream(self.keys, u) for u in units]
@@ -197,10 +210,22 @@ class StreamAgent(mode.Service):
             # Never past the next heartbeat: the leases must be renewed in time.
             wait_ms = int(1000 * (self._next_heartbeat - time.monotonic()))
             block_ms = max(1, min(self.settings.block_ms, wait_ms))
-        by_stream = await read_streams(self.client, streams, [self.cursors[u] for u in units],
+        by_stream = await read_streams(self.client, streams, [cursors[u] for u in units],
                                        self.settings.batch_size, block_ms)
         return {u: [(e[0], e[1]) for e in by_stream[s]] for u, s in zip(units, streams, strict=True)
                 if by_stream.get(s)}
+
+    def _take_read_ahead(self) -> dict[int, list[Entry]]:
+        """The batches read ahead, if they follow exactly what was committed since (no step fenced,
+        failed or went entry by entry, no partition gained or lost); else nothing, and a fresh read."""
+        ahead, self._read_ahead = self._read_ahead, None
+        if ahead is None or ahead.after != self.cursors:
+            return {}
+        return ahead.batches
+
+    async def _read_after(self, batches: dict[int, list[Entry]]) -> ReadAhead:
+        after = self.cursors | {unit: entries[-1][0] for unit, entries in batches.items()}
+        return ReadAhead(after, await self.read(block=False, cursors=after))
 
     def context(self, unit: int) -> BatchContext:
         assert self.client is not None and self.assignment is not None
@@ -279,13 +304,35 @@ class StreamAgent(mode.Service):
         assert self.client is not None
         s = self.settings
         now_ms = int(time.time() * 1000)
+        trims: list[Any] = []
         for unit in sorted(self.cursors):
             stream = self.stage.input_stream(self.keys, unit)
-            await self.client.execute(*TRIM.argv({"stream": stream}, {"keep_from": id_at(now_ms - s.stream_keep_ms)}))
+            trims.append(TRIM.argv({"stream": stream}, {"keep_from": id_at(now_ms - s.stream_keep_ms)}))
             if self.stage.partitioned:
                 # Nobody consumes dead letters as a group: they are kept for people, for a while.
-                await self.client.execute("XTRIM", self.keys.partition(unit).dead, "MINID",
-                                          id_at(now_ms - s.dead_keep_ms))
+                trims.append(("XTRIM", self.keys.partition(unit).dead, "MINID", id_at(now_ms - s.dead_keep_ms)))
+        if trims:
+            # One round trip for all of them: the polls wait while this runs.
+            all_replies(await self.client.pipeline(trims))
+
+
+@dataclass(frozen=True)
+class ReadAhead:
+    """Batches read from `after` (partition -> offset) before those offsets were committed."""
+
+    after: dict[int, bytes]
+    batches: dict[int, list[Entry]]
+
+
+async def _settled(ahead: asyncio.Future[ReadAhead] | None) -> ReadAhead | None:
+    """The read ahead's batches; None when there was none or it failed (the next read is a fresh one,
+    and a lost connection shows there too)."""
+    if ahead is None:
+        return None
+    try:
+        return await ahead
+    except (RespConnectionError, RespError, OSError):
+        return None
 
 
 async def run_burst(stage: Stage, settings: Settings, consumer: str, handler: Handler | None = None) -> StreamAgent:
