@@ -163,12 +163,7 @@ class StreamAgent(mode.Service):
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
         batches = self._take_read_ahead() or await self.read(block=not self.burst)
-        # Behind a backlog (a full batch), the next batches are read while these ones' steps run:
-        # each partition from its batch's last id, the offset its step commits; they are used only
-        # if every step committed exactly that. Without one, the next read waits for new clicks
-        # instead: reading ahead then would only split them into more, smaller batches.
-        backlog = any(len(entries) >= self.settings.batch_size for entries in batches.values())
-        ahead = asyncio.ensure_future(self._read_after(batches)) if backlog and not self._stopping.is_set() else None
+        ahead = self._start_read_ahead(batches)
         try:
             await self.process_all(batches)
         finally:
@@ -223,8 +218,17 @@ class StreamAgent(mode.Service):
             return {}
         return ahead.batches
 
-    async def _read_after(self, batches: dict[int, list[Entry]]) -> ReadAhead:
+    def _start_read_ahead(self, batches: dict[int, list[Entry]]) -> asyncio.Future[ReadAhead] | None:
+        """Behind a backlog (a full batch), the next batches are read while these ones' steps run:
+        each partition from its batch's last id, the offset its step commits; they are used only if
+        every step committed exactly that. Without a backlog the next read waits for new clicks
+        instead: reading ahead then would only split them into more, smaller batches."""
+        if self._stopping.is_set() or not any(len(e) >= self.settings.batch_size for e in batches.values()):
+            return None
         after = self.cursors | {unit: entries[-1][0] for unit, entries in batches.items()}
+        return asyncio.ensure_future(self._read_from(after))
+
+    async def _read_from(self, after: dict[int, bytes]) -> ReadAhead:
         return ReadAhead(after, await self.read(block=False, cursors=after))
 
     def context(self, unit: int) -> BatchContext:
