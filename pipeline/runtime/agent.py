@@ -146,6 +146,8 @@ class StreamAgent(mode.Service):
         assert self.assignment is not None
         self.assignment.forget()
         self.cursors.clear()
+        # What was read ahead may come from a server that has since restarted and lost it.
+        self._read_ahead = None
         self._next_heartbeat = 0.0
         if prepare:
             try:
