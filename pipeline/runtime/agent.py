@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import mode
@@ -24,17 +23,17 @@ import structlog
 from pipeline.client.connection import open_fast_client, open_patiently
 from pipeline.client.functions import require_functions
 from pipeline.client.partitioning import agree_partitions
-from pipeline.client.resp import RespClient, RespConnectionError, RespError, all_replies, is_server_state_error
+from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.core.stream_ids import id_at
 from pipeline.core.waiting import wait_or_stop
 from pipeline.runtime.attempts import Attempts, Begun
 from pipeline.runtime.commits import apply_or_reject, committed_offset, entries_to_blame, reject
 from pipeline.runtime.leases import Assignment
+from pipeline.runtime.read_ahead import ReadAhead
 from pipeline.runtime.reading import read_streams
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
-from pipeline.runtime.steps import TRIM
+from pipeline.runtime.trimming import trim_done
 
 log = structlog.get_logger()
 
@@ -56,8 +55,7 @@ class StreamAgent(mode.Service):
         self.assignment: Assignment | None = None
         # partition -> the offset its next batch follows (what this member last committed there)
         self.cursors: dict[int, bytes] = {}
-        # The next batches, read while the last ones' steps ran (see poll_once).
-        self._read_ahead: ReadAhead | None = None
+        self.read_ahead = ReadAhead(lambda after: self.read(block=False, cursors=after), settings.batch_size)
         self.attempts = Attempts(settings.max_attempts)
         self._stopping = asyncio.Event()
         self._next_heartbeat = 0.0
@@ -147,7 +145,7 @@ class StreamAgent(mode.Service):
         self.assignment.forget()
         self.cursors.clear()
         # What was read ahead may come from a server that has since restarted and lost it.
-        self._read_ahead = None
+        self.read_ahead.drop()
         self._next_heartbeat = 0.0
         if prepare:
             try:
@@ -164,12 +162,13 @@ class StreamAgent(mode.Service):
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
-        batches = self._take_read_ahead() or await self.read(block=not self.burst)
-        ahead = self._start_read_ahead(batches)
+        batches = self.read_ahead.take(self.cursors) or await self.read(block=not self.burst)
+        if not self._stopping.is_set():
+            self.read_ahead.start(self.cursors, batches)  # read_ahead.py
         try:
             await self.process_all(batches)
         finally:
-            self._read_ahead = await _settled(ahead)
+            await self.read_ahead.settle()
         if not self.cursors and not self.burst:
             await wait_or_stop(self._stopping, max(0.0, self._next_heartbeat - time.monotonic()))
         return not batches
@@ -211,27 +210,6 @@ class StreamAgent(mode.Service):
                                        self.settings.batch_size, block_ms)
         return {u: [(e[0], e[1]) for e in by_stream[s]] for u, s in zip(units, streams, strict=True)
                 if by_stream.get(s)}
-
-    def _take_read_ahead(self) -> dict[int, list[Entry]]:
-        """The batches read ahead, if they follow exactly what was committed since (no step fenced,
-        failed or went entry by entry, no partition gained or lost); else nothing, and a fresh read."""
-        ahead, self._read_ahead = self._read_ahead, None
-        if ahead is None or ahead.after != self.cursors:
-            return {}
-        return ahead.batches
-
-    def _start_read_ahead(self, batches: dict[int, list[Entry]]) -> asyncio.Future[ReadAhead] | None:
-        """Behind a backlog (a full batch), the next batches are read while these ones' steps run:
-        each partition from its batch's last id, the offset its step commits; they are used only if
-        every step committed exactly that. Without a backlog the next read waits for new clicks
-        instead: reading ahead then would only split them into more, smaller batches."""
-        if self._stopping.is_set() or not any(len(e) >= self.settings.batch_size for e in batches.values()):
-            return None
-        after = self.cursors | {unit: entries[-1][0] for unit, entries in batches.items()}
-        return asyncio.ensure_future(self._read_from(after))
-
-    async def _read_from(self, after: dict[int, bytes]) -> ReadAhead:
-        return ReadAhead(after, await self.read(block=False, cursors=after))
 
     def context(self, unit: int) -> BatchContext:
         assert self.client is not None and self.assignment is not None
@@ -308,37 +286,7 @@ class StreamAgent(mode.Service):
     async def maintain(self) -> None:
         """Trim what every group is done with in the owned partitions' input and dead-letter streams."""
         assert self.client is not None
-        s = self.settings
-        now_ms = int(time.time() * 1000)
-        trims: list[Any] = []
-        for unit in sorted(self.cursors):
-            stream = self.stage.input_stream(self.keys, unit)
-            trims.append(TRIM.argv({"stream": stream}, {"keep_from": id_at(now_ms - s.stream_keep_ms)}))
-            if self.stage.partitioned:
-                # Nobody consumes dead letters as a group: they are kept for people, for a while.
-                trims.append(("XTRIM", self.keys.partition(unit).dead, "MINID", id_at(now_ms - s.dead_keep_ms)))
-        if trims:
-            # One round trip for all of them: the polls wait while this runs.
-            all_replies(await self.client.pipeline(trims))
-
-
-@dataclass(frozen=True)
-class ReadAhead:
-    """Batches read from `after` (partition -> offset) before those offsets were committed."""
-
-    after: dict[int, bytes]
-    batches: dict[int, list[Entry]]
-
-
-async def _settled(ahead: asyncio.Future[ReadAhead] | None) -> ReadAhead | None:
-    """The read ahead's batches; None when there was none or it failed (the next read is a fresh one,
-    and a lost connection shows there too)."""
-    if ahead is None:
-        return None
-    try:
-        return await ahead
-    except (RespConnectionError, RespError, OSError):
-        return None
+        await trim_done(self.client, self.stage, self.keys, self.settings, sorted(self.cursors))
 
 
 async def run_burst(stage: Stage, settings: Settings, consumer: str, handler: Handler | None = None) -> StreamAgent:
