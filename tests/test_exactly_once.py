@@ -238,6 +238,47 @@ async def test_offset_is_committed_only_with_its_batch(settings: Settings) -> No
     assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
 
 
+async def test_a_batch_read_ahead_of_a_fenced_step_is_dropped(settings: Settings) -> None:
+    """Behind a full batch a member reads the next one while its step runs. When that step is
+    fenced (the lease moved and the new owner committed everything), the batch read ahead is not
+    used: the member, given the partition back, resumes at the new owner's offset and judges nothing
+    again."""
+    settings = replace(settings, partitions=1, batch_size=5)
+    part = Keys(settings.namespace).partition(0)
+    ids = xadd_all(settings, clicks(10))
+    await run_burst(settings, "router")
+    client = await open_fast_client(settings)
+    agent = StreamAgent(DETECTOR, settings, consumer="a")
+    agent.client = client
+    try:
+        await agent.prepare()
+        agent.assignment = Assignment(client, DETECTOR, agent.keys, settings, "a")
+        await agent.rebalance()
+        assert list(agent.cursors) == [0]
+        wait_until(lambda: lease_ran_out(settings, "detector", 0), 30, "a's lease to run out")
+        taker = await run_burst(settings, "detector", consumer="b")  # commits all ten, then leaves
+        assert taker.processed == 10
+        with redis.Redis.from_url(settings.redis_url) as sync:
+            before = (sync.xlen(part.verdicts), sync.hgetall(part.stats))
+
+        # a's poll, its heartbeat not yet due: a full batch of the first five (so the next five are
+        # read ahead, from the fifth's id), and its step fenced.
+        agent._next_heartbeat = agent._next_maintenance = time.monotonic() + 1
+        await agent.poll_once()
+        assert agent.processed == 0
+        # The next poll heartbeats: a takes the partition back at b's offset, past the batch read ahead.
+        agent._next_heartbeat = 0.0
+        assert await agent.poll_once(), "nothing was left to read after b's offset"
+        assert agent.cursors == {0: ids[-1].encode()}
+        assert agent.processed == 0
+        with redis.Redis.from_url(settings.redis_url) as sync:
+            assert (sync.xlen(part.verdicts), sync.hgetall(part.stats)) == before
+        out = check_exactly_once(settings, aggregated=False)
+        assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
+    finally:
+        await client.close()
+
+
 async def test_fence_refuses_a_former_owner(settings: Settings) -> None:
     """A member reads a batch, stalls, its lease moves to another member which commits the batch:
     the former owner's step applies nothing, and the runtime stops reading that partition."""

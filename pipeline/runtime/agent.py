@@ -26,14 +26,14 @@ from pipeline.client.partitioning import agree_partitions
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.core.stream_ids import id_at
 from pipeline.core.waiting import wait_or_stop
 from pipeline.runtime.attempts import Attempts, Begun
 from pipeline.runtime.commits import apply_or_reject, committed_offset, entries_to_blame, reject
 from pipeline.runtime.leases import Assignment
+from pipeline.runtime.read_ahead import ReadAhead
 from pipeline.runtime.reading import read_streams
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
-from pipeline.runtime.steps import TRIM
+from pipeline.runtime.trimming import trim_done
 
 log = structlog.get_logger()
 
@@ -55,6 +55,7 @@ class StreamAgent(mode.Service):
         self.assignment: Assignment | None = None
         # partition -> the offset its next batch follows (what this member last committed there)
         self.cursors: dict[int, bytes] = {}
+        self.read_ahead = ReadAhead(lambda after: self.read(block=False, cursors=after), settings.batch_size)
         self.attempts = Attempts(settings.max_attempts)
         self._stopping = asyncio.Event()
         self._next_heartbeat = 0.0
@@ -143,6 +144,8 @@ class StreamAgent(mode.Service):
         assert self.assignment is not None
         self.assignment.forget()
         self.cursors.clear()
+        # What was read ahead may come from a server that has since restarted and lost it.
+        self.read_ahead.drop()
         self._next_heartbeat = 0.0
         if prepare:
             try:
@@ -159,8 +162,13 @@ class StreamAgent(mode.Service):
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
-        batches = await self.read(block=not self.burst)
-        await self.process_all(batches)
+        batches = self.read_ahead.take(self.cursors) or await self.read(block=not self.burst)
+        if not self._stopping.is_set():
+            self.read_ahead.start(self.cursors, batches)  # read_ahead.py
+        try:
+            await self.process_all(batches)
+        finally:
+            await self.read_ahead.settle()
         if not self.cursors and not self.burst:
             await wait_or_stop(self._stopping, max(0.0, self._next_heartbeat - time.monotonic()))
         return not batches
@@ -185,10 +193,11 @@ class StreamAgent(mode.Service):
         self.cursors[unit] = await committed_offset(
             self.client, self.stage.input_stream(self.keys, unit), self.stage.name)
 
-    async def read(self, block: bool) -> dict[int, list[Entry]]:
-        """The next batch of every owned partition, from the offsets this member committed."""
+    async def read(self, block: bool, cursors: dict[int, bytes] | None = None) -> dict[int, list[Entry]]:
+        """The next batch of every owned partition, from the offsets this member committed (or `cursors`)."""
         assert self.client is not None
-        units = sorted(self.cursors)
+        cursors = self.cursors if cursors is None else cursors
+        units = sorted(cursors)
         if not units:
             return {}
         streams = [self.stage.input_stream(self.keys, u) for u in units]
@@ -197,7 +206,7 @@ class StreamAgent(mode.Service):
             # Never past the next heartbeat: the leases must be renewed in time.
             wait_ms = int(1000 * (self._next_heartbeat - time.monotonic()))
             block_ms = max(1, min(self.settings.block_ms, wait_ms))
-        by_stream = await read_streams(self.client, streams, [self.cursors[u] for u in units],
+        by_stream = await read_streams(self.client, streams, [cursors[u] for u in units],
                                        self.settings.batch_size, block_ms)
         return {u: [(e[0], e[1]) for e in by_stream[s]] for u, s in zip(units, streams, strict=True)
                 if by_stream.get(s)}
@@ -277,15 +286,7 @@ class StreamAgent(mode.Service):
     async def maintain(self) -> None:
         """Trim what every group is done with in the owned partitions' input and dead-letter streams."""
         assert self.client is not None
-        s = self.settings
-        now_ms = int(time.time() * 1000)
-        for unit in sorted(self.cursors):
-            stream = self.stage.input_stream(self.keys, unit)
-            await self.client.execute(*TRIM.argv({"stream": stream}, {"keep_from": id_at(now_ms - s.stream_keep_ms)}))
-            if self.stage.partitioned:
-                # Nobody consumes dead letters as a group: they are kept for people, for a while.
-                await self.client.execute("XTRIM", self.keys.partition(unit).dead, "MINID",
-                                          id_at(now_ms - s.dead_keep_ms))
+        await trim_done(self.client, self.stage, self.keys, self.settings, sorted(self.cursors))
 
 
 async def run_burst(stage: Stage, settings: Settings, consumer: str, handler: Handler | None = None) -> StreamAgent:
