@@ -14,7 +14,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -238,13 +239,10 @@ async def test_offset_is_committed_only_with_its_batch(settings: Settings) -> No
     assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
 
 
-async def test_a_batch_read_ahead_of_a_fenced_step_is_dropped(settings: Settings) -> None:
-    """Behind a full batch a member reads the next one while its step runs. When that step is
-    fenced (the lease moved and the new owner committed everything), the batch read ahead is not
-    used: the member, given the partition back, resumes at the new owner's offset and judges nothing
-    again."""
-    settings = replace(settings, partitions=1, batch_size=5)
-    part = Keys(settings.namespace).partition(0)
+@asynccontextmanager
+async def member_a_holding_partition_0(settings: Settings) -> AsyncIterator[tuple[StreamAgent, list[str]]]:
+    """Ten clicks routed into the one partition, and detector member `a` holding its lease (not
+    polling on its own: the test drives it). Yields the member and the clicks' ids."""
     ids = xadd_all(settings, clicks(10))
     await run_burst(settings, "router")
     client = await open_fast_client(settings)
@@ -255,6 +253,19 @@ async def test_a_batch_read_ahead_of_a_fenced_step_is_dropped(settings: Settings
         agent.assignment = Assignment(client, DETECTOR, agent.keys, settings, "a")
         await agent.rebalance()
         assert list(agent.cursors) == [0]
+        yield agent, ids
+    finally:
+        await client.close()
+
+
+async def test_a_batch_read_ahead_of_a_fenced_step_is_dropped(settings: Settings) -> None:
+    """Behind a full batch a member reads the next one while its step runs. When that step is
+    fenced (the lease moved and the new owner committed everything), the batch read ahead is not
+    used: the member, given the partition back, resumes at the new owner's offset and judges nothing
+    again."""
+    settings = replace(settings, partitions=1, batch_size=5)
+    part = Keys(settings.namespace).partition(0)
+    async with member_a_holding_partition_0(settings) as (agent, ids):
         wait_until(lambda: lease_ran_out(settings, "detector", 0), 30, "a's lease to run out")
         taker = await run_burst(settings, "detector", consumer="b")  # commits all ten, then leaves
         assert taker.processed == 10
@@ -275,8 +286,6 @@ async def test_a_batch_read_ahead_of_a_fenced_step_is_dropped(settings: Settings
             assert (sync.xlen(part.verdicts), sync.hgetall(part.stats)) == before
         out = check_exactly_once(settings, aggregated=False)
         assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
-    finally:
-        await client.close()
 
 
 async def test_fence_refuses_a_former_owner(settings: Settings) -> None:
@@ -284,16 +293,7 @@ async def test_fence_refuses_a_former_owner(settings: Settings) -> None:
     the former owner's step applies nothing, and the runtime stops reading that partition."""
     settings = one_partition(settings)
     part = Keys(settings.namespace).partition(0)
-    ids = xadd_all(settings, clicks(10))
-    await run_burst(settings, "router")
-    client = await open_fast_client(settings)
-    agent = StreamAgent(DETECTOR, settings, consumer="a")
-    agent.client = client
-    try:
-        await agent.prepare()
-        agent.assignment = Assignment(client, DETECTOR, agent.keys, settings, "a")
-        await agent.rebalance()
-        assert list(agent.cursors) == [0]
+    async with member_a_holding_partition_0(settings) as (agent, ids):
         entries = (await agent.read(block=False))[0]
         assert [e[0].decode() for e in entries] == ids
         stale = agent.context(0)
@@ -315,5 +315,3 @@ async def test_fence_refuses_a_former_owner(settings: Settings) -> None:
         assert sorted(out.verdicts) == sorted(i.encode() for i in ids)
         with redis.Redis.from_url(settings.redis_url) as sync:
             check_commit_logs(sync, settings)
-    finally:
-        await client.close()

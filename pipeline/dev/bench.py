@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,6 +86,15 @@ def spawn_cli(settings: Settings, consumer: str, *argv: str, env: Mapping[str, s
                     FRAUD_CONSUMER=consumer, FRAUD_PARTITIONS=str(settings.partitions))
     full_env.update(env or {})  # the caller's own, over these
     return psutil.Popen([sys.executable, "-m", "pipeline.cli", *argv], env=full_env, stdout=stdout)
+
+
+def stop_processes(processes: Sequence[psutil.Popen], timeout: float = 30) -> None:
+    """SIGTERM each process still running (each finishes its batch and leaves), then wait for all."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait(timeout)
 
 
 def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None) -> StageProcess:
@@ -196,11 +205,7 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         assert producer.process.stdout is not None
         cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
     finally:
-        for stage in stages:
-            if stage.process.poll() is None:
-                stage.process.terminate()
-        for stage in stages:
-            stage.process.wait(30)
+        stop_processes([stage.process for stage in stages])
     parts = keys.partitions(settings.partitions)
     first = await _first_arrival_s(client, [p.input for p in parts] if direct else [keys.raw])
     if first is not None:

@@ -31,7 +31,7 @@ from pipeline.client.resp import RespError
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
-from pipeline.dev.bench import spawn_cli, wait_inputs_taken
+from pipeline.dev.bench import spawn_cli, stop_processes, wait_inputs_taken
 from pipeline.dev.bench_cluster import local_bench_cluster
 from pipeline.dev.breakdown import seeded_clicks
 from pipeline.dev.cluster import replication_offset, role
@@ -133,11 +133,7 @@ async def drill_once(settings: Settings, shards: int, clicks: int, victim_kind: 
                     for _, fields in await _read_all(client, stream):
                         outcomes[fields[fields.index(b"raw_id") + 1]] += 1
         finally:
-            for agent in agents:
-                if agent.poll() is None:
-                    agent.terminate()
-            for agent in agents:
-                agent.wait(30)
+            stop_processes(agents)
             await client.close()
     lost_ms = [parse_id(entry_id)[0] for entry_id in producer.acked if entry_id not in raw]
     per_click = outcomes_per_click(raw, outcomes)

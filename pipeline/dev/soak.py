@@ -24,7 +24,7 @@ from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import group_exists, info_fields, spawn_cli
+from pipeline.dev.bench import group_exists, info_fields, spawn_cli, stop_processes
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 
 # Short retention, so that a steady state is reached within seconds, not hours.
@@ -186,9 +186,5 @@ async def soak(settings: Settings, clicks: int, rate: float, *, env: Mapping[str
             window_keys=await count_window_keys(client, keys, partitions),
             stats=await stats_totals(client, keys, partitions))
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in processes:
-            process.wait(30)
+        stop_processes(processes)
         await client.close()
