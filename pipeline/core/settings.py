@@ -163,19 +163,25 @@ class Settings:
                      self.travel_lookback_ms if "impossible_travel" in on else 0)
         return self.dedup_horizon_ms + max(lookbacks)
 
+    def _listed_verdict_fields(self) -> list[str] | None:
+        """FRAUD_VERDICT_FIELDS as written, name by name; None for `all`."""
+        if self.verdict_fields.strip() == "all":
+            return None
+        return [name.strip() for name in self.verdict_fields.split(",")]
+
     @property
     def verdict_extra_fields(self) -> tuple[str, ...] | None:
         """The listed fields a verdict entry copies besides the required ones, in the list's order
         (each once); None when it copies every field of the click (`all`)."""
-        if self.verdict_fields.strip() == "all":
+        listed = self._listed_verdict_fields()
+        if listed is None:
             return None
-        listed = (name.strip() for name in self.verdict_fields.split(","))
-        return tuple(dict.fromkeys(n for n in listed if n and n not in VERDICT_REQUIRED_FIELDS))
+        return tuple(dict.fromkeys(n for n in listed if n not in VERDICT_REQUIRED_FIELDS))
 
     def _validate_verdict_fields(self) -> None:
-        if self.verdict_fields.strip() == "all":
+        names = self._listed_verdict_fields()
+        if names is None:
             return
-        names = [name.strip() for name in self.verdict_fields.split(",")]
         if not all(names):
             raise SettingsError("FRAUD_VERDICT_FIELDS must be all or a comma-separated list of field names, "
                                 f"got {self.verdict_fields!r}")
