@@ -25,6 +25,7 @@ import redis
 from pipeline.dev.server import EmbeddedRedis
 from pipeline.dev.slot_placement import partition_slots, slot_ranges, unpartitioned_keys
 from pipeline.dev.stack import ServerError
+from pipeline.ops.timeseries_cluster import refresh_timeseries
 
 LAYOUT_FILE = "cluster.json"
 # How long a node may not answer before the others mark it failed (and a replica takes over):
@@ -140,9 +141,7 @@ class LocalCluster:
         """Tell every node's RedisTimeSeries the cluster's current shape: until it is told, its
         ``TS.MRANGE``/``TS.MGET``/``TS.QUERYINDEX`` silently answer from the node's own shard only
         (measured on this Redis Stack's module). Again after any resharding or failover."""
-        for server in self.servers:
-            with _client(server) as client:
-                client.execute_command("TIMESERIES.REFRESHCLUSTER")
+        refresh_timeseries(self.urls)
 
     def status(self) -> list[dict[str, str]]:
         """One row per node: port, pid, role, the slots it serves, its state."""

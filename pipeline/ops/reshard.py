@@ -22,6 +22,7 @@ import redis
 from redis.crc import key_slot
 
 from pipeline.core.errors import FraudError
+from pipeline.ops.timeseries_cluster import refresh_timeseries
 
 # Reads every key of the slot as it is now and moves them in one MIGRATE (KEYS form: one round trip).
 MOVE_KEYS = """
@@ -112,18 +113,6 @@ def cluster_nodes(seed: redis.Redis) -> list[ClusterNode]:
     return nodes
 
 
-def refresh_timeseries(seed: redis.Redis, url: str, options: Mapping[str, Any]) -> int:
-    """``TIMESERIES.REFRESHCLUSTER`` on every node the seed knows (a topology change leaves the
-    module's ``TS.MRANGE`` fan-out on the old shape until each node is told); the nodes told."""
-    told = 0
-    for node in cluster_nodes(seed):
-        if node.reachable:
-            with redis.Redis.from_url(node_url(url, node.address), **options) as client:
-                client.execute_command("TIMESERIES.REFRESHCLUSTER")
-            told += 1
-    return told
-
-
 def move_partition(url: str, partition: int, target: str, options: Mapping[str, Any] | None = None) -> PartitionMove:
     """Move partition ``partition``'s slot (its tag ``{p}``) to the master at ``target``
     (host:port) with ``move_slot``, then refresh every node's TimeSeries view of the cluster.
@@ -146,4 +135,6 @@ def move_partition(url: str, partition: int, target: str, options: Mapping[str, 
             with (redis.Redis.from_url(node_url(url, source), **options) as from_node,
                   redis.Redis.from_url(node_url(url, target), **options) as to_node):
                 keys = move_slot(from_node, to_node, host, int(port), slot)
-        return PartitionMove(partition, slot, source, target, keys, refresh_timeseries(seed, url, options))
+        return PartitionMove(partition, slot, source, target, keys, refresh_timeseries(
+            # A topology change leaves the module's TS.MRANGE fan-out on the old shape until each node is told.
+            [node_url(url, node.address) for node in cluster_nodes(seed) if node.reachable], options))

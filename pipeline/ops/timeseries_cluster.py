@@ -19,7 +19,7 @@ as after a failover; replicas never answer (the same error). So the view is refr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -33,12 +33,16 @@ REFRESH = "TIMESERIES.REFRESHCLUSTER"
 INFO = "TIMESERIES.INFOCLUSTER"
 
 
-def refresh_timeseries(urls: Iterable[str]) -> None:
+def refresh_timeseries(urls: Iterable[str], options: Mapping[str, Any] | None = None) -> int:
     """Run the refresh on every node given (masters and replicas alike: a replica promoted later
-    needs its own refresh anyway, but a refreshed one costs nothing)."""
+    needs its own refresh anyway, but a refreshed one costs nothing); ``options`` are redis-py's
+    (TLS) for every node. Returns the nodes told."""
+    told = 0
     for url in urls:
-        with redis.Redis.from_url(url, socket_timeout=5) as node:
+        with redis.Redis.from_url(url, **{"socket_timeout": 5, **(options or {})}) as node:
             node.execute_command(REFRESH)
+        told += 1
+    return told
 
 
 async def refresh_every_master(client: RespClient | ClusterClient) -> int:
