@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ import redis
 from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
 from pipeline.dev.bench import bench_server, free_port, measure
+from pipeline.dev.bench_compare import figure, progress, spread
 from pipeline.dev.bench_report import print_shards
 from pipeline.dev.cluster import LocalCluster, NodeAddress
 
@@ -80,7 +79,7 @@ async def compare_with_cluster(args: argparse.Namespace, settings: Settings) -> 
     total = 2 * args.repeat
     for round_ in range(args.repeat):
         for design in (CLUSTER, ONE_SERVER):
-            _progress(f"run {len(runs) + 1}/{total}: {design}"
+            progress(f"run {len(runs) + 1}/{total}: {design}"
                       + (f" of {args.cluster} masters, {args.replicas} replica(s) each" if design == CLUSTER else ""))
             load_before = os.getloadavg()[0]
             opened = (bench_cluster(settings, args.cluster, args.replicas, aof=not args.no_aof) if design == CLUSTER
@@ -99,22 +98,14 @@ async def compare_with_cluster(args: argparse.Namespace, settings: Settings) -> 
     return 0
 
 
-def _progress(message: str) -> None:
-    print(f"fraud bench: {message}", file=sys.stderr, flush=True)
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarise(runs: list[ClusterRun]) -> dict[str, Any]:
     """Per design, clicks/s and Redis CPU per click; the cluster's against one server's (medians);
     the largest share any shard took in any run (the issue asks at most 40 % with 3 shards)."""
     designs = {design: [r for r in runs if r.design == design] for design in (ONE_SERVER, CLUSTER)}
     summary: dict[str, Any] = {
         design: {"runs": len(group),
-                 "clicks_per_s": _spread([float(r.report["clicks_per_s"]) for r in group]),
-                 "redis_cpu_us_per_click": _spread([float(r.report["cpu_us_per_click"]["redis"]) for r in group]),
+                 "clicks_per_s": spread([float(r.report["clicks_per_s"]) for r in group]),
+                 "redis_cpu_us_per_click": spread([float(r.report["cpu_us_per_click"]["redis"]) for r in group]),
                  "persistence": " / ".join(sorted({r.report["persistence"] for r in group}))}
         for design, group in designs.items()}
     one = summary[ONE_SERVER]["redis_cpu_us_per_click"]["median"]
@@ -125,10 +116,6 @@ def summarise(runs: list[ClusterRun]) -> dict[str, Any]:
     return summary
 
 
-def _figure(spread: dict[str, float], digits: int) -> str:
-    return f"{spread['median']:,.{digits}f} ({spread['min']:,.{digits}f}-{spread['max']:,.{digits}f})"
-
-
 def print_summary(args: argparse.Namespace, runs: list[ClusterRun], summary: dict[str, Any]) -> None:
     entry = "written into the partitions (direct)" if args.direct else f"{args.routers} router(s)"
     print(f"{args.clicks} clicks a run, {entry}, {args.detectors} detector(s), {args.aggregators} aggregator(s); "
@@ -136,8 +123,8 @@ def print_summary(args: argparse.Namespace, runs: list[ClusterRun], summary: dic
           f"({args.replicas} replica(s) each) taking turns")
     for design in (ONE_SERVER, CLUSTER):
         row = summary[design]
-        print(f"  {design:<10}  {_figure(row['clicks_per_s'], 0)} clicks/s  "
-              f"Redis CPU {_figure(row['redis_cpu_us_per_click'], 1)} us/click  Redis {row['persistence']}")
+        print(f"  {design:<10}  {figure(row['clicks_per_s'], 0)} clicks/s  "
+              f"Redis CPU {figure(row['redis_cpu_us_per_click'], 1)} us/click  Redis {row['persistence']}")
     ratio = summary["cluster_over_one_server_redis_cpu"]
     print(f"total Redis CPU per click, cluster / one server (medians): {ratio:.2f}x" if ratio is not None
           else "total Redis CPU per click, cluster / one server: n/a")

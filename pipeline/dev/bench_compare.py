@@ -71,7 +71,7 @@ def compare(args: argparse.Namespace, home: Path) -> int:
     runs: list[Run] = []
     with checked_out(current, args.baseline) as baseline:
         for tree in (baseline, current):
-            _progress(f"{tree.label} {tree.short} imports {check_imports(tree, home)[0]}")
+            progress(f"{tree.label} {tree.short} imports {check_imports(tree, home)[0]}")
         # (design label, tree, its own options): the current tree also with producers writing
         # straight into the partitions, when asked (an option the baseline may not know).
         designs = [("baseline", baseline, []), ("current", current, [])]
@@ -81,7 +81,7 @@ def compare(args: argparse.Namespace, home: Path) -> int:
         for detectors in counts:
             for round_ in range(args.repeat):
                 for label, tree, own in designs:
-                    _progress(f"run {len(runs) + 1}/{total}: {label} {tree.short}, {detectors} detector(s)")
+                    progress(f"run {len(runs) + 1}/{total}: {label} {tree.short}, {detectors} detector(s)")
                     load_before = os.getloadavg()[0]
                     report = run_tree_bench(tree, home, [*options, *own, "--detectors", str(detectors)],
                                             args.timeout + _START_UP_ALLOWANCE_S)
@@ -101,11 +101,13 @@ def compare(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
+    """A line on stderr while a bench runs (stdout holds the report)."""
     print(f"fraud bench: {message}", file=sys.stderr, flush=True)
 
 
-def _spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max: how designs are compared, run against run."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
@@ -115,18 +117,16 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
     for run in runs:
         groups.setdefault((run.detectors, run.design), []).append(run)
     return [{"design": design, "detectors": detectors, "runs": len(group),
-             "clicks_per_s": _spread([r.clicks_per_s for r in group]),
-             "redis_cpu_us_per_click": _spread([r.redis_us for r in group]),
-             "all_cpu_us_per_click": _spread([r.all_us for r in group]),
+             "clicks_per_s": spread([r.clicks_per_s for r in group]),
+             "redis_cpu_us_per_click": spread([r.redis_us for r in group]),
+             "all_cpu_us_per_click": spread([r.all_us for r in group]),
              "persistence": " / ".join(sorted({r.report["persistence"] for r in group}))}
             for (detectors, design), group in groups.items()]
 
 
-def _figure(spread: dict[str, float], digits: int) -> str:
-    def show(value: float) -> str:
-        return f"{value:,.{digits}f}"
-
-    return f"{show(spread['median'])} ({show(spread['min'])}-{show(spread['max'])})"
+def figure(values: dict[str, float], digits: int) -> str:
+    """A spread as `median (min-max)`."""
+    return f"{values['median']:,.{digits}f} ({values['min']:,.{digits}f}-{values['max']:,.{digits}f})"
 
 
 def print_table(baseline: Tree, current: Tree, summary: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -136,8 +136,8 @@ def print_table(baseline: Tree, current: Tree, summary: list[dict[str, Any]], ar
           f"median (min-max) of {args.repeat} run(s) each, designs alternating")
     header = ("design", "commit", "detectors", "clicks/s", "Redis CPU µs/click", "all CPU µs/click", "Redis")
     rows = [(row["design"], baseline.short if row["design"] == "baseline" else current.short,
-             str(row["detectors"]), _figure(row["clicks_per_s"], 0), _figure(row["redis_cpu_us_per_click"], 1),
-             _figure(row["all_cpu_us_per_click"], 1), row["persistence"]) for row in summary]
+             str(row["detectors"]), figure(row["clicks_per_s"], 0), figure(row["redis_cpu_us_per_click"], 1),
+             figure(row["all_cpu_us_per_click"], 1), row["persistence"]) for row in summary]
     widths = [max(len(line[i]) for line in (header, *rows)) for i in range(len(header))]
     for line in (header, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -33,6 +32,7 @@ from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 from pipeline.dev.bench import spawn_cli, stop_processes, wait_inputs_taken
 from pipeline.dev.bench_cluster import local_bench_cluster
+from pipeline.dev.bench_compare import progress
 from pipeline.dev.breakdown import seeded_clicks
 from pipeline.dev.cluster import replication_offset, role
 from pipeline.ops.partition_reads import pipeline_drained
@@ -177,13 +177,9 @@ async def failover_drill(args: argparse.Namespace, settings: Settings) -> list[d
     runs = []
     for _ in range(args.repeat):
         for victim in VICTIMS:
-            _progress(f"drill {len(runs) + 1}/{2 * args.repeat}: the {victim} master killed")
+            progress(f"drill {len(runs) + 1}/{2 * args.repeat}: the {victim} master killed")
             runs.append(await drill_once(settings, args.cluster, args.clicks, victim, args.timeout))
     return runs
-
-
-def _progress(message: str) -> None:
-    print(f"fraud bench: {message}", file=sys.stderr, flush=True)
 
 
 def print_drill(runs: list[dict[str, Any]], clicks: int) -> None:
