@@ -14,6 +14,7 @@ from pipeline.client.connection import open_fast_client
 from pipeline.client.partitioning import agree_partitions
 from pipeline.core.keys import OFFENDER_DIMENSIONS, Keys
 from pipeline.core.settings import Settings
+from pipeline.ops.groups import server_time_ms
 from pipeline.ops.offenders import FLAGGED, read_offenders
 from pipeline.ops.status_table import table
 
@@ -36,8 +37,7 @@ async def _offenders(args: argparse.Namespace, settings: Settings) -> int:
     try:
         partitions = await agree_partitions(client.execute, Keys(settings.namespace), settings.partitions,
                                             record=False)
-        seconds, micros = await client.execute("TIME")
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        now_ms = await server_time_ms(client)
         rows = await read_offenders(client, settings, args.by, now_ms - args.minutes * MINUTE_MS, now_ms,
                                     args.limit, partitions)
     finally:

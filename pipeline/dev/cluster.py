@@ -52,7 +52,7 @@ class LocalCluster:
         if replicas not in (0, 1):
             raise ServerError(f"a local cluster has 0 or 1 replica per shard, not {replicas}")
         if len(nodes) % (1 + replicas) or len(nodes) // (1 + replicas) < MIN_MASTERS:
-            raise ServerError(f"Redis Cluster needs at least 3 masters: {len(nodes)} nodes with {replicas} "
+            raise ServerError(f"Redis Cluster needs at least {MIN_MASTERS} masters: {len(nodes)} nodes with {replicas} "
                               f"replica(s) each make {len(nodes) // (1 + replicas)}")
         self.home = Path(home).resolve()
         self.nodes = nodes

@@ -79,16 +79,16 @@ class HealthRecorder:
         for measure, stage, _ in samples:
             if self.keys.health_series(measure, stage) not in self.created:
                 await self.create(measure, stage)
-        failed = await self._madd(samples)
+        failed = await self._add_samples(samples)
         if failed:
             # The series vanished since we made them (a flushed or restarted server): make them again, once.
             for measure, stage, _ in failed:
                 await self.create(measure, stage)
-            still = await self._madd(failed)
+            still = await self._add_samples(failed)
             if still:
-                raise ResponseError(f"TS.MADD refused {len(still)} health samples")
+                raise ResponseError(f"TS.ADD refused {len(still)} health samples")
 
-    async def _madd(self, samples: list[Sample]) -> list[Sample]:
+    async def _add_samples(self, samples: list[Sample]) -> list[Sample]:
         # One TS.ADD per sample in one pipeline rather than one TS.MADD: on Redis Cluster the
         # health series lie in different slots, and a multi-key command across slots is refused.
         pipe = self.client.pipeline(transaction=False)
