@@ -175,6 +175,10 @@ class Keys:
         read of every partition's buckets in one call is refused (CROSSSLOT). Same layout after it."""
         return self._key("{offenders}", "offenders", "")
 
+    def merged_offenders(self, dimension: str, verdict: str, span_ms: int, start_ms: int) -> str:
+        """One merged bucket: the layout of ``PartitionKeys.offenders`` after the merged prefix."""
+        return f"{self.merged_offenders_prefix}{dimension}:{verdict}:{span_ms}:{start_ms}"
+
     def health_series(self, metric: str, subject: str) -> str:
         return self._key("health", metric, subject)
 

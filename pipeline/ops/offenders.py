@@ -100,7 +100,7 @@ async def merge_offenders(client: Client, settings: Settings, partitions: int, l
     if skip_empty_hours:
         keys = Keys(settings.namespace)
         kinds = [(d, v) for d in OFFENDER_DIMENSIONS for v in FLAGGED]
-        held = await client.pipeline([("EXISTS", f"{keys.merged_offenders_prefix}{d}:{v}:{coarse_ms}:{hour}")
+        held = await client.pipeline([("EXISTS", keys.merged_offenders(d, v, coarse_ms, hour))
                                       for hour in hours for d, v in kinds]) if hours else []
         fine = [(fine_ms, s) for at, hour in enumerate(hours) if any(held[at * len(kinds):(at + 1) * len(kinds)])
                 for s in bucket_starts(max(lo_ms, hour), min(hi_ms, hour + coarse_ms - 1), fine_ms)]
@@ -116,7 +116,7 @@ async def _merge(client: Client, settings: Settings, partitions: int, buckets: l
     reads = []
     for d, v, span, start in cells:
         reads += [("ZRANGE", part.offenders(d, v, span, start), 0, -1, "WITHSCORES") for part in parts]
-        reads.append(("ZRANGE", f"{keys.merged_offenders_prefix}{d}:{v}:{span}:{start}", 0, -1, "WITHSCORES"))
+        reads.append(("ZRANGE", keys.merged_offenders(d, v, span, start), 0, -1, "WITHSCORES"))
     replies = await client.pipeline(reads)
     writes: list[tuple[Any, ...]] = []
     changed = 0
@@ -135,7 +135,7 @@ async def _merge(client: Client, settings: Settings, partitions: int, buckets: l
         if summed == merged:
             continue
         changed += 1
-        key = f"{keys.merged_offenders_prefix}{d}:{v}:{span}:{start}"
+        key = keys.merged_offenders(d, v, span, start)
         if not summed:
             writes.append(("DEL", key))
             continue
