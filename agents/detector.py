@@ -21,7 +21,7 @@ from pipeline.core.settings import Settings
 from pipeline.runtime.commits import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
 from pipeline.runtime.steps import FENCE_KEYS, FENCE_PARAMS
-from schemas.click import EventTimePolicy, FieldLimits, InvalidClick, check_click
+from schemas.click import KNOWN_FIELDS, OPTIONAL_KNOWN_FIELDS, EventTimePolicy, FieldLimits, InvalidClick, check_click
 from schemas.dead_letter import bounded_copy
 
 # fraud_detect in agents/fraud.lua, declared once: it reads every name below by name.
@@ -30,8 +30,8 @@ DETECT = Step(
     params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms", "history_ms",
             "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
             "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
-            "travel_max_kmh", "travel_min_km", "travel_lookback_ms", "verdict_fields"),
-    sections=(Section("clicks", ("id", "device", "member", "ts", "ip", "lat", "lon", "n")),
+            "travel_max_kmh", "travel_min_km", "travel_lookback_ms", "copied_known"),
+    sections=(Section("clicks", ("id", "device", "transaction", "ts", "ip", "lat", "lon", "n")),
               Section("rejects", ("id", "reason", "n"))))
 
 
@@ -43,10 +43,12 @@ class Detector:
         self.policy = EventTimePolicy(settings.dedup_horizon_ms, settings.max_future_ms)
         # How far before its arrival a click can look back: H (its ts) + W (its window).
         self.memory_ms = settings.dedup_horizon_ms + settings.click_spam_window_ms
-        # The fields a verdict entry copies besides device_id, ip and ts (None: all the click's); only
-        # those are sent, so a smaller entry also means fewer arguments to the step.
-        extra = settings.verdict_extra_fields
-        self.copied = None if extra is None else tuple(name.encode() for name in extra)
+        # A click's record carries its known fields once; the step writes device_id, ip and ts into every
+        # verdict, the other known ones (`copied_known`) when the verdict copies them, then the record's
+        # extras: the click's other fields (None: all of them) or the listed ones (FRAUD_VERDICT_FIELDS).
+        listed = settings.verdict_extra_fields
+        self.copied = None if listed is None else tuple(n.encode() for n in listed if n not in KNOWN_FIELDS)
+        copied_known = OPTIONAL_KNOWN_FIELDS if listed is None else [n for n in OPTIONAL_KNOWN_FIELDS if n in listed]
         # A window's index entry is the next multiple of H above its device's newest ts, so
         # that it is written about once per horizon per device, not per click.
         self.rule_params = {
@@ -67,8 +69,7 @@ class Detector:
             "index_slack_ms": settings.dedup_horizon_ms,
             # Each call may remove twice as many quiet windows as a batch can create.
             "expire_limit": 2 * settings.batch_size,
-            # `listed`: the step writes device_id, ip and ts from each click's record, then its fields section.
-            "verdict_fields": "all" if self.copied is None else "listed",
+            "copied_known": ",".join(copied_known),
         }
 
     async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
@@ -92,10 +93,8 @@ class Detector:
                 reason, copy = bounded_copy(str(err), flat, self.limits)
                 rejects.append(counted((entry_id, reason), copy))
                 continue
-            # Prefixes keep a transaction id from ever colliding with an entry id.
-            member = "t:" + click.transaction_id if click.transaction_id is not None else b"e:" + entry_id
-            clicks.append(counted((entry_id, click.device_id, member, click.ts, click.ip, click.lat, click.lon),
-                                  click.fields))
+            clicks.append(counted((entry_id, click.device_id, click.transaction_id or "", click.ts, click.ip,
+                                   click.lat, click.lon), click.extras))
         return {"clicks": clicks, "rejects": rejects}
 
     async def handle(self, ctx: BatchContext, entries: Sequence[Entry]) -> list[bytes]:

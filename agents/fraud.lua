@@ -312,7 +312,7 @@ end
 -- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
 --         memory_ms (H + W), history_ms (H + the longest lookback of a rule on), window_prefix, trail_prefix,
 --         index_slack_ms, expire_limit, robotic_* and travel_* (the rules' settings)
--- Sections: clicks (id, device, member, ts, ip, lat, lon, n + the verdict's fields),
+-- Sections: clicks (id, device, transaction ('' for none), ts, ip, lat, lon, n + the verdict's extra fields),
 --           rejects (id, reason, n + the bounded copy of the original fields)
 --
 -- floor = arrival - H - W, arrival being the ms part of the click's id (worked out here rather
@@ -351,9 +351,14 @@ local function detect(keys, args)
     keeps_position = keeps_position or order[i] == 'impossible_travel'
   end
   local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
-  -- `all`: a click's fields section is its whole verdict entry; `listed`: only the listed fields
-  -- beyond device_id, ip and ts (FRAUD_VERDICT_FIELDS), which the step writes from the record.
-  local copies_all = p.verdict_fields ~= 'listed'
+  -- Which of a click's optional known fields its verdict copies (FRAUD_VERDICT_FIELDS), when it has them.
+  local copies = {}
+  for _, name in ipairs(names(p.copied_known)) do
+    copies[name] = true
+  end
+  -- A verdict entry as it is built: the detector's fields, the click's known ones, then its extras;
+  -- one table for the whole batch, whose first `m` values are the entry in hand.
+  local row = {'verdict', '', 'raw_id', '', 'device_id', '', 'ip', '', 'ts', ''}
 
   local count = #clicks.starts + #rejects.starts
   local ips = {}
@@ -384,42 +389,63 @@ local function detect(keys, args)
   local facts = {}
   -- device -> the newest ts of its fresh clicks in this batch (for the window index).
   local bounds = {}
+  -- Looked up once for the batch rather than per click (each global or field read is a table lookup).
+  local call, window_prefix, verdicts_key = redis.call, p.window_prefix, k.verdicts
+  local at_id, at_device, at_transaction, at_ts = C.id, C.device, C.transaction, C.ts
+  local at_ip, at_lat, at_lon, at_n = C.ip, C.lat, C.lon, C.n
   for nth, at in ipairs(clicks.starts) do
-    local id, device, member, ts_text = args[at + C.id], args[at + C.device], args[at + C.member], args[at + C.ts]
-    local window, ts = p.window_prefix .. device, tonumber(ts_text)
+    local id, device, transaction, ts_text = args[at + at_id], args[at + at_device], args[at + at_transaction],
+                                             args[at + at_ts]
+    -- Prefixes keep a transaction id from ever colliding with an entry id.
+    local member = transaction ~= '' and 't:' .. transaction or 'e:' .. id
+    local window, ts = window_prefix .. device, tonumber(ts_text)
     -- ZADD NX both de-duplicates (device_id, transaction_id) and enters the
     -- click into its device's window in one step.
-    local fresh = redis.call('ZADD', window, 'NX', ts_text, member) == 1
-    if not fresh and tonumber(redis.call('ZSCORE', window, member)) < id_ms(id) - memory_ms then
+    local fresh = call('ZADD', window, 'NX', ts_text, member) == 1
+    if not fresh and tonumber(call('ZSCORE', window, member)) < id_ms(id) - memory_ms then
       -- A stale member, as if trimmed already: this click takes its place.
-      redis.call('ZADD', window, ts_text, member)
+      call('ZADD', window, ts_text, member)
       fresh = true
     end
     if not fresh then
       counts.duplicate = counts.duplicate + 1
     else
       -- Clicks in [ts - window, ts], less this one: the window as it stood before it.
-      local earlier = redis.call('ZCOUNT', window, int_text(ts - window_ms), ts_text) - 1
+      -- A number argument is sent as exact integer text when it is integral (Redis 7's ll2string), so
+      -- the bound needs no formatting in Lua: only concatenation goes through Lua's 14 digits.
+      local earlier = call('ZCOUNT', window, ts - window_ms, ts_text) - 1
       if nth % TRIM_EVERY == 0 then
-        redis.call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
+        call('ZREMRANGEBYSCORE', window, '-inf', forget_below)
       end
-      bounds[device] = math.max(bounds[device] or ts, ts)
+      local bound = bounds[device]
+      if not bound or ts > bound then
+        bounds[device] = ts
+      end
       -- ts_text is the click's ts as the detector wrote it: canonical integer text (no sign, no leading zeros).
       facts.listed, facts.earlier, facts.ts, facts.ts_text = listed[nth] == 1, earlier, ts, ts_text
       if keeps_beats or keeps_position then
-        remember(facts, p.trail_prefix .. device, args[at + C.lat], args[at + C.lon], p, keeps_beats, keeps_position)
+        remember(facts, p.trail_prefix .. device, args[at + at_lat], args[at + at_lon], p, keeps_beats, keeps_position)
       end
       local verdict = judge(facts, p, order)
       counts[verdict] = counts[verdict] + 1
-      local n = at + C.n
-      if copies_all then
-        redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id,
-                   unpack(args, n + 1, n + tonumber(args[n])))
-      else
-        -- The fields the pipeline's readers need come from the click's record, not sent twice.
-        redis.call('XADD', k.verdicts, '*', 'verdict', verdict, 'raw_id', id, 'device_id', device,
-                   'ip', args[at + C.ip], 'ts', ts_text, unpack(args, n + 1, n + tonumber(args[n])))
+      -- The click's known fields come from its record (each sent once), its extras after them.
+      local lat, m = args[at + at_lat], 10
+      row[2], row[4], row[6], row[8], row[10] = verdict, id, device, args[at + at_ip], ts_text
+      if copies.transaction_id and transaction ~= '' then
+        row[m + 1], row[m + 2], m = 'transaction_id', transaction, m + 2
       end
+      if copies.lat and lat ~= '' then
+        row[m + 1], row[m + 2], m = 'lat', lat, m + 2
+      end
+      if copies.lon and lat ~= '' then
+        row[m + 1], row[m + 2], m = 'lon', args[at + at_lon], m + 2
+      end
+      local n = at + at_n
+      for j = n + 1, n + tonumber(args[n]) do
+        m = m + 1
+        row[m] = args[j]
+      end
+      call('XADD', verdicts_key, '*', unpack(row, 1, m))
     end
   end
   for _, at in ipairs(rejects.starts) do

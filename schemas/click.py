@@ -34,6 +34,9 @@ ARRIVAL_MAX_MS = 253_402_300_799_999
 
 REQUIRED_FIELDS = ("device_id", "ip")
 KNOWN_FIELDS = frozenset(("device_id", "ip", "transaction_id", "ts", "lat", "lon"))
+# The known fields a click may leave out (device_id and ip are required, ts defaults to the arrival):
+# a verdict copies those the click has, unless FRAUD_VERDICT_FIELDS leaves them out.
+OPTIONAL_KNOWN_FIELDS = ("transaction_id", "lat", "lon")
 # A position's degrees: plain decimal text (no exponent, sign only '-', at most 12 decimals), so
 # that Python and the server's Lua read it as the same double.
 DEGREES = re.compile(rb"-?[0-9]{1,3}(?:\.[0-9]{1,12})?")
@@ -118,9 +121,9 @@ class CheckedClick(NamedTuple):
     ip: str
     ts: int
     transaction_id: str | None
-    # The verdict's fields: the entry's own, with ip canonical and ts set (or only those FRAUD_VERDICT_FIELDS
-    # lists beyond device_id, ip and ts, which the step writes from the click's record).
-    fields: list[Any]
+    # The entry's fields other than the known ones (KNOWN_FIELDS), as flat name/value pairs in the entry's
+    # order (or only those FRAUD_VERDICT_FIELDS lists): the step writes the known ones from the click's record.
+    extras: list[Any]
     # The entry's arrival time (its id's millisecond part): the clock of the policy.
     arrival: int
     # Where the click was made, in decimal degrees as sent; both empty when it carries no position.
@@ -153,8 +156,8 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
                 policy: EventTimePolicy, copied: tuple[bytes, ...] | None = None) -> CheckedClick:
     """Check one raw entry (fields as bytes, as Redis returns them); raise InvalidClick with the reason.
 
-    ``copied``: the names the verdict copies besides device_id, ip and ts (None: every field); with
-    it, ``fields`` holds only those the click has (the step writes the other three from the click).
+    ``copied``: the names beyond KNOWN_FIELDS the verdict copies (None: every one); ``extras`` holds
+    those the click has.
 
     This runs once per click on the hot path, so it decodes only the fields
     it must read and passes the entry's own field list on when it can. The
@@ -189,22 +192,17 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
         raise InvalidClick(
             f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
     lat, lon = _position(fields.get(b"lat"), fields.get(b"lon"))
-    # The verdict carries ts in one spelling (no leading zeros), as it does ip.
-    ts_spelt = ts_raw is not None and not (ts_raw[:1] == b"0" and len(ts_raw) > 1)
-    out: list[Any]
-    if copied is not None:
-        # Only the listed fields the click has: the step writes device_id, ip and ts from the record.
-        out = []
+    extras: list[Any] = []
+    if copied is None:
+        for pair in fields.items():
+            if pair[0] not in _KNOWN_WIRE:
+                extras += pair
+    else:
         for name in copied:
             value = fields.get(name)
             if value is not None:
-                out += (name, value)
-    elif ts_spelt and ip == ip_text:
-        out = flat
-    else:
-        out = [v for pair in fields.items() if pair[0] not in (b"ip", b"ts") for v in pair]
-        out += ("ip", ip, "ts", str(ts))
-    return CheckedClick(device_id, ip, ts, transaction_id, out, arrival, lat, lon)
+                extras += (name, value)
+    return CheckedClick(device_id, ip, ts, transaction_id, extras, arrival, lat, lon)
 
 
 def _position(lat_raw: bytes | None, lon_raw: bytes | None) -> tuple[str, str]:

@@ -1,9 +1,10 @@
 """The verdict: one entry per accepted click on the verdict stream.
 
 Wire form: ``verdict`` (one of VERDICTS) and ``raw_id`` (the click's entry id on
-the raw stream) first, then the click's fields (``ip`` in canonical spelling,
-``ts`` always set): all of them, or with FRAUD_VERDICT_FIELDS set to a list,
-``device_id``, ``ip``, ``ts`` and the listed ones the click has. ``Verdict`` is
+the raw stream) first, then the click's fields: ``device_id``, ``ip`` (in canonical
+spelling), ``ts`` (always set), ``transaction_id``, ``lat`` and ``lon`` (when the click
+has them), then its other fields in its order: all of them, or with FRAUD_VERDICT_FIELDS
+set to a list, ``device_id``, ``ip``, ``ts`` and the listed ones the click has. ``Verdict`` is
 that entry as a record, for readers of the stream (the tests read every verdict
 through it); the aggregator's hot path reads only what it counts
 (``verdict_index_and_time``). Dead letters: schemas/dead_letter.py.
