@@ -24,7 +24,7 @@ DETECTOR = Stage(
 AGGREGATOR = Stage(
     name="aggregator", handler=Aggregator, input="verdicts", output=None,
     counters=("counted", "rejected", "dead"), finished=("counted", "rejected", "dead"),
-    help="count the verdicts as TimeSeries")
+    help="count the verdicts as TimeSeries", lingers=True)
 
 PIPELINE: tuple[Stage, ...] = (ROUTER, DETECTOR, AGGREGATOR)
 

@@ -61,6 +61,8 @@ class StreamAgent(mode.Service):
         self._next_heartbeat = 0.0
         self._next_maintenance = 0.0
         self._backoff = 0.0
+        # Whether the last read kept up (no batch was full): a lingering stage then waits before the next.
+        self._kept_up = False
         self.loop_done = asyncio.Event()
         # What ended the loop, when it was not a stop request: the process must then fail.
         self.error: Exception | None = None
@@ -162,7 +164,11 @@ class StreamAgent(mode.Service):
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
-        batches = self.read_ahead.take(self.cursors) or await self.read(block=not self.burst)
+        batches = self.read_ahead.take(self.cursors)
+        if not batches:
+            await self._linger()
+            batches = await self.read(block=not self.burst)
+        self._kept_up = not any(len(entries) >= self.settings.batch_size for entries in batches.values())
         if not self._stopping.is_set():
             self.read_ahead.start(self.cursors, batches)  # read_ahead.py
         try:
@@ -172,6 +178,13 @@ class StreamAgent(mode.Service):
         if not self.cursors and not self.burst:
             await wait_or_stop(self._stopping, max(0.0, self._next_heartbeat - time.monotonic()))
         return not batches
+
+    async def _linger(self) -> None:
+        """A lingering stage that kept up lets entries gather before it reads again (never past the
+        next heartbeat): Kafka's fetch.max.wait.ms, for a stage whose output nobody waits on."""
+        if self.stage.lingers and self._kept_up and not self.burst:
+            wait_s = min(self.settings.linger_ms / 1000, self._next_heartbeat - time.monotonic())
+            await wait_or_stop(self._stopping, max(0.0, wait_s))
 
     async def rebalance(self) -> None:
         assert self.assignment is not None and self.client is not None

@@ -73,6 +73,9 @@ class Stage:
     finished: tuple[str, ...]
     help: str
     partitioned: bool = True
+    # Whether nobody waits on the stage's output entry by entry, so it reads at most every
+    # FRAUD_LINGER_MS while it keeps up (fewer, larger batches; see the agent's poll).
+    lingers: bool = False
 
     def units(self, settings: Settings) -> list[int]:
         """What members of the stage share: its partitions, or the one unpartitioned input."""
