@@ -64,7 +64,8 @@ end
 -- The contract of every step (pipeline/client/step.py): ARGV names the KEYS and the
 -- parameters, then lists sections of records whose fields are named too, so a step
 -- reads everything by name. Returns keys by name, params by name, and sections by
--- name, each {at = field name -> offset within a record, starts = record starts}.
+-- name, each {at = field name -> offset within a record, starts = record starts, tails = each
+-- record's count of tail values (0 without a counted tail), read here once}.
 local function decode(keys, args)
   local k, p, s = {}, {}, {}
   local at = 1
@@ -82,16 +83,17 @@ local function decode(keys, args)
   at = at + 1
   for _ = 1, ns do
     local name, nf = args[at], tonumber(args[at + 1])
-    local section = {at = {}, starts = {}}
+    local section = {at = {}, starts = {}, tails = {}}
     for j = 1, nf do
       section.at[args[at + 1 + j]] = j - 1
     end
     local tail = section.at['n']
     local nr = tonumber(args[at + 2 + nf])
     at = at + 3 + nf
-    for _ = 1, nr do
-      section.starts[#section.starts + 1] = at
-      at = at + nf + (tail and tonumber(args[at + tail]) or 0)
+    for r = 1, nr do
+      local values = tail and tonumber(args[at + tail]) or 0
+      section.starts[r], section.tails[r] = at, values
+      at = at + nf + values
     end
     s[name] = section
   end
@@ -441,7 +443,7 @@ local function detect(keys, args)
         row[m + 1], row[m + 2], m = 'lon', args[at + at_lon], m + 2
       end
       local n = at + at_n
-      for j = n + 1, n + tonumber(args[n]) do
+      for j = n + 1, n + clicks.tails[nth] do
         m = m + 1
         row[m] = args[j]
       end
