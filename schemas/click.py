@@ -159,17 +159,22 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     ``copied``: the names beyond KNOWN_FIELDS the verdict copies (None: every one); ``extras`` holds
     those the click has.
 
-    This runs once per click on the hot path, so it decodes only the fields
-    it must read and passes the entry's own field list on when it can. The
-    size limits are checked first, before any field is looked at.
+    This runs once per click on the hot path, so it reads each field once and
+    decodes only those it must. The size limits are checked first, before any
+    field is looked at.
     """
     fields = check_size(flat, limits)
     if not _RESERVED_WIRE.isdisjoint(fields):
         name = next(n for n in fields if n in _RESERVED_WIRE)
         raise InvalidClick(f"reserved_field: {_text(name)!r} is set by the detector")
-    for name in fields.keys() - _KNOWN_WIRE:
-        _decode(name, "field name")
-        _decode(fields[name], "value")
+    extras: list[Any] = []
+    for pair in fields.items():
+        if pair[0] not in _KNOWN_WIRE:
+            _decode(pair[0], "field name")
+            _decode(pair[1], "value")
+            extras += pair
+    if copied is not None:
+        extras = [v for name in copied if (value := fields.get(name)) is not None for v in (name, value)]
     device_raw = fields.get(b"device_id")
     ip_raw = fields.get(b"ip")
     if device_raw is None:
@@ -192,16 +197,6 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
         raise InvalidClick(
             f"invalid_field: transaction_id must be 1-{TRANSACTION_ID_MAX} printable characters")
     lat, lon = _position(fields.get(b"lat"), fields.get(b"lon"))
-    extras: list[Any] = []
-    if copied is None:
-        for pair in fields.items():
-            if pair[0] not in _KNOWN_WIRE:
-                extras += pair
-    else:
-        for name in copied:
-            value = fields.get(name)
-            if value is not None:
-                extras += (name, value)
     return CheckedClick(device_id, ip, ts, transaction_id, extras, arrival, lat, lon)
 
 
