@@ -1,19 +1,23 @@
-"""FRAUD_LINGER_MS: a stage whose output nobody waits on (the aggregator) lets entries gather
-before it reads again while it keeps up, and never when it is behind, in burst mode, or for the
-stages whose output is waited on. The waits are recorded, not timed, so the test cannot flake."""
+"""FRAUD_LINGER_MS: a stage whose output nobody waits on (the aggregator), woken by a read of a
+few entries, lets more gather before it reads again from the same offsets, so that they go in the
+same batch; never when its batch was full, in burst mode, or for the detector. The waits are
+recorded, not slept, and what "arrives" during one is added by the test: nothing rests on timing.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
+import redis
 
 import pipeline.runtime.agent as agent_module
 from agents.pipeline import AGGREGATOR, DETECTOR
 from pipeline.client.connection import open_fast_client
+from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.runtime.agent import StreamAgent
 from pipeline.runtime.leases import Assignment
@@ -27,17 +31,26 @@ def clicks(n: int, start: int = 0) -> list[list[str]]:
     return [["device_id", f"dev-{i}", "ip", "192.0.2.1", "transaction_id", f"tx-{i}"] for i in range(start, start + n)]
 
 
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every wait the agent asks for, in seconds (none is slept: the stop event is not set)."""
-    asked: list[float] = []
+class Waits:
+    """Stands in for the agent's waits: records each one, and runs what the test says arrives
+    during it (the stop event is never set, so nothing is slept)."""
 
-    async def record(stop: object, seconds: float) -> bool:
-        asked.append(seconds)
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.arriving: list[Callable[[], Awaitable[None]]] = []
+
+    async def __call__(self, stop: object, seconds: float) -> bool:
+        self.asked.append(seconds)
+        if self.arriving:
+            await self.arriving.pop(0)()
         return False
 
-    monkeypatch.setattr(agent_module, "wait_or_stop", record)
-    return asked
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> Waits:
+    recorder = Waits()
+    monkeypatch.setattr(agent_module, "wait_or_stop", recorder)
+    return recorder
 
 
 @asynccontextmanager
@@ -56,6 +69,12 @@ async def member(settings: Settings, stage: Stage, burst: bool = False) -> Async
         await client.close()
 
 
+def batches_committed(settings: Settings) -> int:
+    """How many batches the aggregator committed in the one partition (its commit log)."""
+    with redis.Redis.from_url(settings.redis_url) as client:
+        return int(client.xlen(Keys(settings.namespace).partition(0).commits(AGGREGATOR.name)))
+
+
 async def judged(settings: Settings, n: int, start: int) -> None:
     """n more verdicts in the partition."""
     xadd_all(settings, clicks(n, start))
@@ -63,35 +82,35 @@ async def judged(settings: Settings, n: int, start: int) -> None:
     await run_burst(settings, "detector")
 
 
-async def test_the_aggregator_lingers_while_it_keeps_up_and_not_when_behind(settings: Settings,
-                                                                            waits: list[float]) -> None:
+async def test_the_aggregator_lingers_when_woken_by_a_few_and_takes_what_came_meanwhile(
+        settings: Settings, waits: Waits) -> None:
     settings = replace(settings, partitions=1, batch_size=5, linger_ms=LINGER_MS)
-    await judged(settings, 3, 0)
+    await judged(settings, 2, 0)
     async with member(settings, AGGREGATOR) as agent:
-        await agent.poll_once()  # the first read: nothing known yet, so no wait
-        assert (agent.processed, waits) == (3, [])
-        await judged(settings, 7, 3)
-        await agent.poll_once()  # kept up (3 < 5): lingers, then reads a full batch
-        assert agent.processed == 8
-        assert waits == [pytest.approx(LINGER_MS / 1000)]
-        await agent.poll_once()  # behind (the batch was full): reads the rest at once
-        assert (agent.processed, len(waits)) == (10, 1)
+        waits.arriving.append(lambda: judged(settings, 2, 2))
+        await agent.poll_once()  # woken by 2 of 5: lingers, and the 2 judged meanwhile join the batch
+        assert waits.asked == [pytest.approx(LINGER_MS / 1000)]
+        assert (agent.processed, batches_committed(settings)) == (4, 1)
+        await judged(settings, 7, 4)
+        await agent.poll_once()  # a full batch: read on at once
+        assert (agent.processed, len(waits.asked)) == (9, 1)
+        await agent.poll_once()  # the 2 left, read ahead behind the full batch: no linger either
+        assert (agent.processed, len(waits.asked)) == (11, 1)
+        await judged(settings, 1, 11)
+        await agent.poll_once()  # woken by 1 of 5 again: lingers
+        assert (agent.processed, len(waits.asked)) == (12, 2)
 
 
-async def test_no_linger_for_the_detector_nor_in_burst_mode(settings: Settings, waits: list[float]) -> None:
+async def test_no_linger_for_the_detector_nor_in_burst_mode(settings: Settings, waits: Waits) -> None:
     settings = replace(settings, partitions=1, batch_size=5, linger_ms=LINGER_MS)
     xadd_all(settings, clicks(2))
     await run_burst(settings, "router")
     async with member(settings, DETECTOR) as agent:
         await agent.poll_once()
-        xadd_all(settings, clicks(2, 2))
-        await run_burst(settings, "router")
-        await agent.poll_once()
-        assert (agent.processed, waits) == (4, [])
+        assert (agent.processed, waits.asked) == (2, [])
     async with member(settings, AGGREGATOR, burst=True) as agent:
-        await agent.poll_once()  # the detector's four verdicts: it kept up
-        assert await agent.poll_once(), "a burst member's second read found nothing, at once"
-        assert (agent.processed, waits) == (4, [])
+        await agent.poll_once()
+        assert (agent.processed, waits.asked) == (2, [])
 
 
 def test_the_linger_stays_below_the_heartbeat() -> None:

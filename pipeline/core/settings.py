@@ -80,8 +80,8 @@ class Settings:
     batch_size: int = 500
     block_ms: int = 1_000
     # How long a stage whose output nobody waits on (the aggregator: its counts are read every few
-    # seconds) lets entries gather before it reads again, while it keeps up (its last batches were
-    # not full): a small batch costs Redis several times more per entry than a full one. 0: never.
+    # seconds) lets entries gather when a read wakes it with a few (no batch full): a small batch
+    # costs Redis several times more per entry than a full one. 0: never.
     linger_ms: int = 200
     maintenance_interval_ms: int = 5_000
     shutdown_timeout_ms: int = 10_000

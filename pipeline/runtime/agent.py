@@ -30,7 +30,7 @@ from pipeline.core.waiting import wait_or_stop
 from pipeline.runtime.attempts import Attempts, Begun
 from pipeline.runtime.commits import apply_or_reject, committed_offset, entries_to_blame, reject
 from pipeline.runtime.leases import Assignment
-from pipeline.runtime.read_ahead import ReadAhead
+from pipeline.runtime.read_ahead import ReadAhead, any_full
 from pipeline.runtime.reading import read_streams
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
 from pipeline.runtime.trimming import trim_done
@@ -61,8 +61,7 @@ class StreamAgent(mode.Service):
         self._next_heartbeat = 0.0
         self._next_maintenance = 0.0
         self._backoff = 0.0
-        # Whether the last read kept up (no batch was full): a lingering stage then waits before the next.
-        self._kept_up = False
+        self.linger_s = settings.linger_ms / 1000 if stage.lingers else 0.0
         self.loop_done = asyncio.Event()
         # What ended the loop, when it was not a stop request: the process must then fail.
         self.error: Exception | None = None
@@ -164,11 +163,7 @@ class StreamAgent(mode.Service):
         if now >= self._next_maintenance:
             self._next_maintenance = now + self.settings.maintenance_interval_ms / 1000
             await self.maintain()
-        batches = self.read_ahead.take(self.cursors)
-        if not batches:
-            await self._linger()
-            batches = await self.read(block=not self.burst)
-        self._kept_up = not any(len(entries) >= self.settings.batch_size for entries in batches.values())
+        batches = self.read_ahead.take(self.cursors) or await self._read_lingering()
         if not self._stopping.is_set():
             self.read_ahead.start(self.cursors, batches)  # read_ahead.py
         try:
@@ -179,12 +174,16 @@ class StreamAgent(mode.Service):
             await wait_or_stop(self._stopping, max(0.0, self._next_heartbeat - time.monotonic()))
         return not batches
 
-    async def _linger(self) -> None:
-        """A lingering stage that kept up lets entries gather before it reads again (never past the
-        next heartbeat): Kafka's fetch.max.wait.ms, for a stage whose output nobody waits on."""
-        if self.stage.lingers and self._kept_up and not self.burst:
-            wait_s = min(self.settings.linger_ms / 1000, self._next_heartbeat - time.monotonic())
-            await wait_or_stop(self._stopping, max(0.0, wait_s))
+    async def _read_lingering(self) -> dict[int, list[Entry]]:
+        """The next batches; a lingering stage woken by a few entries lets more gather first (never
+        past the next heartbeat), then reads again from the same offsets: Kafka's fetch.max.wait.ms,
+        for a stage whose output nobody waits on entry by entry. A small batch costs Redis several
+        times more per entry than a full one, and a blocked read wakes on the first entry to come."""
+        batches = await self.read(block=not self.burst)
+        if not self.linger_s or self.burst or not batches or any_full(batches, self.settings.batch_size):
+            return batches
+        await wait_or_stop(self._stopping, max(0.0, min(self.linger_s, self._next_heartbeat - time.monotonic())))
+        return await self.read(block=False) or batches
 
     async def rebalance(self) -> None:
         assert self.assignment is not None and self.client is not None

@@ -21,6 +21,11 @@ Batches = dict[int, list[Entry]]
 Offsets = dict[int, bytes]
 
 
+def any_full(batches: Batches, batch_size: int) -> bool:
+    """Whether a read left entries behind in some partition (its batch was full): a backlog."""
+    return any(len(entries) >= batch_size for entries in batches.values())
+
+
 class ReadAhead:
     def __init__(self, read_from: Callable[[Offsets], Awaitable[Batches]], batch_size: int) -> None:
         self.read_from = read_from
@@ -31,7 +36,7 @@ class ReadAhead:
 
     def start(self, cursors: Offsets, batches: Batches) -> None:
         """Read what follows `batches` (each from its last id), if one of them was full."""
-        if not any(len(entries) >= self.batch_size for entries in batches.values()):
+        if not any_full(batches, self.batch_size):
             return
         self._after = cursors | {unit: entries[-1][0] for unit, entries in batches.items()}
         self._pending = asyncio.ensure_future(self.read_from(dict(self._after)))

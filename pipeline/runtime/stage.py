@@ -73,8 +73,8 @@ class Stage:
     finished: tuple[str, ...]
     help: str
     partitioned: bool = True
-    # Whether nobody waits on the stage's output entry by entry, so it reads at most every
-    # FRAUD_LINGER_MS while it keeps up (fewer, larger batches; see the agent's poll).
+    # Whether nobody waits on the stage's output entry by entry, so that a read that wakes it with
+    # a few entries lets more gather for FRAUD_LINGER_MS (fewer, larger batches: the agent's poll).
     lingers: bool = False
 
     def units(self, settings: Settings) -> list[int]:
