@@ -209,15 +209,17 @@ Destination = Callable[[Click], str]
 
 
 async def produce(client: RespClient, stream: str | Destination, clicks: Iterator[tuple[Click, str]], *,
-                  rate: float, total: int | None, stop: asyncio.Event, batch: int = 200) -> int:
+                  rate: float, total: int | None, stop: asyncio.Event, batch: int = 200,
+                  sends: float | None = None) -> int:
     """XADD clicks in pipelined batches, at ``rate`` per second (0: as fast as Redis takes them), to
-    one stream or to the stream a function names for each click (its partition's input)."""
+    one stream or to the stream a function names for each click (its partition's input), in
+    ``sends`` batches a second when given."""
     destination: Destination = (lambda _: stream) if isinstance(stream, str) else stream
     sent = 0
     started = time.monotonic()
     if rate > 0:
-        # About ten sends a second: smooth at demo rates, still batched at high ones.
-        batch = max(1, min(batch, int(rate / 10)))
+        # About ten sends a second by default: smooth at demo rates, still batched at high ones.
+        batch = max(1, int(rate / sends) if sends else min(batch, int(rate / 10)))
     backoff = 0.0
     while not stop.is_set() and (total is None or sent < total):
         size = batch if total is None else min(batch, total - sent)
@@ -269,7 +271,8 @@ async def run_generator(args: argparse.Namespace, settings: Settings) -> int:
              stream="partitions" if args.direct else keys.raw)
     cpu_before, started = time.process_time(), time.monotonic()
     try:
-        sent = await produce(client, destination, clicks, rate=args.rate, total=args.total, stop=stop)
+        sent = await produce(client, destination, clicks, rate=args.rate, total=args.total, stop=stop,
+                             sends=args.sends)
     finally:
         await client.close()
     if args.pregenerate:

@@ -7,6 +7,8 @@ up``, status, the monitor, re-processing, bench and soak all take their list of 
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from agents.aggregator import Aggregator
 from agents.detector import Detector
 from agents.router import Router
@@ -20,11 +22,11 @@ ROUTER = Stage(
 DETECTOR = Stage(
     name="detector", handler=Detector, input="input", output="verdicts",
     counters=(*VERDICTS, "duplicate", "dead"), finished=(*VERDICTS, "duplicate", "dead"),
-    help="give each raw click its verdict")
+    help="give each raw click its verdict", linger_ms=attrgetter("detector_linger_ms"))
 AGGREGATOR = Stage(
     name="aggregator", handler=Aggregator, input="verdicts", output=None,
     counters=("counted", "rejected", "dead"), finished=("counted", "rejected", "dead"),
-    help="count the verdicts as TimeSeries", lingers=True)
+    help="count the verdicts as TimeSeries", linger_ms=attrgetter("aggregator_linger_ms"))
 
 PIPELINE: tuple[Stage, ...] = (ROUTER, DETECTOR, AGGREGATOR)
 

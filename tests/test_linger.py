@@ -1,7 +1,7 @@
-"""FRAUD_LINGER_MS: a stage whose output nobody waits on (the aggregator), woken by a read of a
-few entries, lets more gather before it reads again from the same offsets, so that they go in the
-same batch; never when its batch was full, in burst mode, or for the detector. The waits are
-recorded, not slept, and what "arrives" during one is added by the test: nothing rests on timing.
+"""FRAUD_DETECTOR_LINGER_MS, FRAUD_AGGREGATOR_LINGER_MS: a stage woken by a read of a few entries
+lets more gather before it reads again from the same offsets, so that they go in the same batch;
+never when its batch was full, in burst mode, or with its linger 0. The waits are recorded, not
+slept, and what "arrives" during one is added by the test: nothing rests on timing.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ async def judged(settings: Settings, n: int, start: int) -> None:
 
 async def test_the_aggregator_lingers_when_woken_by_a_few_and_takes_what_came_meanwhile(
         settings: Settings, waits: Waits) -> None:
-    settings = replace(settings, partitions=1, batch_size=5, linger_ms=LINGER_MS)
+    settings = replace(settings, partitions=1, batch_size=5, aggregator_linger_ms=LINGER_MS)
     await judged(settings, 2, 0)
     async with member(settings, AGGREGATOR) as agent:
         waits.arriving.append(lambda: judged(settings, 2, 2))
@@ -101,18 +101,25 @@ async def test_the_aggregator_lingers_when_woken_by_a_few_and_takes_what_came_me
         assert (agent.processed, len(waits.asked)) == (12, 2)
 
 
-async def test_no_linger_for_the_detector_nor_in_burst_mode(settings: Settings, waits: Waits) -> None:
-    settings = replace(settings, partitions=1, batch_size=5, linger_ms=LINGER_MS)
+async def test_each_stage_lingers_by_its_own_setting_and_never_in_burst_mode(settings: Settings,
+                                                                              waits: Waits) -> None:
+    settings = replace(settings, partitions=1, batch_size=5, detector_linger_ms=0, aggregator_linger_ms=LINGER_MS)
     xadd_all(settings, clicks(2))
     await run_burst(settings, "router")
     async with member(settings, DETECTOR) as agent:
         await agent.poll_once()
         assert (agent.processed, waits.asked) == (2, [])
+    async with member(replace(settings, detector_linger_ms=3), DETECTOR) as agent:
+        xadd_all(settings, clicks(2, 2))
+        await run_burst(settings, "router")
+        await agent.poll_once()
+        assert (agent.processed, waits.asked) == (2, [pytest.approx(0.003)])
     async with member(settings, AGGREGATOR, burst=True) as agent:
         await agent.poll_once()
-        assert (agent.processed, waits.asked) == (2, [])
+        assert (agent.processed, len(waits.asked)) == (4, 1)
 
 
 def test_the_linger_stays_below_the_heartbeat() -> None:
-    with pytest.raises(ValueError, match="FRAUD_LINGER_MS"):
-        Settings(lease_ms=3_000, linger_ms=1_000).validate()
+    for name in ("detector_linger_ms", "aggregator_linger_ms"):
+        with pytest.raises(ValueError, match=f"FRAUD_{name.upper()}"):
+            Settings(lease_ms=3_000, **{name: 1_000}).validate()

@@ -44,6 +44,9 @@ def _register_generator(agents: argparse._SubParsersAction) -> None:
                         help="make all --total clicks before sending (benchmarks measure sending alone)")
     parser.add_argument("--direct", action="store_true",
                         help="write each click into its partition's input instead of clicks:raw (no router hop)")
+    parser.add_argument("--sends", type=positive_float, default=None,
+                        help="pipelined sends a second at --rate (default: ten, of at most 200 clicks each); "
+                             "many small sends stand for many producers, one burst for one batching producer")
     parser.set_defaults(run=run_generator)
 
 

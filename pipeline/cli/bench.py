@@ -98,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rate", type=non_negative_float, default=0.0,
                         help="offered load in clicks/s (default 0: flat out, which measures throughput; "
                              "a rate below it measures latency at that load)")
+    parser.add_argument("--sends", type=positive_float, default=None,
+                        help="the producer's pipelined sends a second at --rate (default: its own, ten, "
+                             "of at most 200 clicks each)")
     parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before giving up")
     parser.add_argument("--use-running", action="store_true",
                         help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")

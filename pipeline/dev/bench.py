@@ -190,7 +190,8 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
     started = time.time()
-    producer = _spawn("producer", settings, "agent", "generator", "--rate", str(args.rate), "--pregenerate",
+    sends = ["--sends", str(args.sends)] if getattr(args, "sends", None) else []
+    producer = _spawn("producer", settings, "agent", "generator", "--rate", str(args.rate), *sends, "--pregenerate",
                       "--total", str(args.clicks), "--seed", "7", *(["--direct"] if direct else []),
                       stdout=subprocess.PIPE)
     stages.append(producer)

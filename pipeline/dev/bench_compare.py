@@ -59,6 +59,8 @@ def tree_bench_options(args: argparse.Namespace) -> list[str]:
                "--timeout", str(args.timeout)]
     if args.rate:
         options += ["--rate", str(args.rate)]
+    if args.sends:
+        options += ["--sends", str(args.sends)]
     if args.no_aof:
         options.append("--no-aof")
     return options

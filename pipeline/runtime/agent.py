@@ -61,7 +61,7 @@ class StreamAgent(mode.Service):
         self._next_heartbeat = 0.0
         self._next_maintenance = 0.0
         self._backoff = 0.0
-        self.linger_s = settings.linger_ms / 1000 if stage.lingers else 0.0
+        self.linger_s = stage.linger_ms(settings) / 1000
         self.loop_done = asyncio.Event()
         # What ended the loop, when it was not a stop request: the process must then fail.
         self.error: Exception | None = None
@@ -175,10 +175,10 @@ class StreamAgent(mode.Service):
         return not batches
 
     async def _read_lingering(self) -> dict[int, list[Entry]]:
-        """The next batches; a lingering stage woken by a few entries lets more gather first (never
-        past the next heartbeat), then reads again from the same offsets: Kafka's fetch.max.wait.ms,
-        for a stage whose output nobody waits on entry by entry. A small batch costs Redis several
-        times more per entry than a full one, and a blocked read wakes on the first entry to come."""
+        """The next batches; a stage woken by a few entries lets more gather for its linger (never
+        past the next heartbeat), then reads again from the same offsets: Kafka's fetch.max.wait.ms.
+        A small batch costs Redis several times more per entry than a full one, and a blocked read
+        wakes on the first entry to come."""
         batches = await self.read(block=not self.burst)
         if not self.linger_s or self.burst or not batches or any_full(batches, self.settings.batch_size):
             return batches

@@ -73,9 +73,9 @@ class Stage:
     finished: tuple[str, ...]
     help: str
     partitioned: bool = True
-    # Whether nobody waits on the stage's output entry by entry, so that a read that wakes it with
-    # a few entries lets more gather for FRAUD_LINGER_MS (fewer, larger batches: the agent's poll).
-    lingers: bool = False
+    # How long a read that wakes the stage with a few entries (no batch full) lets more gather
+    # before it reads again (the agent's poll): fewer, larger batches; 0 for never.
+    linger_ms: Callable[[Settings], int] = lambda _: 0
 
     def units(self, settings: Settings) -> list[int]:
         """What members of the stage share: its partitions, or the one unpartitioned input."""
