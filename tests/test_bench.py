@@ -100,7 +100,7 @@ def test_baseline_benches_both_designs_side_by_side(bench_home: Path, capsys: py
 
 def test_baseline_json_carries_every_run(bench_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--baseline", "HEAD", "--clicks", "2000", "--repeat", "1", "--compare-detectors", "1",
-                 "--no-aof", "--json"]) == 0
+                 "--no-aof", "--rate", "4000", "--json"]) == 0
     document = orjson.loads(capsys.readouterr().out)
     assert document["baseline"]["commit"] == document["current"]["commit"]
     assert [(run["design"], run["detectors"]) for run in document["runs"]] == [("baseline", 1), ("current", 1)]
@@ -110,6 +110,9 @@ def test_baseline_json_carries_every_run(bench_home: Path, capsys: pytest.Captur
         assert run["load_before"] >= 0
     assert [row["design"] for row in document["summary"]] == ["baseline", "current"]
     assert all(row["redis_cpu_us_per_click"]["median"] > 0 for row in document["summary"])
+    # At an offered rate each design's latency, as median (min-max) of its runs.
+    assert all(0 <= row["latency_ms_p50"]["min"] <= row["latency_ms_p50"]["median"] <= row["latency_ms_p99"]["median"]
+               for row in document["summary"])
 
 
 def test_a_failing_baseline_run_is_one_line_and_leaves_no_worktree(bench_home: Path,

@@ -122,6 +122,8 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
              "clicks_per_s": spread([r.clicks_per_s for r in group]),
              "redis_cpu_us_per_click": spread([r.redis_us for r in group]),
              "all_cpu_us_per_click": spread([r.all_us for r in group]),
+             "latency_ms_p50": spread([float(r.report["latency_ms_p50"]) for r in group]),
+             "latency_ms_p99": spread([float(r.report["latency_ms_p99"]) for r in group]),
              "persistence": " / ".join(sorted({r.report["persistence"] for r in group}))}
             for (detectors, design), group in groups.items()]
 
@@ -136,10 +138,15 @@ def print_table(baseline: Tree, current: Tree, summary: list[dict[str, Any]], ar
     print(f"{args.clicks} clicks a run, {args.aggregators} aggregator(s), "
           f"{'flat out' if not args.rate else f'offered {args.rate:g} clicks/s'}; "
           f"median (min-max) of {args.repeat} run(s) each, designs alternating")
-    header = ("design", "commit", "detectors", "clicks/s", "Redis CPU µs/click", "all CPU µs/click", "Redis")
+    # At an offered rate the latency is what the run measures; flat out it is only the backlog's age.
+    latency = ("latency p50 ms", "latency p99 ms") if args.rate else ()
+    header = ("design", "commit", "detectors", "clicks/s", "Redis CPU µs/click", "all CPU µs/click", *latency,
+              "Redis")
     rows = [(row["design"], baseline.short if row["design"] == "baseline" else current.short,
              str(row["detectors"]), figure(row["clicks_per_s"], 0), figure(row["redis_cpu_us_per_click"], 1),
-             figure(row["all_cpu_us_per_click"], 1), row["persistence"]) for row in summary]
+             figure(row["all_cpu_us_per_click"], 1),
+             *((figure(row["latency_ms_p50"], 0), figure(row["latency_ms_p99"], 0)) if latency else ()),
+             row["persistence"]) for row in summary]
     widths = [max(len(line[i]) for line in (header, *rows)) for i in range(len(header))]
     for line in (header, *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
