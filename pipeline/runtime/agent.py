@@ -240,8 +240,9 @@ class StreamAgent(mode.Service):
             await self._fenced(unit, list(begun.fenced))
         if begun.fenced or begun.suspect:
             return  # suspects are applied alone, after the other partitions' batches
+        ctx = self.context(unit)
         try:
-            fenced = await self.handler.handle(self.context(unit), entries)
+            fenced = await self.handler.handle(ctx, entries)
         except Exception as err:
             if not entries_to_blame(err):
                 raise
@@ -251,6 +252,7 @@ class StreamAgent(mode.Service):
             await self._fenced(unit, fenced)
             return
         self.cursors[unit] = entries[-1][0]
+        self.attempts.committed(unit, ctx, entries[-1][0])
         self.processed += len(entries)
 
     async def _fenced(self, unit: int, why: list[bytes]) -> None:
@@ -280,6 +282,7 @@ class StreamAgent(mode.Service):
             if fenced:
                 return fenced
             self.cursors[unit] = entry[0]
+            self.attempts.committed(unit, ctx, entry[0])
             self.processed += 1 if counted else 0
         return []
 
