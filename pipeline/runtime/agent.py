@@ -144,8 +144,7 @@ class StreamAgent(mode.Service):
         assert self.assignment is not None
         self.assignment.forget()
         self.cursors.clear()
-        # What was read ahead may come from a server that has since restarted and lost it.
-        self.read_ahead.drop()
+        self.read_ahead.drop()  # it may come from a server that has since restarted and lost it
         self._next_heartbeat = 0.0
         if prepare:
             try:
@@ -235,12 +234,12 @@ class StreamAgent(mode.Service):
                     await self._fenced(unit, fenced)
 
     async def process(self, unit: int, entries: list[Entry]) -> None:
-        begun = await self.attempts.begin(unit, self.context(unit), entries)
+        ctx = self.context(unit)
+        begun = await self.attempts.begin(unit, ctx, entries)
         if begun.fenced:
             await self._fenced(unit, list(begun.fenced))
         if begun.fenced or begun.suspect:
             return  # suspects are applied alone, after the other partitions' batches
-        ctx = self.context(unit)
         try:
             fenced = await self.handler.handle(ctx, entries)
         except Exception as err:
