@@ -197,7 +197,8 @@ end
 -- there for a fresh offset, saving the caller that call. Not while suspects are pending at or after
 -- `last` (suspects_to above it): they keep their own counting, one at a time. Returns whether it counted.
 local function count_next_attempt(k, p)
-  local bound = redis.call('HGET', k.lease, 'suspects_to')
+  -- HMGET rather than HGET: what every role that runs a step may already do on its leases (acl.py).
+  local bound = redis.call('HMGET', k.lease, 'suspects_to')[1]
   if bound and id_less(p.last, bound) then
     return false
   end
