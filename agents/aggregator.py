@@ -27,7 +27,6 @@ from pipeline.client.step import Section, Step, counted
 from pipeline.core.keys import OFFENDER_DIMENSIONS, VERDICTS, Keys, PartitionKeys
 from pipeline.core.replies import first_value
 from pipeline.core.settings import Settings
-from pipeline.runtime.commits import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
 from pipeline.runtime.steps import FENCE_KEYS, FENCE_PARAMS
 from schemas.click import FieldLimits
@@ -127,4 +126,4 @@ class Aggregator:
              "offenders_cap": self.offenders_cap, "counted": counted_entries},
             {"rejects": rejects, "cells": samples,
              "offenders": [[*cell, n] for cell, n in offenders.items()]}))
-        return fenced_ids(reply)
+        return ctx.outcome(reply)

@@ -18,7 +18,6 @@ from pipeline.client.step import Section, Step, counted
 from pipeline.core.keys import VERDICTS, Keys, PartitionKeys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
-from pipeline.runtime.commits import fenced_ids
 from pipeline.runtime.stage import BatchContext, Entry
 from pipeline.runtime.steps import FENCE_KEYS, FENCE_PARAMS
 from schemas.click import KNOWN_FIELDS, OPTIONAL_KNOWN_FIELDS, EventTimePolicy, FieldLimits, InvalidClick, check_click
@@ -107,4 +106,4 @@ class Detector:
             {**fence_params, "window_prefix": part.window_prefix, "trail_prefix": part.trail_prefix,
              **self.rule_params},
             self.records(entries, part.number)))
-        return fenced_ids(reply)
+        return ctx.outcome(reply)

@@ -160,8 +160,6 @@ local function open_partition(k, p)
   return group
 end
 
--- Moves the group's offset to `last`, with its entries-read count so that XINFO GROUPS
--- reports the lag exactly, and records the batch in the partition's commit log.
 -- A group's entries-read count (from XINFO GROUPS): known once a step has committed, 0 at the start.
 local function entries_read(group)
   local read = group['entries-read']
@@ -180,11 +178,51 @@ local function set_offset(stream, name, id, read)
   end
 end
 
-local function commit(stream, k, p, group, count)
+-- Whether decimal text `a` is below `b`: ids are canonical (no leading zeros, as Redis writes
+-- them), so a shorter one is smaller, and ones of a length compare as text. Exact at any size,
+-- where tonumber is exact only below 2^53 (a producer may set any id up to 2^64 - 1 in both parts).
+local function decimal_less(a, b)
+  return #a < #b or (#a == #b and a < b)
+end
+
+local function id_less(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  if ams ~= bms then
+    return decimal_less(ams, bms)
+  end
+  return decimal_less(aseq, bseq)
+end
+
+-- A step that commits a batch ending at `last` also counts the attempt at the batch that follows
+-- it, the one its caller begins next (pipeline/runtime/attempts.py): what fraud_attempt would write
+-- there for a fresh offset, saving the caller that call. Not while suspects are pending at or after
+-- `last` (suspects_to above it): they keep their own counting, one at a time. Returns whether it counted.
+local function count_next_attempt(k, p)
+  -- HMGET rather than HGET: what every role that runs a step may already do on its leases (acl.py).
+  local bound = redis.call('HMGET', k.lease, 'suspects_to')[1]
+  if bound and id_less(p.last, bound) then
+    return false
+  end
+  redis.call('HSET', k.lease, 'attempt_at', p.last, 'attempts', 1)
+  return true
+end
+
+-- Commits a batch of `count` entries: moves the group's offset to `last`, with its entries-read
+-- count so that XINFO GROUPS reports the lag exactly, records the batch in the partition's commit
+-- log, counts the next attempt (count_next_attempt) and adds `counts` to the stage's stats. Returns
+-- the step's reply: 'ok', the counts, then next_attempt 1 (counted) or 0 (see pipeline/client/step.py).
+local function commit(k, p, group, count, counts)
   local read = entries_read(group)
-  set_offset(stream, p.group, p.last, read and read + count)
+  set_offset(k.input, p.group, p.last, read and read + count)
   redis.call('XADD', k.commits, 'MAXLEN', '~', COMMITS_KEPT, '*', 'owner', p.owner, 'epoch', p.epoch,
              'after', p.after, 'first', p.first, 'last', p.last, 'count', count)
+  local counted_next = count_next_attempt(k, p)
+  count_stats(k.stats, p.stage, counts)
+  local reply = ok_reply(counts)
+  reply[#reply + 1] = 'next_attempt'
+  reply[#reply + 1] = counted_next and 1 or 0
+  return reply
 end
 
 -- Great-circle distance in metres between two positions in degrees: the haversine formula on a
@@ -473,9 +511,7 @@ local function detect(keys, args)
   if #gone > 0 then
     in_slices('ZREM', k.window_index, nil, gone)
   end
-  commit(k.input, k, p, group, count)
-  count_stats(k.stats, p.stage, counts)
-  return ok_reply(counts)
+  return commit(k, p, group, count, counts)
 end
 
 -- An offender bucket's key: <prefix><dimension>:<verdict>:<span_ms>:<start_ms> (keys.py: Keys.offenders).
@@ -579,10 +615,7 @@ local function aggregate(keys, args)
     local n = at + R.n
     dead_letter(k.dead, p.stage, args[at + R.id], args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
-  commit(k.input, k, p, group, tonumber(p.counted) + #rejects.starts)
-  local counts = {counted = counted, dead = #rejects.starts}
-  count_stats(k.stats, p.stage, counts)
-  return ok_reply(counts)
+  return commit(k, p, group, tonumber(p.counted) + #rejects.starts, {counted = counted, dead = #rejects.starts})
 end
 
 -- Adds a bucket's rows (member, count...) to the running totals of a read of offenders.
@@ -655,25 +688,7 @@ local function reject(keys, args)
     local n = at + E.n
     dead_letter(k.dead, p.stage, args[at + E.id], args[at + E.reason], args, n + 1, tonumber(args[n]))
   end
-  commit(k.input, k, p, group, #entries.starts)
-  count_stats(k.stats, p.stage, {dead = #entries.starts})
-  return ok_reply({dead = #entries.starts})
-end
-
--- Whether decimal text `a` is below `b`: ids are canonical (no leading zeros, as Redis writes
--- them), so a shorter one is smaller, and ones of a length compare as text. Exact at any size,
--- where tonumber is exact only below 2^53 (a producer may set any id up to 2^64 - 1 in both parts).
-local function decimal_less(a, b)
-  return #a < #b or (#a == #b and a < b)
-end
-
-local function id_less(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  if ams ~= bms then
-    return decimal_less(ams, bms)
-  end
-  return decimal_less(aseq, bseq)
+  return commit(k, p, group, #entries.starts, {dead = #entries.starts})
 end
 
 -- Keys: lease, commits, input. Params: group, owner, epoch, after, first, last, stage, limit, alone.

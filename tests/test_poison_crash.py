@@ -1,6 +1,11 @@
 """Poison pills that kill the process (no exception to isolate): real detector processes that die on
 a marked click, restarted until the click is dead-lettered ``max_attempts``, every other click judged;
-and kills at one offset, as many as FRAUD_MAX_ATTEMPTS allows, that dead-letter nothing."""
+and kills at one offset, as many as FRAUD_MAX_ATTEMPTS allows, that dead-letter nothing.
+
+Each runs twice: with the marked click in the first batch a member begins after taking the partition
+(its attempt counted by ``fraud_attempt``), and in batches of BEHIND_A_COMMIT, behind batches the first
+member commits (its attempt counted by the step that committed the batch before: the member then sends
+nothing before it dies, just as if it had died between that step and beginning the next batch)."""
 
 from __future__ import annotations
 
@@ -26,11 +31,15 @@ from tests.procs import FAST_RECOVERY, PROJECT_ROOT, kill_and_settle, stop_all, 
 CLICKS = 60
 POISON_AT = 30
 LIMIT = Settings().max_attempts
+# Batches this small put the marked click (the fifth of its partition) behind two committed batches.
+BEHIND_A_COMMIT = 2
+BATCH_SIZES = pytest.mark.parametrize("batch_size", [Settings().batch_size, BEHIND_A_COMMIT])
 
 
-def spawn_poisoned(settings: Settings, name: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
+def spawn_poisoned(settings: Settings, name: str, log: Path, batch_size: int, **env: str) -> subprocess.Popen[bytes]:
     """A detector process of tests/poison_agent.py (POISON_ACTION, POISON_HANG_FILE in `env`)."""
-    full_env = {**os.environ, "FRAUD_REDIS_URL": settings.redis_url, **FAST_RECOVERY, **env}
+    full_env = {**os.environ, "FRAUD_REDIS_URL": settings.redis_url, **FAST_RECOVERY,
+                "FRAUD_BATCH_SIZE": str(batch_size), **env}
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "tests.poison_agent", name], env=full_env,
                                 cwd=PROJECT_ROOT, stdout=out, stderr=out)
@@ -45,12 +54,13 @@ def processes() -> Iterator[list[subprocess.Popen[Any]]]:
 
 async def marked_clicks(settings: Settings) -> tuple[list[str], str, int]:
     """Clicks of CLICKS devices, the POISON_AT-th marked, routed: (ids, the marked one's id, its partition).
-    Its partition holds clicks before and after it, so both sides of it are checked."""
+    Its partition holds clicks before and after it, so both sides of it are checked, and at least
+    two batches of BEHIND_A_COMMIT before it."""
     clicks = [["device_id", f"dev-{i}", "ip", f"192.0.2.{i}"] + ([MARK.decode(), "1"] if i == POISON_AT else [])
               for i in range(CLICKS)]
     unit = partition_of(f"dev-{POISON_AT}", settings.partitions)
     same = [i for i in range(CLICKS) if partition_of(f"dev-{i}", settings.partitions) == unit]
-    assert same[0] < POISON_AT < same[-1], same
+    assert 2 * BEHIND_A_COMMIT <= same.index(POISON_AT) < len(same) - 1, same
     ids = xadd_all(settings, clicks)
     await run_burst(settings, "router")
     return ids, ids[POISON_AT], unit
@@ -65,8 +75,9 @@ def stop_gracefully(process: subprocess.Popen[bytes]) -> None:
     assert process.wait(30) == 0, "the surviving detector did not stop cleanly"
 
 
+@BATCH_SIZES
 async def test_a_click_that_kills_its_process_is_dead_lettered_after_max_attempts(
-        settings: Settings, tmp_path: Path, processes: list[subprocess.Popen[Any]]) -> None:
+        settings: Settings, tmp_path: Path, processes: list[subprocess.Popen[Any]], batch_size: int) -> None:
     ids, poison, _ = await marked_clicks(settings)
     log = tmp_path / "agents.log"
     deaths = 0
@@ -77,7 +88,7 @@ async def test_a_click_that_kills_its_process_is_dead_lettered_after_max_attempt
         # Each member dies on the click as the next one takes the partition over: LIMIT times with its
         # batch, LIMIT times with the click alone; the next one dead-letters it and goes on.
         for number in range(2 * LIMIT + 1):
-            member = spawn_poisoned(settings, f"member-{number}", log, POISON_ACTION="exit")
+            member = spawn_poisoned(settings, f"member-{number}", log, batch_size, POISON_ACTION="exit")
             processes.append(member)
             wait_until(lambda m=member: m.poll() is not None or poison_dead_lettered(), 60,
                        f"member-{number} to die on the marked click, or the click to be dead-lettered")
@@ -96,23 +107,29 @@ async def test_a_click_that_kills_its_process_is_dead_lettered_after_max_attempt
     assert set(outcomes.verdicts) == {i.encode() for i in ids} - {poison.encode()}
 
 
+@BATCH_SIZES
 @pytest.mark.parametrize("kills", [LIMIT - 1, LIMIT])
 async def test_kills_at_one_offset_up_to_max_attempts_dead_letter_no_good_click(
-        settings: Settings, tmp_path: Path, processes: list[subprocess.Popen[Any]], kills: int) -> None:
+        settings: Settings, tmp_path: Path, processes: list[subprocess.Popen[Any]], kills: int,
+        batch_size: int) -> None:
     ids, _, unit = await marked_clicks(settings)
     log = tmp_path / "agents.log"
     with redis.Redis.from_url(settings.redis_url) as client:
         for number in range(kills):
-            # The member stands still inside the batch of the marked click (a good click here): it has
-            # counted its attempt and committed nothing, for certain, when it is SIGKILLed.
+            # The member stands still inside the batch of the marked click (a good click here): its
+            # attempt is counted (by the member, or by its step that committed the batch before) and it
+            # has committed nothing, for certain, when it is SIGKILLed.
             hang = tmp_path / f"hang-{number}"
-            member = spawn_poisoned(settings, f"member-{number}", log, POISON_ACTION="hang", POISON_HANG_FILE=str(hang))
+            member = spawn_poisoned(settings, f"member-{number}", log, batch_size,
+                                    POISON_ACTION="hang", POISON_HANG_FILE=str(hang))
             processes.append(member)
             wait_until(hang.exists, 60, f"member-{number} to stand still in the marked click's batch")
+            # In small batches every member stands still behind batches the first one committed.
+            assert (hang.read_text() == "0-0") == (batch_size != BEHIND_A_COMMIT), hang.read_text()
             kill_and_settle(client, member)
             record = attempt_record(client, settings, unit)
             assert (record[b"attempt_at"], int(record[b"attempts"])) == (hang.read_text().encode(), number + 1)
-        survivor = spawn_poisoned(settings, "survivor", log)
+        survivor = spawn_poisoned(settings, "survivor", log, batch_size)
         processes.append(survivor)
         wait_until(lambda: stage_drained(client, settings, "detector"), 60, "the survivor to judge every click")
         stop_gracefully(survivor)

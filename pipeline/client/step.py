@@ -9,6 +9,8 @@ them by name (``decode`` in ``agents/fraud.lua``) and never by position::
 A record is its fields in the declared order; a section whose last field is ``n`` has, after
 each record's fields, ``n`` more values (a click's fields, a dead letter's copy). The reply is
 ``ok`` followed by name/value pairs, or ``fenced`` followed by the ids the caller no longer owns.
+A step that commits a batch (``commit`` in fraud.lua) ends its pairs with ``next_attempt`` 1 when
+it also counted the attempt at the batch after its ``last`` (``pipeline/runtime/attempts.py``), else 0.
 Python declares each step once (``Step``); ``argv`` checks every name against the declaration.
 """
 
@@ -21,6 +23,8 @@ from typing import Any
 from pipeline.core.replies import pairs
 
 TAIL = "n"
+# The reply's pair in which a committing step says whether it counted the next batch's attempt.
+NEXT_ATTEMPT = "next_attempt"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Section:
 class StepReply:
     fenced: list[bytes] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # The step committed and counted the attempt at the batch after its `last`.
+    next_attempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,8 @@ class Step:
     def reply(reply: Any) -> StepReply:
         if reply and reply[0] == b"fenced":
             return StepReply(fenced=list(reply[1:]))
-        return StepReply(counts={name.decode(): int(n) for name, n in pairs(reply[1:]).items()})
+        counts = {name.decode(): int(n) for name, n in pairs(reply[1:]).items()}
+        return StepReply(next_attempt=bool(counts.pop(NEXT_ATTEMPT, 0)), counts=counts)
 
 
 def counted(fields: Sequence[Any], tail: Sequence[Any]) -> list[Any]:

@@ -145,8 +145,7 @@ class StreamAgent(mode.Service):
         assert self.assignment is not None
         self.assignment.forget()
         self.cursors.clear()
-        # What was read ahead may come from a server that has since restarted and lost it.
-        self.read_ahead.drop()
+        self.read_ahead.drop()  # it may come from a server that has since restarted and lost it
         self._next_heartbeat = 0.0
         if prepare:
             try:
@@ -247,13 +246,14 @@ class StreamAgent(mode.Service):
                     await self._fenced(unit, fenced)
 
     async def process(self, unit: int, entries: list[Entry]) -> None:
-        begun = await self.attempts.begin(unit, self.context(unit), entries)
+        ctx = self.context(unit)
+        begun = await self.attempts.begin(unit, ctx, entries)
         if begun.fenced:
             await self._fenced(unit, list(begun.fenced))
         if begun.fenced or begun.suspect:
             return  # suspects are applied alone, after the other partitions' batches
         try:
-            fenced = await self.handler.handle(self.context(unit), entries)
+            fenced = await self.handler.handle(ctx, entries)
         except Exception as err:
             if not entries_to_blame(err):
                 raise
@@ -263,6 +263,7 @@ class StreamAgent(mode.Service):
             await self._fenced(unit, fenced)
             return
         self.cursors[unit] = entries[-1][0]
+        self.attempts.committed(unit, ctx, entries[-1][0])
         self.processed += len(entries)
 
     async def _fenced(self, unit: int, why: list[bytes]) -> None:
@@ -292,6 +293,7 @@ class StreamAgent(mode.Service):
             if fenced:
                 return fenced
             self.cursors[unit] = entry[0]
+            self.attempts.committed(unit, ctx, entry[0])
             self.processed += 1 if counted else 0
         return []
 

@@ -2,16 +2,24 @@
 
 An entry that makes its agent's process die (a segfault, an OOM kill, ``os._exit`` in a handler)
 raises nothing that could isolate it, and its batch is never committed: every next owner of the
-partition reads it again from the committed offset and dies in turn. So before a member applies
-a batch it counts an attempt at the batch's offset in the partition's lease hash
-(``fraud_attempt``, fenced like a step; one call per batch): how many times a batch following
-that offset was begun without being committed. A batch whose offset saw ``FRAUD_MAX_ATTEMPTS``
-of them already is not applied whole again: its entries become suspects, which members apply one
-at a time with nothing else of theirs in flight (so a process that dies blames that entry only),
-counting each one's attempts afresh; a suspect begun alone more than ``FRAUD_MAX_ATTEMPTS`` times
-is dead-lettered ``max_attempts`` (through ``fraud_reject``, fenced and committing), and the
-partition moves on. A process counts an offset once, whatever it retries there (a reconnect, a
-fenced step): only a process that ended without committing counts again.
+partition reads it again from the committed offset and dies in turn. So before a member applies a
+batch, an attempt at the batch's offset is counted in the partition's lease hash: how many times a
+batch following that offset was begun without being committed. Mostly the step that committed the
+batch before counted it already, in the same atomic call (``commit`` in fraud.lua writes
+``attempt_at`` = its ``last``, ``attempts`` = 1 and says so in its reply, unless suspects are
+pending at or after ``last``): then beginning the next batch costs no call. Otherwise the member
+counts it with ``fraud_attempt`` (fenced like a step): the first batch after it takes a partition,
+after a fenced or failed step, and for suspects. What counting ahead costs: a process that dies
+after committing a batch and before beginning the next has spent one attempt of the next batch (so
+does one that stops or hands the partition over there: the next owner's begin is the second attempt;
+attempts add up only while nothing is committed, so that is at most one of the
+``FRAUD_MAX_ATTEMPTS`` spent with no process applying the batch). A batch whose offset saw
+``FRAUD_MAX_ATTEMPTS`` of them already is not applied whole again: its entries become suspects,
+which members apply one at a time with nothing else of theirs in flight (so a process that dies
+blames that entry only), counting each one's attempts afresh; a suspect begun alone more than
+``FRAUD_MAX_ATTEMPTS`` times is dead-lettered ``max_attempts`` (through ``fraud_reject``, fenced and
+committing), and the partition moves on. A process counts an offset once, whatever it retries there
+(a reconnect, a fenced step): only a process that ended without committing counts again.
 """
 
 from __future__ import annotations
@@ -69,6 +77,12 @@ class Attempts:
             return Begun(suspect=True)
         self.counted[unit] = (ctx.after, alone)
         return Begun(attempts=int(reply[1]))
+
+    def committed(self, unit: int, ctx: BatchContext, last: bytes) -> None:
+        """A step in `ctx` committed a batch ending at `last`: when it counted the attempt at the
+        batch after it too (no suspects pending there), the next whole batch's `begin` sends nothing."""
+        if ctx.next_attempt:
+            self.counted[unit] = (last, False)
 
     def exhausted(self, begun: Begun, entry: Entry) -> Rejection | None:
         """The dead letter of a suspect begun alone once more than the limit allows; else None."""

@@ -1,5 +1,5 @@
-"""A batch's commit: the dead-lettering step (and an entry that fails alone, dead-lettered), what a
-fenced reply says, and where an offset stands."""
+"""A batch's commit: the dead-lettering step (and an entry that fails alone, dead-lettered), and
+where an offset stands. What a step's reply says is read by ``BatchContext.outcome``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline.client.create import create_once
 from pipeline.client.resp import RespClient, RespConnectionError, RespError, is_server_state_error
-from pipeline.client.step import Step, counted
+from pipeline.client.step import counted
 from pipeline.core.replies import text_pairs
 from pipeline.runtime.stage import BatchContext, Entry, Handler
 from pipeline.runtime.steps import REJECT
@@ -34,7 +34,7 @@ async def reject(ctx: BatchContext, rejections: Sequence[Rejection]) -> list[byt
     keys, params = ctx.fence([(r.entry_id, None) for r in rejections])
     reply = await ctx.client.execute(*REJECT.argv(
         {**keys, "dead": ctx.partition.dead, "stats": ctx.partition.stats}, params, {"entries": records}))
-    return fenced_ids(reply)
+    return ctx.outcome(reply)
 
 
 def entries_to_blame(err: Exception) -> bool:
@@ -52,11 +52,6 @@ async def apply_or_reject(handler: Handler, ctx: BatchContext, entry: Entry, eve
             raise
         events.error("entry made the stage fail, dead-lettering it", entry_id=entry[0].decode(), error=repr(err))
         return await reject(ctx, [Rejection(entry[0], f"error: {type(err).__name__}: {err}"[:500], entry[1] or ())])
-
-
-def fenced_ids(reply: list[Any]) -> list[bytes]:
-    """Why a step was fenced off (another owner or offset now); empty when it applied."""
-    return Step.reply(reply).fenced
 
 
 async def committed_offset(client: RespClient, stream: str, group: str) -> bytes:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.client.resp import RespClient
+from pipeline.client.step import Step
 from pipeline.core.keys import Keys, PartitionKeys
 from pipeline.core.settings import Settings
 from pipeline.runtime.steps import FENCE_KEYS, FENCE_PARAMS
@@ -36,6 +37,8 @@ class BatchContext:
     epoch: int
     # The offset the batch follows: the group's last committed id.
     after: bytes
+    # Set by `outcome`: the step committed and counted the next batch's attempt (attempts.py).
+    next_attempt: bool = False
 
     def fence(self, entries: Sequence[Entry]) -> tuple[dict[str, str], dict[str, Any]]:
         """The keys and parameters every partition step is fenced and committed by."""
@@ -45,6 +48,13 @@ class BatchContext:
         params = dict(zip(FENCE_PARAMS, (self.stage, self.owner, self.epoch, self.after, entries[0][0],
                                          entries[-1][0], self.stage), strict=True))
         return keys, params
+
+    def outcome(self, reply: Any) -> list[bytes]:
+        """What a partition step's reply says: why it was fenced off (another owner or offset now;
+        empty when it applied and committed). Notes in `next_attempt` whether it counted the next one."""
+        said = Step.reply(reply)
+        self.next_attempt = said.next_attempt
+        return said.fenced
 
 
 class Handler(Protocol):

@@ -12,7 +12,8 @@ FENCE_PARAMS: tuple[str, ...] = ("group", "owner", "epoch", "after", "first", "l
 
 REJECT = Step("fraud_reject", keys=(*FENCE_KEYS, "dead", "stats"), params=FENCE_PARAMS,
               sections=(Section("entries", ("id", "reason", "n")),))
-# Counts an attempt at a batch before it is applied (see attempts.py): fenced like a step.
+# Counts an attempt at a batch before it is applied, when the step that committed the batch before
+# did not (see attempts.py): fenced like a step.
 ATTEMPT = Step("fraud_attempt", keys=FENCE_KEYS, params=(*FENCE_PARAMS, "limit", "alone"))
 TRIM = Step("fraud_trim", keys=("stream",), params=("keep_from",))
 LEASE = Step("fraud_lease", keys=("lease",), params=("action", "owner", "epoch", "ttl_ms"))
