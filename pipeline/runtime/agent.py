@@ -31,7 +31,7 @@ from pipeline.runtime.attempts import Attempts, Begun
 from pipeline.runtime.commits import apply_or_reject, committed_offset, entries_to_blame, reject
 from pipeline.runtime.leases import Assignment
 from pipeline.runtime.read_ahead import ReadAhead, any_full
-from pipeline.runtime.reading import read_streams
+from pipeline.runtime.reading import read_units
 from pipeline.runtime.stage import BatchContext, Entry, Handler, Stage
 from pipeline.runtime.trimming import trim_done
 
@@ -58,9 +58,7 @@ class StreamAgent(mode.Service):
         self.read_ahead = ReadAhead(lambda after: self.read(block=False, cursors=after), settings.batch_size)
         self.attempts = Attempts(settings.max_attempts)
         self._stopping = asyncio.Event()
-        self._next_heartbeat = 0.0
-        self._next_maintenance = 0.0
-        self._backoff = 0.0
+        self._next_heartbeat = self._next_maintenance = self._backoff = 0.0
         self.linger_s = stage.linger_ms(settings) / 1000
         self.loop_done = asyncio.Event()
         # What ended the loop, when it was not a stop request: the process must then fail.
@@ -174,15 +172,13 @@ class StreamAgent(mode.Service):
         return not batches
 
     async def _read_lingering(self) -> dict[int, list[Entry]]:
-        """The next batches; a stage woken by a few entries lets more gather for its linger (never
-        past the next heartbeat), then reads again from the same offsets: Kafka's fetch.max.wait.ms.
-        A small batch costs Redis several times more per entry than a full one, and a blocked read
-        wakes on the first entry to come."""
+        """The next batches; woken by a few entries, the stage lets more gather for its linger, then
+        reads again from the same offsets (Kafka's fetch.max.wait.ms): small batches cost Redis more."""
         batches = await self.read(block=not self.burst)
-        if not self.linger_s or self.burst or not batches or any_full(batches, self.settings.batch_size):
-            return batches
-        await wait_or_stop(self._stopping, max(0.0, min(self.linger_s, self._next_heartbeat - time.monotonic())))
-        return await self.read(block=False) or batches
+        if self.linger_s and not self.burst and batches and not any_full(batches, self.settings.batch_size):
+            await wait_or_stop(self._stopping, max(0.0, min(self.linger_s, self._next_heartbeat - time.monotonic())))
+            batches = await self.read(block=False) or batches
+        return batches
 
     async def rebalance(self) -> None:
         assert self.assignment is not None and self.client is not None
@@ -208,19 +204,11 @@ class StreamAgent(mode.Service):
         """The next batch of every owned partition, from the offsets this member committed (or `cursors`)."""
         assert self.client is not None
         cursors = self.cursors if cursors is None else cursors
-        units = sorted(cursors)
-        if not units:
-            return {}
-        streams = [self.stage.input_stream(self.keys, u) for u in units]
-        block_ms = None
-        if block:
-            # Never past the next heartbeat: the leases must be renewed in time.
-            wait_ms = int(1000 * (self._next_heartbeat - time.monotonic()))
-            block_ms = max(1, min(self.settings.block_ms, wait_ms))
-        by_stream = await read_streams(self.client, streams, [cursors[u] for u in units],
-                                       self.settings.batch_size, block_ms)
-        return {u: [(e[0], e[1]) for e in by_stream[s]] for u, s in zip(units, streams, strict=True)
-                if by_stream.get(s)}
+        # Never past the next heartbeat: the leases must be renewed in time.
+        wait_ms = int(1000 * (self._next_heartbeat - time.monotonic()))
+        block_ms = max(1, min(self.settings.block_ms, wait_ms)) if block else None
+        return await read_units(self.client, {u: self.stage.input_stream(self.keys, u) for u in cursors}, cursors,
+                                self.settings.batch_size, block_ms)
 
     def context(self, unit: int) -> BatchContext:
         assert self.client is not None and self.assignment is not None

@@ -10,11 +10,12 @@ that a click arriving in another partition waits no longer than that.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline.client.cluster import ClusterClient
 from pipeline.client.resp import RespClient, all_replies
+from pipeline.runtime.stage import Entry
 
 CLUSTER_BLOCK_MS = 20
 
@@ -36,6 +37,16 @@ async def read_streams(client: RespClient | ClusterClient, streams: Sequence[str
     # Nothing anywhere: wait on one partition (any: the others wait at most the short block).
     turn = random.randrange(len(streams))
     return await _xread(client, [streams[turn]], [cursors[turn]], count, min(block_ms, CLUSTER_BLOCK_MS))
+
+
+async def read_units(client: RespClient | ClusterClient, streams: Mapping[int, str], cursors: Mapping[int, bytes],
+                     count: int, block_ms: int | None) -> dict[int, list[Entry]]:
+    """unit (a partition) -> the entries after its cursor in its stream (units with none are left out)."""
+    units = sorted(streams)
+    if not units:
+        return {}
+    by_stream = await read_streams(client, [streams[u] for u in units], [cursors[u] for u in units], count, block_ms)
+    return {u: [(e[0], e[1]) for e in by_stream[streams[u]]] for u in units if by_stream.get(streams[u])}
 
 
 async def _xread(client: RespClient | ClusterClient, streams: Sequence[str], cursors: Sequence[bytes],
