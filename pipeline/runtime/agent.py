@@ -172,12 +172,12 @@ class StreamAgent(mode.Service):
         return not batches
 
     async def _read_lingering(self) -> dict[int, list[Entry]]:
-        """The next batches; woken by a few entries, the stage lets more gather for its linger, then
-        reads again from the same offsets (Kafka's fetch.max.wait.ms): small batches cost Redis more."""
+        """The next batches; woken by a few, lets more gather, then reads on (Kafka's fetch.max.wait.ms)."""
         batches = await self.read(block=not self.burst)
         if self.linger_s and not self.burst and batches and not any_full(batches, self.settings.batch_size):
             await wait_or_stop(self._stopping, max(0.0, min(self.linger_s, self._next_heartbeat - time.monotonic())))
-            batches = await self.read(block=False) or batches
+            more = await self.read(block=False, cursors=self.cursors | {u: e[-1][0] for u, e in batches.items()})
+            batches = {u: (batches.get(u, []) + more.get(u, []))[:self.settings.batch_size] for u in batches | more}
         return batches
 
     async def rebalance(self) -> None:
