@@ -167,14 +167,15 @@ def check_click(entry_id: bytes | str, flat: list[bytes] | None, limits: FieldLi
     if not _RESERVED_WIRE.isdisjoint(fields):
         name = next(n for n in fields if n in _RESERVED_WIRE)
         raise InvalidClick(f"reserved_field: {_text(name)!r} is set by the detector")
-    extras: list[Any] = []
+    # The verdict's extras: every unknown field in the entry's order, or (copied) only the listed ones it has.
+    extras: list[Any] = [] if copied is None else [
+        v for name in copied if (value := fields.get(name)) is not None for v in (name, value)]
     for pair in fields.items():
         if pair[0] not in _KNOWN_WIRE:
             _decode(pair[0], "field name")
             _decode(pair[1], "value")
-            extras += pair
-    if copied is not None:
-        extras = [v for name in copied if (value := fields.get(name)) is not None for v in (name, value)]
+            if copied is None:
+                extras += pair
     device_raw = fields.get(b"device_id")
     ip_raw = fields.get(b"ip")
     if device_raw is None:
