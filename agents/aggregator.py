@@ -44,7 +44,8 @@ AGGREGATE = Step(
     "fraud_aggregate",
     # `counted`: the batch's verdict entries (the cells count them), sent as a number, not one
     # argument each: an argument costs the step more than the rest of an entry's work.
-    params=(*FENCE_PARAMS, "retention_ms", "fine_ms", "coarse_ms", "offenders_cap", "counted"),
+    params=(*FENCE_PARAMS, "counted"),
+    config=("retention_ms", "fine_ms", "coarse_ms", "offenders_cap"),
     keys=(*FENCE_KEYS, "dead", "stats", "offenders", *(series_name(v) for v in VERDICTS)),
     sections=(Section("rejects", ("id", "reason", "n")),
               Section("cells", ("verdict", "bucket", "count")),
@@ -86,6 +87,8 @@ class Aggregator:
         self.max_future_ms = settings.max_future_ms
         self.fine_ms, self.coarse_ms = offender_spans(settings)
         self.offenders_cap = settings.offenders_per_bucket
+        self.config = AGGREGATE.pack_config({"retention_ms": self.retention_ms, "fine_ms": self.fine_ms,
+                                             "coarse_ms": self.coarse_ms, "offenders_cap": self.offenders_cap})
 
     async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
         assert partition is not None
@@ -122,8 +125,7 @@ class Aggregator:
         reply = await ctx.client.execute(*AGGREGATE.argv(
             {**fence_keys, "dead": part.dead, "stats": part.stats, "offenders": part.offenders_prefix,
              **{series_name(v): part.series(v) for v in VERDICTS}},
-            {**fence_params, "retention_ms": self.retention_ms, "fine_ms": self.fine_ms, "coarse_ms": self.coarse_ms,
-             "offenders_cap": self.offenders_cap, "counted": counted_entries},
+            {**fence_params, "counted": counted_entries},
             {"rejects": rejects, "cells": samples,
-             "offenders": [[*cell, n] for cell, n in offenders.items()]}))
+             "offenders": [[*cell, n] for cell, n in offenders.items()]}, self.config))
         return ctx.outcome(reply)

@@ -26,8 +26,8 @@ from schemas.dead_letter import bounded_copy
 # fraud_detect in agents/fraud.lua, declared once: it reads every name below by name.
 DETECT = Step(
     "fraud_detect", keys=(*FENCE_KEYS, "verdicts", "dead", "blacklist", "stats", "window_index", "rejected"),
-    params=(*FENCE_PARAMS, "verdicts", "window_ms", "spam_threshold", "memory_ms", "history_ms",
-            "window_prefix", "trail_prefix", "index_slack_ms", "expire_limit",
+    params=(*FENCE_PARAMS, "window_prefix", "trail_prefix"),
+    config=("verdicts", "window_ms", "spam_threshold", "memory_ms", "history_ms", "index_slack_ms", "expire_limit",
             "robotic_intervals", "robotic_min_intervals", "robotic_spread_permille", "robotic_lookback_ms",
             "travel_max_kmh", "travel_min_km", "travel_lookback_ms", "copied_known"),
     sections=(Section("clicks", ("id", "device", "transaction", "ts", "ip", "lat", "lon", "n")),
@@ -50,7 +50,7 @@ class Detector:
         copied_known = OPTIONAL_KNOWN_FIELDS if listed is None else [n for n in OPTIONAL_KNOWN_FIELDS if n in listed]
         # A window's index entry is the next multiple of H above its device's newest ts, so
         # that it is written about once per horizon per device, not per click.
-        self.rule_params = {
+        self.config = DETECT.pack_config({
             # The verdict of a click no rule matches first, then the rules switched on, in the order they apply.
             "verdicts": ",".join((VERDICTS[0], *settings.rule_names)),
             "window_ms": settings.click_spam_window_ms,
@@ -69,7 +69,7 @@ class Detector:
             # Each call may remove twice as many quiet windows as a batch can create.
             "expire_limit": 2 * settings.batch_size,
             "copied_known": ",".join(copied_known),
-        }
+        })
 
     async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
         assert partition is not None
@@ -103,7 +103,6 @@ class Detector:
         reply = await ctx.client.execute(*DETECT.argv(
             {**fence_keys, "verdicts": part.verdicts, "dead": part.dead, "blacklist": part.blacklist,
              "stats": part.stats, "window_index": part.window_index, "rejected": part.rejected},
-            {**fence_params, "window_prefix": part.window_prefix, "trail_prefix": part.trail_prefix,
-             **self.rule_params},
-            self.records(entries, part.number)))
+            {**fence_params, "window_prefix": part.window_prefix, "trail_prefix": part.trail_prefix},
+            self.records(entries, part.number), self.config))
         return ctx.outcome(reply)

@@ -61,11 +61,36 @@ local function dead_letter(dead_key, stage, id, reason, args, from, n)
              unpack(args, from, from + n - 1))
 end
 
+-- A step's settings (the same for every call of a deployment) travel packed in one parameter,
+-- `config`: name=value lines (pipeline/client/step.py). Each distinct text is parsed once and kept
+-- here with what the steps work out from it (`derived`), so that a call pays neither an argument
+-- per setting nor their parsing: at a few clicks per call that was a tenth of a call. A cache only:
+-- what it holds follows from the text alone, and a library load or a full cache starts it afresh.
+local CONFIGS_KEPT = 64
+local configs, configs_held = {}, 0
+
+local function config_of(text)
+  local entry = configs[text]
+  if not entry then
+    if configs_held >= CONFIGS_KEPT then
+      configs, configs_held = {}, 0
+    end
+    local values = {}
+    for name, value in string.gmatch(text, '([^=\n]+)=([^\n]*)') do
+      values[name] = value
+    end
+    entry = {params = {__index = values}, derived = {}}
+    configs[text], configs_held = entry, configs_held + 1
+  end
+  return entry
+end
+
 -- The contract of every step (pipeline/client/step.py): ARGV names the KEYS and the
 -- parameters, then lists sections of records whose fields are named too, so a step
--- reads everything by name. Returns keys by name, params by name, and sections by
--- name, each {at = field name -> offset within a record, starts = record starts, tails = each
--- record's count of tail values (0 without a counted tail), read here once}.
+-- reads everything by name. Returns keys by name, params by name (a `config`'s settings
+-- among them), sections by name, each {at = field name -> offset within a record, starts = record
+-- starts, tails = each record's count of tail values (0 without a counted tail), read here once},
+-- and the table where a step keeps what it derives from its config (a fresh one without config).
 local function decode(keys, args)
   local k, p, s = {}, {}, {}
   local at = 1
@@ -97,7 +122,11 @@ local function decode(keys, args)
     end
     s[name] = section
   end
-  return k, p, s
+  if not p.config then
+    return k, p, s, {}
+  end
+  local config = config_of(p.config)
+  return k, setmetatable(p, config.params), s, config.derived
 end
 
 -- The reply of a step that applied its batch: 'ok', then name, count pairs.
@@ -144,9 +173,10 @@ end
 
 -- The fence of a partition step (keys lease, input; params owner, epoch, group, after):
 -- the caller holds the lease at its epoch and its batch follows the committed offset.
--- Returns the group's record, or nil and the 'fenced' reply saying why.
+-- Returns {group = the group's record, and the lease's attempt_at, attempts and suspects_to (nil
+-- when unset), read with the fence in one call}, or nil and the 'fenced' reply saying why.
 local function open_partition(k, p)
-  local lease = redis.call('HMGET', k.lease, 'owner', 'epoch')
+  local lease = redis.call('HMGET', k.lease, 'owner', 'epoch', 'attempt_at', 'attempts', 'suspects_to')
   if lease[1] ~= p.owner or lease[2] ~= p.epoch then
     return nil, {'fenced', 'lease', lease[1] or '', lease[2] or ''}
   end
@@ -157,7 +187,7 @@ local function open_partition(k, p)
   if group['last-delivered-id'] ~= p.after then
     return nil, {'fenced', 'offset', group['last-delivered-id']}
   end
-  return group
+  return {group = group, attempt_at = lease[3] or nil, attempts = lease[4] or nil, suspects_to = lease[5] or nil}
 end
 
 -- A group's entries-read count (from XINFO GROUPS): known once a step has committed, 0 at the start.
@@ -197,10 +227,10 @@ end
 -- A step that commits a batch ending at `last` also counts the attempt at the batch that follows
 -- it, the one its caller begins next (pipeline/runtime/attempts.py): what fraud_attempt would write
 -- there for a fresh offset, saving the caller that call. Not while suspects are pending at or after
--- `last` (suspects_to above it): they keep their own counting, one at a time. Returns whether it counted.
-local function count_next_attempt(k, p)
-  -- HMGET rather than HGET: what every role that runs a step may already do on its leases (acl.py).
-  local bound = redis.call('HMGET', k.lease, 'suspects_to')[1]
+-- `last` (suspects_to above it, as the fence read it): they keep their own counting, one at a time.
+-- Returns whether it counted.
+local function count_next_attempt(k, p, fence)
+  local bound = fence.suspects_to
   if bound and id_less(p.last, bound) then
     return false
   end
@@ -212,12 +242,12 @@ end
 -- count so that XINFO GROUPS reports the lag exactly, records the batch in the partition's commit
 -- log, counts the next attempt (count_next_attempt) and adds `counts` to the stage's stats. Returns
 -- the step's reply: 'ok', the counts, then next_attempt 1 (counted) or 0 (see pipeline/client/step.py).
-local function commit(k, p, group, count, counts)
-  local read = entries_read(group)
+local function commit(k, p, fence, count, counts)
+  local read = entries_read(fence.group)
   set_offset(k.input, p.group, p.last, read and read + count)
   redis.call('XADD', k.commits, 'MAXLEN', '~', COMMITS_KEPT, '*', 'owner', p.owner, 'epoch', p.epoch,
              'after', p.after, 'first', p.first, 'last', p.last, 'count', count)
-  local counted_next = count_next_attempt(k, p)
+  local counted_next = count_next_attempt(k, p, fence)
   count_stats(k.stats, p.stage, counts)
   local reply = ok_reply(counts)
   reply[#reply + 1] = 'next_attempt'
@@ -348,10 +378,36 @@ local function raise_index(index, newest, slack_ms)
   in_slices('ZADD', index, 'GT', items)
 end
 
+-- What detect works out from its settings, once per config (decode): the verdict order, the
+-- rules' numbers, which parts of a device's trail the rules switched on need (none: no trail is
+-- kept), which of a click's optional known fields its verdict copies (FRAUD_VERDICT_FIELDS) when
+-- it has them. nil and the error when a verdict has no rule.
+local function detect_settings(p)
+  local cfg = {order = names(p.verdicts), copies = {}, keeps_beats = false, keeps_position = false}
+  for i = 2, #cfg.order do
+    local rule = cfg.order[i]
+    if not RULES[rule] then
+      return nil, 'ERR no rule for the verdict ' .. rule
+    end
+    cfg.keeps_beats = cfg.keeps_beats or rule == 'robotic'
+    cfg.keeps_position = cfg.keeps_position or rule == 'impossible_travel'
+  end
+  for _, name in ipairs({'window_ms', 'memory_ms', 'history_ms', 'index_slack_ms', 'expire_limit', 'spam_threshold',
+                         'robotic_intervals', 'robotic_min_intervals', 'robotic_spread_permille',
+                         'robotic_lookback_ms', 'travel_max_kmh', 'travel_lookback_ms'}) do
+    cfg[name] = tonumber(p[name])
+  end
+  cfg.travel_min_m = tonumber(p.travel_min_km) * 1000
+  for _, name in ipairs(names(p.copied_known)) do
+    cfg.copies[name] = true
+  end
+  return cfg
+end
+
 -- Keys: lease, commits, input, verdicts, dead, blacklist, stats, window_index, rejected (one partition's)
--- Params: group, owner, epoch, after, first, last, stage (the fence and commit), verdicts, window_ms, spam_threshold,
---         memory_ms (H + W), history_ms (H + the longest lookback of a rule on), window_prefix, trail_prefix,
---         index_slack_ms, expire_limit, robotic_* and travel_* (the rules' settings)
+-- Params: group, owner, epoch, after, first, last, stage (the fence and commit), window_prefix, trail_prefix
+-- Config: verdicts, window_ms, spam_threshold, memory_ms (H + W), history_ms (H + the longest lookback of a
+--         rule on), index_slack_ms, expire_limit, copied_known, robotic_* and travel_* (the rules' settings)
 -- Sections: clicks (id, device, transaction ('' for none), ts, ip, lat, lon, n + the verdict's extra fields),
 --           rejects (id, reason, n + the bounded copy of the original fields)
 --
@@ -368,34 +424,21 @@ end
 -- so the trail goes whole, with the window, once the device's newest ts is below
 -- arrival - history_ms of every click still to be judged (windows wait as long).
 local function detect(keys, args)
-  local k, p, s = decode(keys, args)
+  local k, p, s, derived = decode(keys, args)
+  local cfg = derived.detect
+  if not cfg then
+    local err
+    cfg, err = detect_settings(p)
+    if not cfg then
+      return redis.error_reply(err)
+    end
+    derived.detect = cfg
+  end
   local clicks, rejects = s.clicks, s.rejects
   local C, R = clicks.at, rejects.at
-  local order = names(p.verdicts)
-  for i = 2, #order do
-    if not RULES[order[i]] then
-      return redis.error_reply('ERR no rule for the verdict ' .. order[i])
-    end
-  end
-  local window_ms, memory_ms, history_ms = tonumber(p.window_ms), tonumber(p.memory_ms), tonumber(p.history_ms)
-  p.spam_threshold = tonumber(p.spam_threshold)
-  for _, name in ipairs({'robotic_intervals', 'robotic_min_intervals', 'robotic_spread_permille',
-                         'robotic_lookback_ms', 'travel_max_kmh', 'travel_lookback_ms'}) do
-    p[name] = tonumber(p[name])
-  end
-  p.travel_min_m = tonumber(p.travel_min_km) * 1000
-  -- Which parts of a device's trail the rules switched on need (none: no trail is kept).
-  local keeps_beats, keeps_position = false, false
-  for i = 2, #order do
-    keeps_beats = keeps_beats or order[i] == 'robotic'
-    keeps_position = keeps_position or order[i] == 'impossible_travel'
-  end
-  local slack_ms, expire_limit = tonumber(p.index_slack_ms), tonumber(p.expire_limit)
-  -- Which of a click's optional known fields its verdict copies (FRAUD_VERDICT_FIELDS), when it has them.
-  local copies = {}
-  for _, name in ipairs(names(p.copied_known)) do
-    copies[name] = true
-  end
+  local order, copies, keeps_beats, keeps_position = cfg.order, cfg.copies, cfg.keeps_beats, cfg.keeps_position
+  local window_ms, memory_ms, history_ms = cfg.window_ms, cfg.memory_ms, cfg.history_ms
+  local slack_ms, expire_limit = cfg.index_slack_ms, cfg.expire_limit
   -- A verdict entry as it is built: the detector's fields, the click's known ones, then its extras;
   -- one table for the whole batch, whose first `m` values are the entry in hand.
   local row = {'verdict', '', 'raw_id', '', 'device_id', '', 'ip', '', 'ts', ''}
@@ -407,8 +450,8 @@ local function detect(keys, args)
   end
   -- Ids ascend in a batch: its first click arrived first, and has the lowest floor.
   local lowest_floor = #ips > 0 and id_ms(args[clicks.starts[1] + C.id]) - memory_ms or math.huge
-  local group, reply = open_partition(k, p)
-  if not group then
+  local fence, reply = open_partition(k, p)
+  if not fence then
     return reply
   end
   -- Below every floor of this batch and of every click not judged yet: those after this
@@ -464,9 +507,9 @@ local function detect(keys, args)
       -- ts_text is the click's ts as the detector wrote it: canonical integer text (no sign, no leading zeros).
       facts.listed, facts.earlier, facts.ts, facts.ts_text = listed[nth] == 1, earlier, ts, ts_text
       if keeps_beats or keeps_position then
-        remember(facts, p.trail_prefix .. device, args[at + at_lat], args[at + at_lon], p, keeps_beats, keeps_position)
+        remember(facts, p.trail_prefix .. device, args[at + at_lat], args[at + at_lon], cfg, keeps_beats, keeps_position)
       end
-      local verdict = judge(facts, p, order)
+      local verdict = judge(facts, cfg, order)
       counts[verdict] = counts[verdict] + 1
       -- The click's known fields come from its record (each sent once), its extras after them.
       local lat, m = args[at + at_lat], 10
@@ -511,7 +554,7 @@ local function detect(keys, args)
   if #gone > 0 then
     in_slices('ZREM', k.window_index, nil, gone)
   end
-  return commit(k, p, group, count, counts)
+  return commit(k, p, fence, count, counts)
 end
 
 -- An offender bucket's key: <prefix><dimension>:<verdict>:<span_ms>:<start_ms> (keys.py: Keys.offenders).
@@ -566,8 +609,9 @@ end
 
 -- Keys: lease, commits, input (the partition's verdicts), dead, stats, offenders, then
 --       'series:<verdict>' for every verdict (the partition's series)
--- Params: group, owner, epoch, after, first, last, stage (the fence and commit), retention_ms
---         (0: none), fine_ms, coarse_ms, offenders_cap, counted (how many verdict entries the cells count)
+-- Params: group, owner, epoch, after, first, last, stage (the fence and commit), counted (how many
+--         verdict entries the cells count)
+-- Config: retention_ms (0: none), fine_ms, coarse_ms, offenders_cap
 -- Sections: rejects (id, reason, n + copy), cells (verdict, bucket, count),
 --           offenders (dimension, verdict, bucket, member, count)
 --
@@ -580,8 +624,8 @@ local function aggregate(keys, args)
   local k, p, s = decode(keys, args)
   local cells, rejects = s.cells, s.rejects
   local X, R = cells.at, rejects.at
-  local group, reply = open_partition(k, p)
-  if not group then
+  local fence, reply = open_partition(k, p)
+  if not fence then
     return reply
   end
   local retention = tonumber(p.retention_ms)
@@ -615,7 +659,7 @@ local function aggregate(keys, args)
     local n = at + R.n
     dead_letter(k.dead, p.stage, args[at + R.id], args[at + R.reason], args, n + 1, tonumber(args[n]))
   end
-  return commit(k, p, group, tonumber(p.counted) + #rejects.starts, {counted = counted, dead = #rejects.starts})
+  return commit(k, p, fence, tonumber(p.counted) + #rejects.starts, {counted = counted, dead = #rejects.starts})
 end
 
 -- Adds a bucket's rows (member, count...) to the running totals of a read of offenders.
@@ -680,15 +724,15 @@ local function reject(keys, args)
   local k, p, s = decode(keys, args)
   local entries = s.entries
   local E = entries.at
-  local group, reply = open_partition(k, p)
-  if not group then
+  local fence, reply = open_partition(k, p)
+  if not fence then
     return reply
   end
   for _, at in ipairs(entries.starts) do
     local n = at + E.n
     dead_letter(k.dead, p.stage, args[at + E.id], args[at + E.reason], args, n + 1, tonumber(args[n]))
   end
-  return commit(k, p, group, #entries.starts, {dead = #entries.starts})
+  return commit(k, p, fence, #entries.starts, {dead = #entries.starts})
 end
 
 -- Keys: lease, commits, input. Params: group, owner, epoch, after, first, last, stage, limit, alone.
@@ -700,13 +744,12 @@ end
 -- at `after`}, {'suspect', the last suspect id}, or the 'fenced' reply.
 local function attempt(keys, args)
   local k, p = decode(keys, args)
-  local group, reply = open_partition(k, p)
-  if not group then
+  local fence, reply = open_partition(k, p)
+  if not fence then
     return reply
   end
-  local held = redis.call('HMGET', k.lease, 'attempt_at', 'attempts', 'suspects_to')
-  local n = held[1] == p.after and tonumber(held[2]) or 0
-  local bound = held[3] or '0-0'
+  local n = fence.attempt_at == p.after and tonumber(fence.attempts) or 0
+  local bound = fence.suspects_to or '0-0'
   if p.alone == '0' then
     if id_less(p.after, bound) then
       return {'suspect', bound}

@@ -6,6 +6,10 @@ them by name (``decode`` in ``agents/fraud.lua``) and never by position::
     <#keys> key names...  <#params> param names... param values...
     <#sections> then per section: name <#fields> field names... <#records> records...
 
+A step's settings, the same for every call of a deployment (its ``config``), travel as one
+parameter, ``config``: ``name=value`` lines, packed once by the caller (``pack_config``). The Lua
+side parses each distinct text once and keeps it, and reads a setting by name like any parameter.
+
 A record is its fields in the declared order; a section whose last field is ``n`` has, after
 each record's fields, ``n`` more values (a click's fields, a dead letter's copy). The reply is
 ``ok`` followed by name/value pairs, or ``fenced`` followed by the ids the caller no longer owns.
@@ -23,6 +27,8 @@ from typing import Any
 from pipeline.core.replies import pairs
 
 TAIL = "n"
+# The parameter that carries a step's settings, packed (``Step.pack_config``).
+CONFIG = "config"
 # The reply's pair in which a committing step says whether it counted the next batch's attempt.
 NEXT_ATTEMPT = "next_attempt"
 
@@ -51,18 +57,36 @@ class Step:
     keys: tuple[str, ...]
     params: tuple[str, ...] = ()
     sections: tuple[Section, ...] = ()
+    config: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if CONFIG in self.params or any("=" in name or "\n" in name for name in self.config):
+            raise ValueError(f"{self.function}: a config name holds '=' or a line break, or a param is named {CONFIG}")
+
+    def pack_config(self, values: Mapping[str, Any]) -> str:
+        """The ``config`` parameter of this step's calls, from its settings' values (by name)."""
+        _same_names(self.function, "config", self.config, values)
+        texts = {name: str(values[name]) for name in self.config}
+        for name, text in texts.items():
+            if "\n" in text:
+                raise ValueError(f"{self.function}: the config value of {name} holds a line break")
+        return "\n".join(f"{name}={text}" for name, text in texts.items())
 
     def argv(self, keys: Mapping[str, str], params: Mapping[str, Any] | None = None,
-             sections: Mapping[str, Sequence[Sequence[Any]]] | None = None) -> list[Any]:
-        """The FCALL command. A record is a sequence of its fields, then (counted tail) the tail's values."""
+             sections: Mapping[str, Sequence[Sequence[Any]]] | None = None, config: str | None = None) -> list[Any]:
+        """The FCALL command; `config` as ``pack_config`` made it. A record is a sequence of its fields,
+        then (counted tail) the tail's values."""
         params, sections = params or {}, sections or {}
         _same_names(self.function, "keys", self.keys, keys)
         _same_names(self.function, "params", self.params, params)
         _same_names(self.function, "sections", tuple(s.name for s in self.sections), sections)
+        if (config is None) != (not self.config):
+            raise ValueError(f"{self.function}: a config is given if and only if the step declares one")
+        names, values = self.params, [params[p] for p in self.params]
+        if config is not None:
+            names, values = (*names, CONFIG), [*values, config]
         argv: list[Any] = ["FCALL", self.function, len(self.keys), *(keys[k] for k in self.keys),
-                           len(self.keys), *self.keys,
-                           len(self.params), *self.params, *(params[p] for p in self.params),
-                           len(self.sections)]
+                           len(self.keys), *self.keys, len(names), *names, *values, len(self.sections)]
         for section in self.sections:
             records = sections[section.name]
             argv += (section.name, len(section.fields), *section.fields, len(records))
