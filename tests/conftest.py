@@ -14,10 +14,19 @@ from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster, NodeAddress
 from pipeline.dev.server import EmbeddedRedis
+from tests.server_registry import register_every_server, stop_orphans
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # One libssl1.1 download serves every test session (and `fraud server start` in this tree).
 LIBSSL_DIR = PROJECT_ROOT / ".fraud" / "libssl"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Servers are daemons: a session killed before its fixtures ended left them running.
+    stopped = stop_orphans()
+    if stopped:
+        print(f"stopped {len(stopped)} Redis server(s) an earlier, killed test session left running: pids {stopped}")
+    register_every_server()
 
 
 def free_port() -> int:

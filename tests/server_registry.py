@@ -1,0 +1,104 @@
+"""Every Redis server a test session starts, recorded by pid, so that the next session stops the ones
+a session that was killed left running (a session that ends stops its own in its fixtures).
+
+The servers are daemons: nothing ends them with the process that started them. Each record names
+the session's process and the server, each with its start time (``/proc/<pid>/stat``), so that a
+reused pid is never mistaken for either: a record is acted on only when its session is gone, and
+its server is signalled only while that very process still runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+
+from pipeline.dev.server import EmbeddedRedis
+
+REGISTRY = Path(__file__).resolve().parent.parent / ".fraud" / "test-servers"
+STOP_WAIT_S = 10.0
+
+
+def started_at(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None when no such process runs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[19])
+
+
+def record(server: EmbeddedRedis) -> None:
+    """Note a server this session just started (its pid and this session's)."""
+    pid = server.pid
+    if pid is None:
+        return
+    REGISTRY.mkdir(parents=True, exist_ok=True)
+    entry = {"owner": os.getpid(), "owner_started": started_at(os.getpid()), "started": started_at(pid),
+             "data_dir": str(server.data_dir)}
+    (REGISTRY / str(pid)).write_bytes(orjson.dumps(entry))
+
+
+def forget(pid: int | None) -> None:
+    if pid is not None:
+        (REGISTRY / str(pid)).unlink(missing_ok=True)
+
+
+def stop_orphans(registry: Path = REGISTRY) -> list[int]:
+    """Stop (SIGTERM, then SIGKILL) the recorded servers of sessions that no longer run; forget the
+    records of servers gone already. Returns the pids it signalled."""
+    stopped = []
+    for path in sorted(registry.glob("[0-9]*")) if registry.is_dir() else []:
+        pid = int(path.name)
+        try:
+            entry = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            path.unlink(missing_ok=True)
+            continue
+        if started_at(entry["owner"]) == entry["owner_started"]:
+            continue  # that session still runs (another suite in parallel): its servers are its own
+        if started_at(pid) == entry["started"]:
+            _stop(pid)
+            stopped.append(pid)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def _stop(pid: int) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            if started_at(pid) is None:
+                return
+            time.sleep(0.05)
+
+
+def register_every_server() -> None:
+    """From now on in this process, every EmbeddedRedis started is recorded and forgotten once stopped."""
+    start, stop, kill = EmbeddedRedis.start, EmbeddedRedis.stop, EmbeddedRedis.kill
+
+    def recorded_start(self: EmbeddedRedis, *args: object, **kwargs: object) -> None:
+        start(self, *args, **kwargs)  # type: ignore[arg-type]
+        record(self)
+
+    def forgotten_stop(self: EmbeddedRedis, *args: object, **kwargs: object) -> None:
+        pid = self.pid
+        stop(self, *args, **kwargs)  # type: ignore[arg-type]
+        forget(pid)
+
+    def forgotten_kill(self: EmbeddedRedis) -> None:
+        pid = self.pid
+        kill(self)
+        forget(pid)
+
+    EmbeddedRedis.start = recorded_start  # type: ignore[method-assign]
+    EmbeddedRedis.stop = forgotten_stop  # type: ignore[method-assign]
+    EmbeddedRedis.kill = forgotten_kill  # type: ignore[method-assign]
