@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
 from pipeline.cli.main import main
 from pipeline.core.settings import Settings
@@ -50,6 +51,24 @@ def test_bench_direct_writes_into_the_partitions_without_a_router(
     assert (report["direct"], report["routers"]) == (True, 0)
     # Nothing went through clicks:raw, and every click still has one outcome.
     assert report["finished"] == {"router": 0, "detector": 3000, "aggregator": report["counted"]}
+
+
+def test_bench_on_a_running_server_keeps_to_a_namespace_it_clears_each_run(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("FRAUD_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("FRAUD_HOME", str(settings.home))
+    pipeline_key = f"{settings.namespace}:raw"
+    with redis.Redis.from_url(settings.redis_url) as client:
+        client.xadd(pipeline_key, {"device_id": "d1", "ip": "192.0.2.1", "ts": "1"})
+    reports = []
+    for _ in range(2):
+        assert main(["bench", "--use-running", "--clicks", "2000", "--detectors", "1", "--direct", "--json"]) == 0
+        reports.append(orjson.loads(capsys.readouterr().out))
+    # The second run's seeded clicks are judged afresh, not as duplicates of the first run's.
+    assert reports[0]["verdicts"] == reports[1]["verdicts"]
+    with redis.Redis.from_url(settings.redis_url) as client:
+        assert client.xlen(pipeline_key) == 1  # the pipeline's own namespace is left alone
+        assert client.exists(f"{settings.namespace}-bench:{{0}}:verdicts")
 
 
 @pytest.fixture

@@ -103,7 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "of at most 200 clicks each)")
     parser.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before giving up")
     parser.add_argument("--use-running", action="store_true",
-                        help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one")
+                        help="use the Redis at FRAUD_REDIS_URL instead of a fresh embedded one, in a "
+                             "namespace of its own (FRAUD_NAMESPACE-bench), which each run clears first")
     parser.add_argument("--no-aof", action="store_true",
                         help="run the embedded server without its append-only file (no persistence)")
     parser.add_argument("--baseline", metavar="GIT_REF",

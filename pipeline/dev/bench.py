@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -59,7 +60,9 @@ def free_port() -> int:
 def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Iterator[Settings]:
     """A fresh embedded server for one run; ``aof=False`` measures the pipeline without persistence."""
     if use_running:
-        yield settings
+        # Someone's server: the bench runs in a namespace of its own, never the pipeline's, and each
+        # run clears it first (``measure``).
+        yield replace(settings, namespace=settings.namespace + BENCH_NAMESPACE_SUFFIX)
         return
     from pipeline.dev.server import EmbeddedRedis
 
@@ -97,6 +100,12 @@ def stop_processes(processes: Sequence[psutil.Popen], timeout: float = 30) -> No
         process.wait(timeout)
 
 
+# What --use-running appends to FRAUD_NAMESPACE for the bench's own keys.
+BENCH_NAMESPACE_SUFFIX = "-bench"
+# How long the agents may take to take their inputs and even out their partitions before a run.
+SETTLE_TIMEOUT_S = 60.0
+
+
 def _spawn(name: str, settings: Settings, *argv: str, stdout: int | None = None) -> StageProcess:
     return StageProcess(name, spawn_cli(settings, f"bench-{name}", *argv, stdout=stdout))
 
@@ -107,12 +116,33 @@ def active_stages(direct: bool) -> list[Stage]:
 
 
 async def wait_inputs_taken(client: RespClient | ClusterClient, keys: Keys, settings: Settings,
-                            stages: list[Stage]) -> None:
-    """Until every input of every stage has its group (made by the member that took it)."""
+                            stages: list[Stage], members: dict[str, int] | None = None) -> None:
+    """Until every input of every stage has its group (made by the member that took it) and, with
+    `members` (stage name -> how many run), each stage's partitions are spread over that many owners
+    evenly: members starting together first take what they can, then even out at their heartbeats,
+    and a click arriving meanwhile would wait for a handover, which the clock must not count."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
     for stage in stages:
         for unit in stage.units(settings):
             while not await group_exists(client, stage.input_stream(keys, unit), stage.name):
-                await asyncio.sleep(0.05)
+                await _sleep_until(deadline, f"the {stage.name} group on partition {unit}")
+        while members and not await _spread_evenly(client, keys, settings, stage, members[stage.name]):
+            await _sleep_until(deadline, f"the {stage.name}'s partitions spread over its {members[stage.name]} members")
+
+
+async def _sleep_until(deadline: float, waited_for: str) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"waited {SETTLE_TIMEOUT_S:.0f} s for {waited_for}")
+    await asyncio.sleep(0.05)
+
+
+async def _spread_evenly(client: RespClient | ClusterClient, keys: Keys, settings: Settings, stage: Stage,
+                         members: int) -> bool:
+    units = stage.units(settings)
+    owners = [await client.execute("HGET", stage.lease_key(keys, unit), "owner") for unit in units]
+    held = Counter(owner for owner in owners if owner)
+    return (sum(held.values()) == len(units) and len(held) == min(members, len(units))
+            and max(held.values()) - min(held.values()) <= 1)
 
 
 async def _wait_until_counted(client: RespClient, keys: Keys, settings: Settings, stages: list[Stage],
@@ -147,10 +177,18 @@ async def _first_arrival_s(client: RespClient, streams: list[str]) -> float | No
     return min(parse_id(entry_id)[0] for entry_id in firsts) / 1000 if firsts else None
 
 
-def _fresh_keys(keys: Keys, partitions: int) -> list[str]:
-    """What a previous run on a running server left that would be counted again."""
-    return [keys.raw, keys.config, *(key for part in keys.partitions(partitions)
-                                     for key in (part.input, part.verdicts, part.dead, part.stats, part.routed))]
+async def clear_namespace(client: RespClient | ClusterClient, namespace: str) -> None:
+    """Remove every key of `namespace` (each master's, on a cluster): what a previous run left there
+    (device windows, leases, series) would make the same seeded clicks duplicates and skew the counts."""
+    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in namespace) + ":*"
+    for node in every_master(client):
+        cursor = b"0"
+        while True:
+            cursor, found = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if found:
+                await node.pipeline([("UNLINK", key) for key in found])
+            if cursor == b"0":
+                break
 
 
 async def info_fields(client: RespClient | ClusterClient, section: str) -> dict[str, str]:
@@ -178,14 +216,13 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     keys = Keys(settings.namespace)
     direct = getattr(args, "direct", False)
     client = await open_fast_client(settings)
-    # One DEL per key: on a cluster, the partitions' keys are in different slots.
-    await client.pipeline([("DEL", key) for key in _fresh_keys(keys, settings.partitions)])
+    await clear_namespace(client, settings.namespace)
     active = active_stages(direct)
     counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
     stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
               for stage in active for i in range(counts[stage.name])]
     # Every input of every stage is taken (its group made by its owner) before the clock starts.
-    await wait_inputs_taken(client, keys, settings, active)
+    await wait_inputs_taken(client, keys, settings, active, counts)
     redis_cpu = await redis_cpu_s(client)
     # Start-up (imports, connecting) is not per-click work: count only what comes after it.
     start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
