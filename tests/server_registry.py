@@ -24,14 +24,15 @@ STOP_WAIT_S = 10.0
 
 
 def started_at(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when no such process runs."""
+    """The process's start time in clock ticks since boot, or None when no such process runs (a
+    zombie, ended and waiting for its parent to collect it, runs no more)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
     fields = stat[stat.rindex(")") + 2:].split()
-    return int(fields[19])
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def record(server: EmbeddedRedis) -> None:

@@ -40,6 +40,7 @@ from pipeline.core.replies import text_pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 from pipeline.dev.bench_report import bench_result, print_result
+from pipeline.dev.redis_probe import aof_rewrites, clear_namespace, persistence_of, redis_cpu_s, redis_memory_bytes
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 from pipeline.runtime.stage import Stage
 
@@ -177,35 +178,6 @@ async def _first_arrival_s(client: RespClient, streams: list[str]) -> float | No
     return min(parse_id(entry_id)[0] for entry_id in firsts) / 1000 if firsts else None
 
 
-async def clear_namespace(client: RespClient | ClusterClient, namespace: str) -> None:
-    """Remove every key of `namespace` (each master's, on a cluster): what a previous run left there
-    (device windows, leases, series) would make the same seeded clicks duplicates and skew the counts."""
-    pattern = "".join("\\" + c if c in "*?[]\\" else c for c in namespace) + ":*"
-    for node in every_master(client):
-        cursor = b"0"
-        while True:
-            cursor, found = await node.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            if found:
-                await node.pipeline([("UNLINK", key) for key in found])
-            if cursor == b"0":
-                break
-
-
-async def info_fields(client: RespClient | ClusterClient, section: str) -> dict[str, str]:
-    info = (await client.execute("INFO", section)).decode()
-    return dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-
-
-async def redis_cpu_s(client: RespClient | ClusterClient) -> dict[str, float]:
-    """Each master's Redis CPU seconds so far (one server: itself), by ``host:port``: on a cluster
-    a keyless ``INFO`` reaches one master only, so each is asked in turn."""
-    used = {}
-    for node in every_master(client):
-        fields = await info_fields(node, "cpu")
-        used[f"{node.host}:{node.port}"] = float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
-    return used
-
-
 async def _bench(args: argparse.Namespace, settings: Settings) -> int:
     print_result(args, await measure(args, settings))
     return 0
@@ -221,25 +193,28 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
     stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
               for stage in active for i in range(counts[stage.name])]
-    # Every input of every stage is taken (its group made by its owner) before the clock starts.
-    await wait_inputs_taken(client, keys, settings, active, counts)
-    redis_cpu = await redis_cpu_s(client)
-    # Start-up (imports, connecting) is not per-click work: count only what comes after it.
-    start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
-    started = time.time()
-    sends = ["--sends", str(args.sends)] if getattr(args, "sends", None) else []
-    producer = _spawn("producer", settings, "agent", "generator", "--rate", str(args.rate), *sends, "--pregenerate",
-                      "--total", str(args.clicks), "--seed", "7", *(["--direct"] if direct else []),
-                      stdout=subprocess.PIPE)
-    stages.append(producer)
     cpu: dict[str, float] = {}
+    # Whatever fails from here on, the processes spawned are stopped.
     try:
+        # Every input of every stage is taken (its group made by its owner) before the clock starts.
+        await wait_inputs_taken(client, keys, settings, active, counts)
+        redis_cpu = await redis_cpu_s(client)
+        rewrites = await aof_rewrites(client)
+        # Start-up (imports, connecting) is not per-click work: count only what comes after it.
+        start_cpu = {stage.name: _cpu_s(stage) for stage in stages}
+        started = time.time()
+        sends = ["--sends", str(args.sends)] if getattr(args, "sends", None) else []
+        producer = _spawn("producer", settings, "agent", "generator", "--rate", str(args.rate), *sends,
+                          "--pregenerate", "--total", str(args.clicks), "--seed", "7",
+                          *(["--direct"] if direct else []), stdout=subprocess.PIPE)
+        stages.append(producer)
         await _wait_until_counted(client, keys, settings, active, producer, args.timeout)
         finished = time.time()
         for stage in stages:
             if stage.process.poll() is None:
                 cpu[stage.name] = _cpu_s(stage) - start_cpu.get(stage.name, 0.0)
         redis_cpu = {node: used - redis_cpu.get(node, 0.0) for node, used in (await redis_cpu_s(client)).items()}
+        rewrites = await aof_rewrites(client) - rewrites
         assert producer.process.stdout is not None
         cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
     finally:
@@ -252,16 +227,10 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     stats = await stats_totals(client, keys, settings.partitions)
     memory = await redis_memory_bytes(client)
     holdings = shard_holdings(client, keys, settings.partitions)
-    persistence = await _persistence(client)
+    persistence = await persistence_of(client) + (f", {rewrites} AOF rewrite(s) during the run" if rewrites else "")
     await client.close()
     return bench_result(args, started, finished, latencies, cpu, redis_cpu, stats, memory, holdings, persistence,
                    _setup(args, settings, direct))
-
-
-async def redis_memory_bytes(client: RespClient | ClusterClient) -> dict[str, int]:
-    """Each master's peak allocated memory (``MEMORY STATS``), by ``host:port``."""
-    return {f"{node.host}:{node.port}": int((await node.execute("MEMORY", "STATS"))[1])
-            for node in every_master(client)}
 
 
 def shard_holdings(client: RespClient | ClusterClient, keys: Keys, partitions: int) -> dict[str, str]:
@@ -285,12 +254,6 @@ def shard_holdings(client: RespClient | ClusterClient, keys: Keys, partitions: i
 def _setup(args: argparse.Namespace, settings: Settings, direct: bool) -> dict[str, Any]:
     """How the run was set up: the partitions, and how the clicks entered them."""
     return {"partitions": settings.partitions, "direct": direct, "routers": 0 if direct else args.routers}
-
-
-async def _persistence(client: RespClient) -> str:
-    aof = (await client.execute("CONFIG", "GET", "appendonly"))[1] == b"yes"
-    fsync = (await client.execute("CONFIG", "GET", "appendfsync"))[1].decode()
-    return f"AOF appendfsync {fsync}" if aof else "without AOF"
 
 
 def _cpu_s(stage: StageProcess) -> float:

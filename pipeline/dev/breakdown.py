@@ -21,7 +21,8 @@ from pipeline.client.producer import Partitioner
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server, info_fields, redis_cpu_s
+from pipeline.dev.bench import bench_server
+from pipeline.dev.redis_probe import info_fields, redis_cpu_s
 from pipeline.runtime.agent import run_burst
 
 # Commands an agent sends itself (reads, set-up, bookkeeping); every other command ran inside a step.

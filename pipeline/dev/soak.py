@@ -24,7 +24,8 @@ from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.replies import pairs
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import group_exists, info_fields, spawn_cli, stop_processes
+from pipeline.dev.bench import group_exists, spawn_cli, stop_processes
+from pipeline.dev.redis_probe import info_fields
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 
 # Short retention, so that a steady state is reached within seconds, not hours.
