@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import orjson
 
 from pipeline.dev.server import EmbeddedRedis
 from tests.conftest import LIBSSL_DIR, free_port, running
-from tests.server_registry import REGISTRY, forget, started_at, stop_orphans
+from tests.server_registry import REGISTRY, UNREADABLE_GRACE_S, boot_id, forget, started_at, stop_orphans
 
 
-def write_record(registry: Path, pid: int, owner: int, owner_started: int | None, started: int | None) -> Path:
+def write_record(registry: Path, pid: int, owner: int, owner_started: int | None, started: int | None,
+                 boot: str | None = None) -> Path:
     registry.mkdir(parents=True, exist_ok=True)
     path = registry / str(pid)
     path.write_bytes(orjson.dumps({"owner": owner, "owner_started": owner_started, "started": started,
-                                   "data_dir": "x"}))
+                                   "boot": boot_id() if boot is None else boot, "data_dir": "x"}))
     return path
 
 
@@ -55,3 +58,24 @@ def test_the_servers_of_a_killed_session_are_stopped_and_no_other(tmp_path: Path
         assert not orphan.is_running() and kept.is_running()
         assert not orphaned.exists() and live.exists() and not reused.exists()
         forget(orphan_pid)  # this session's own record of it: stopped here, not by its fixture
+
+
+def test_records_from_another_boot_or_half_written_are_never_acted_on(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    owner, owner_born = a_finished_process()
+    server = EmbeddedRedis(tmp_path / "server", free_port(), libssl_dir=LIBSSL_DIR)
+    with running(server):
+        pid = server.pid
+        assert pid is not None
+        # The same pid and start time, recorded before a reboot: another process, dropped unsignalled.
+        rebooted = write_record(registry, pid, owner, owner_born, started_at(pid), boot="another boot")
+        # A record still being written by another session is left for it; an old unreadable one goes.
+        writing = registry / "1"
+        writing.write_bytes(b'{"owner": ')
+        stale = registry / "2"
+        stale.write_bytes(b"")
+        old = time.time() - UNREADABLE_GRACE_S - 1
+        os.utime(stale, (old, old))
+        assert stop_orphans(registry) == []
+        assert server.is_running()
+        assert not rebooted.exists() and writing.exists() and not stale.exists()

@@ -37,6 +37,10 @@ def test_config_must_match_its_declaration() -> None:
         Step("fraud_y", keys=()).argv({}, config="b=1")
     with pytest.raises(ValueError, match="config"):
         Step("fraud_z", keys=(), params=(CONFIG,))
+    with pytest.raises(ValueError, match="also in its config"):
+        Step("fraud_z", keys=(), params=("b",), config=("b",))
+    with pytest.raises(ValueError, match="line break"):
+        Step("fraud_z", keys=(), config=("a=b",))
 
 
 async def spam_verdicts(settings: Settings, device: str) -> list[str | None]:

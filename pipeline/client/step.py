@@ -60,8 +60,10 @@ class Step:
     config: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if CONFIG in self.params or any("=" in name or "\n" in name for name in self.config):
-            raise ValueError(f"{self.function}: a config name holds '=' or a line break, or a param is named {CONFIG}")
+        if CONFIG in self.params or set(self.params) & set(self.config):
+            raise ValueError(f"{self.function}: a param is named {CONFIG}, or also in its config")
+        if any("=" in name or "\n" in name for name in self.config):
+            raise ValueError(f"{self.function}: a config name holds '=' or a line break")
 
     def pack_config(self, values: Mapping[str, Any]) -> str:
         """The ``config`` parameter of this step's calls, from its settings' values (by name)."""

@@ -42,6 +42,7 @@ from pipeline.core.stream_ids import parse_id
 from pipeline.dev.bench_report import bench_result, print_result
 from pipeline.dev.redis_probe import aof_rewrites, clear_namespace, persistence_of, redis_cpu_s, redis_memory_bytes
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
+from pipeline.runtime.leases import fair_share
 from pipeline.runtime.stage import Stage
 
 
@@ -61,9 +62,7 @@ def free_port() -> int:
 def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Iterator[Settings]:
     """A fresh embedded server for one run; ``aof=False`` measures the pipeline without persistence."""
     if use_running:
-        # Someone's server: the bench runs in a namespace of its own, never the pipeline's, and each
-        # run clears it first (``measure``).
-        yield replace(settings, namespace=settings.namespace + BENCH_NAMESPACE_SUFFIX)
+        yield settings
         return
     from pipeline.dev.server import EmbeddedRedis
 
@@ -101,8 +100,13 @@ def stop_processes(processes: Sequence[psutil.Popen], timeout: float = 30) -> No
         process.wait(timeout)
 
 
-# What --use-running appends to FRAUD_NAMESPACE for the bench's own keys.
+# What `fraud bench --use-running` appends to FRAUD_NAMESPACE: someone's server, where the bench
+# runs in a namespace of its own, never the pipeline's, and each run clears it first (``measure``).
 BENCH_NAMESPACE_SUFFIX = "-bench"
+
+
+def own_namespace(settings: Settings) -> Settings:
+    return replace(settings, namespace=settings.namespace + BENCH_NAMESPACE_SUFFIX)
 # How long the agents may take to take their inputs and even out their partitions before a run.
 SETTLE_TIMEOUT_S = 60.0
 
@@ -139,11 +143,16 @@ async def _sleep_until(deadline: float, waited_for: str) -> None:
 
 async def _spread_evenly(client: RespClient | ClusterClient, keys: Keys, settings: Settings, stage: Stage,
                          members: int) -> bool:
+    """Every partition's lease live, and each of `members` owners holding exactly its fair share:
+    the state the sticky rebalance ends in (nobody above or below its share moves a partition again),
+    so that no layout passing on its way there counts."""
     units = stage.units(settings)
-    owners = [await client.execute("HGET", stage.lease_key(keys, unit), "owner") for unit in units]
-    held = Counter(owner for owner in owners if owner)
-    return (sum(held.values()) == len(units) and len(held) == min(members, len(units))
-            and max(held.values()) - min(held.values()) <= 1)
+    now_ms = int((await client.execute("TIME"))[0]) * 1000
+    leases = await client.pipeline([("HMGET", stage.lease_key(keys, unit), "owner", "until") for unit in units])
+    held = Counter(owner.decode() for owner, until in leases if owner and int(until or 0) > now_ms)
+    owners = sorted(held)
+    return (sum(held.values()) == len(units) and len(owners) == min(members, len(units))
+            and all(held[owner] == fair_share(len(units), owners, owner) for owner in owners))
 
 
 async def _wait_until_counted(client: RespClient, keys: Keys, settings: Settings, stages: list[Stage],
@@ -191,11 +200,12 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     await clear_namespace(client, settings.namespace)
     active = active_stages(direct)
     counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
-    stages = [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
-              for stage in active for i in range(counts[stage.name])]
+    stages: list[StageProcess] = []
     cpu: dict[str, float] = {}
     # Whatever fails from here on, the processes spawned are stopped.
     try:
+        stages += [_spawn(f"{stage.name}-{i}", settings, "agent", stage.name)
+                   for stage in active for i in range(counts[stage.name])]
         # Every input of every stage is taken (its group made by its owner) before the clock starts.
         await wait_inputs_taken(client, keys, settings, active, counts)
         redis_cpu = await redis_cpu_s(client)
@@ -217,6 +227,9 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         rewrites = await aof_rewrites(client) - rewrites
         assert producer.process.stdout is not None
         cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
+    except BaseException:
+        await client.close()
+        raise
     finally:
         stop_processes([stage.process for stage in stages])
     parts = keys.partitions(settings.partitions)

@@ -21,8 +21,8 @@ from pipeline.client.producer import Partitioner
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server
-from pipeline.dev.redis_probe import info_fields, redis_cpu_s
+from pipeline.dev.bench import bench_server, own_namespace
+from pipeline.dev.redis_probe import clear_namespace, info_fields, redis_cpu_s
 from pipeline.runtime.agent import run_burst
 
 # Commands an agent sends itself (reads, set-up, bookkeeping); every other command ran inside a step.
@@ -87,6 +87,8 @@ def stage_row(name: str, clicks: int, cpu_s: float, commands: dict[str, tuple[in
 async def breakdown(settings: Settings, clicks: int, direct: bool) -> list[dict[str, Any]]:
     client = await open_fast_client(settings)
     try:
+        # The same seeded clicks as a previous run's would be its duplicates.
+        await clear_namespace(client, settings.namespace)
         rows = []
         before_cpu, before = await server_cpu_s(client), await command_usec(client)
         await write_clicks(client, settings, clicks, direct)
@@ -120,6 +122,7 @@ async def breakdown_runs(settings: Settings, clicks: int, direct: bool,
                          use_running: bool) -> dict[str, list[dict[str, Any]]]:
     """The breakdown with AOF and, on a fresh embedded server, without it: persistence -> rows."""
     runs = {}
+    settings = own_namespace(settings) if use_running else settings
     for aof in (True,) if use_running else (True, False):
         with bench_server(settings, use_running, aof=aof) as bench_settings:
             label = f"AOF appendfsync {settings.appendfsync}" if aof else "without AOF"
