@@ -83,12 +83,10 @@ class Aggregator:
         self.settings = settings
         self.limits = FieldLimits(settings.max_field_count, settings.max_field_bytes)
         self.bucket_ms = settings.bucket_ms
-        self.retention_ms = settings.series_retention_ms
         self.max_future_ms = settings.max_future_ms
-        self.fine_ms, self.coarse_ms = offender_spans(settings)
-        self.offenders_cap = settings.offenders_per_bucket
-        self.config = AGGREGATE.pack_config({"retention_ms": self.retention_ms, "fine_ms": self.fine_ms,
-                                             "coarse_ms": self.coarse_ms, "offenders_cap": self.offenders_cap})
+        self.fine_ms, coarse_ms = offender_spans(settings)
+        self.config = AGGREGATE.pack_config({"retention_ms": settings.series_retention_ms, "fine_ms": self.fine_ms,
+                                             "coarse_ms": coarse_ms, "offenders_cap": settings.offenders_per_bucket})
 
     async def setup(self, client: RespClient, keys: Keys, partition: PartitionKeys | None) -> None:
         assert partition is not None

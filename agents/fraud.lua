@@ -332,8 +332,8 @@ end
 
 -- Reads into `facts` what the device's trail holds for the click in hand (beats, last), then
 -- enters the click: its ts among the last K beats, its position (when it has one) as the last.
--- An empty lat means the click carries no position.
-local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
+-- An empty lat means the click carries no position. `cfg`: detect's settings (detect_settings).
+local function remember(facts, trail, lat, lon, cfg)
   local held = redis.call('HMGET', trail, 'beats', 'lat', 'lon', 'at')
   -- The times stay text: the rule parses only those it reads, and kept ones need no formatting back.
   local words = {}
@@ -344,9 +344,9 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   facts.last = held[4] and {lat = tonumber(held[2]), lon = tonumber(held[3]), at = tonumber(held[4])} or nil
   facts.lat, facts.lon = nil, nil
   local update = {}
-  if keeps_beats then
+  if cfg.keeps_beats then
     local kept = {}
-    for j = math.max(1, #words - p.robotic_intervals + 2), #words do
+    for j = math.max(1, #words - cfg.robotic_intervals + 2), #words do
       kept[#kept + 1] = words[j]
     end
     kept[#kept + 1] = facts.ts_text
@@ -354,7 +354,7 @@ local function remember(facts, trail, lat, lon, p, keeps_beats, keeps_position)
   end
   if lat ~= '' then
     facts.lat, facts.lon = tonumber(lat), tonumber(lon)
-    if keeps_position then
+    if cfg.keeps_position then
       local n = #update
       update[n + 1], update[n + 2], update[n + 3], update[n + 4] = 'lat', lat, 'lon', lon
       update[n + 5], update[n + 6] = 'at', facts.ts_text
@@ -507,7 +507,7 @@ local function detect(keys, args)
       -- ts_text is the click's ts as the detector wrote it: canonical integer text (no sign, no leading zeros).
       facts.listed, facts.earlier, facts.ts, facts.ts_text = listed[nth] == 1, earlier, ts, ts_text
       if keeps_beats or keeps_position then
-        remember(facts, p.trail_prefix .. device, args[at + at_lat], args[at + at_lon], cfg, keeps_beats, keeps_position)
+        remember(facts, p.trail_prefix .. device, args[at + at_lat], args[at + at_lon], cfg)
       end
       local verdict = judge(facts, cfg, order)
       counts[verdict] = counts[verdict] + 1

@@ -2,7 +2,7 @@
 a session that was killed left running (a session that ends stops its own in its fixtures).
 
 The servers are daemons: nothing ends them with the process that started them. Each record names
-the session's process and the server, each with its start time (``/proc/<pid>/stat``) and the
+the session's process and the server, each with its start time and the
 boot it belongs to, so that a reused pid is never mistaken for either: a record is acted on only
 when its session is gone, and its server is signalled only while that very process still runs.
 Only servers started in the session's own process are recorded (``EmbeddedRedis``), not those of
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import orjson
+import psutil
 
 from pipeline.dev.server import EmbeddedRedis
 
@@ -35,16 +36,14 @@ def boot_id() -> str:
         return ""
 
 
-def started_at(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None when no such process runs (a
-    zombie, ended and waiting for its parent to collect it, runs no more)."""
+def started_at(pid: int) -> float | None:
+    """The process's start time, or None when no such process runs (a zombie, ended and waiting for
+    its parent to collect it, runs no more: as ``pipeline.dev.server`` sees it)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.NoSuchProcess:
         return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after its closing one.
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] == "Z" else int(fields[19])
 
 
 def record(server: EmbeddedRedis) -> None:
@@ -90,7 +89,7 @@ def stop_orphans(registry: Path = REGISTRY) -> list[int]:
     return stopped
 
 
-def _stop(pid: int, started: int) -> bool:
+def _stop(pid: int, started: float) -> bool:
     """SIGTERM, then SIGKILL, the process `pid` if it is the one that started at `started`; whether
     it was. Through a pidfd opened before that check, so a pid reused meanwhile is never signalled."""
     try:

@@ -14,7 +14,7 @@ from tests.conftest import LIBSSL_DIR, free_port, running
 from tests.server_registry import REGISTRY, UNREADABLE_GRACE_S, boot_id, forget, started_at, stop_orphans
 
 
-def write_record(registry: Path, pid: int, owner: int, owner_started: int | None, started: int | None,
+def write_record(registry: Path, pid: int, owner: int, owner_started: float | None, started: float | None,
                  boot: str | None = None) -> Path:
     registry.mkdir(parents=True, exist_ok=True)
     path = registry / str(pid)
@@ -23,7 +23,7 @@ def write_record(registry: Path, pid: int, owner: int, owner_started: int | None
     return path
 
 
-def a_finished_process() -> tuple[int, int]:
+def a_finished_process() -> tuple[int, float]:
     """The pid and start time of a process that has since ended: a session killed."""
     child = subprocess.Popen(["sleep", "30"])
     born = started_at(child.pid)

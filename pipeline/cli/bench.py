@@ -9,7 +9,7 @@ import orjson
 from pipeline.cli.args import non_negative_float, positive_float, positive_int
 from pipeline.core.errors import FraudError
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import _bench, bench_server, own_namespace
+from pipeline.dev.bench import _bench, bench_server
 from pipeline.dev.bench_cluster import compare_with_cluster
 from pipeline.dev.bench_compare import compare
 from pipeline.dev.breakdown import breakdown_runs, print_runs
@@ -26,9 +26,7 @@ class BenchUsageError(FraudError):
 
 
 async def run_bench(args: argparse.Namespace, settings: Settings) -> int:
-    if args.use_running:
-        return await _bench(args, own_namespace(settings))
-    with bench_server(settings, False, aof=not args.no_aof) as bench_settings:
+    with bench_server(settings, args.use_running, aof=not args.no_aof, own_namespace=True) as bench_settings:
         return await _bench(args, bench_settings)
 
 

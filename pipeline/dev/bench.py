@@ -52,6 +52,11 @@ class StageProcess:
     process: psutil.Popen
 
 
+# What `fraud bench --use-running` appends to FRAUD_NAMESPACE: someone's server, where the bench
+# runs in a namespace of its own, never the pipeline's, and each run clears it first (``measure``).
+BENCH_NAMESPACE_SUFFIX = "-bench"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,10 +64,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def bench_server(settings: Settings, use_running: bool, aof: bool = True) -> Iterator[Settings]:
-    """A fresh embedded server for one run; ``aof=False`` measures the pipeline without persistence."""
+def bench_server(settings: Settings, use_running: bool, aof: bool = True,
+                 own_namespace: bool = False) -> Iterator[Settings]:
+    """A fresh embedded server for one run; ``aof=False`` measures the pipeline without persistence.
+    With `use_running`, the Redis of `settings`, in a namespace of the run's own if `own_namespace`."""
     if use_running:
-        yield settings
+        yield replace(settings, namespace=settings.namespace + BENCH_NAMESPACE_SUFFIX) if own_namespace else settings
         return
     from pipeline.dev.server import EmbeddedRedis
 
@@ -100,13 +107,6 @@ def stop_processes(processes: Sequence[psutil.Popen], timeout: float = 30) -> No
         process.wait(timeout)
 
 
-# What `fraud bench --use-running` appends to FRAUD_NAMESPACE: someone's server, where the bench
-# runs in a namespace of its own, never the pipeline's, and each run clears it first (``measure``).
-BENCH_NAMESPACE_SUFFIX = "-bench"
-
-
-def own_namespace(settings: Settings) -> Settings:
-    return replace(settings, namespace=settings.namespace + BENCH_NAMESPACE_SUFFIX)
 # How long the agents may take to take their inputs and even out their partitions before a run.
 SETTLE_TIMEOUT_S = 60.0
 
@@ -194,9 +194,16 @@ async def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """One run on the Redis (a server, or a cluster through any node) of ``settings``: its report."""
+    client = await open_fast_client(settings)
+    try:
+        return await _measure(client, args, settings)
+    finally:
+        await client.close()
+
+
+async def _measure(client: RespClient | ClusterClient, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     keys = Keys(settings.namespace)
     direct = getattr(args, "direct", False)
-    client = await open_fast_client(settings)
     await clear_namespace(client, settings.namespace)
     active = active_stages(direct)
     counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
@@ -227,9 +234,6 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
         rewrites = await aof_rewrites(client) - rewrites
         assert producer.process.stdout is not None
         cpu["producer"] = orjson.loads(producer.process.stdout.read())["send_cpu_s"]
-    except BaseException:
-        await client.close()
-        raise
     finally:
         stop_processes([stage.process for stage in stages])
     parts = keys.partitions(settings.partitions)
@@ -241,7 +245,6 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
     memory = await redis_memory_bytes(client)
     holdings = shard_holdings(client, keys, settings.partitions)
     persistence = await persistence_of(client) + (f", {rewrites} AOF rewrite(s) during the run" if rewrites else "")
-    await client.close()
     return bench_result(args, started, finished, latencies, cpu, redis_cpu, stats, memory, holdings, persistence,
                    _setup(args, settings, direct))
 

@@ -21,7 +21,7 @@ from pipeline.client.producer import Partitioner
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server, own_namespace
+from pipeline.dev.bench import bench_server
 from pipeline.dev.redis_probe import clear_namespace, info_fields, redis_cpu_s
 from pipeline.runtime.agent import run_burst
 
@@ -122,9 +122,8 @@ async def breakdown_runs(settings: Settings, clicks: int, direct: bool,
                          use_running: bool) -> dict[str, list[dict[str, Any]]]:
     """The breakdown with AOF and, on a fresh embedded server, without it: persistence -> rows."""
     runs = {}
-    settings = own_namespace(settings) if use_running else settings
     for aof in (True,) if use_running else (True, False):
-        with bench_server(settings, use_running, aof=aof) as bench_settings:
+        with bench_server(settings, use_running, aof=aof, own_namespace=True) as bench_settings:
             label = f"AOF appendfsync {settings.appendfsync}" if aof else "without AOF"
             runs[label] = await breakdown(bench_settings, clicks, direct)
     return runs
