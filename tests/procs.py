@@ -68,14 +68,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def redis_side_addrs(client: redis.Redis) -> set[str]:
-    """The peer address of every connection Redis has open, as CLIENT LIST shows it."""
-    return {c["addr"] for c in client.client_list()}
+def client_ids_of(node: redis.Redis, pid: int) -> set[int]:
+    """The CLIENT LIST ids of a process's connections to this server. An id is never reused while the
+    server runs; a peer address is: a port freed by a killed process may soon be another connection's,
+    and a port used towards another server may be in this server's list at the same time."""
+    port = node.connection_pool.connection_kwargs["port"]
+    addrs = {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp")
+             if c.raddr and c.raddr.port == port}
+    return {int(c["id"]) for c in node.client_list() if c["addr"] in addrs}
 
 
-def tcp_addrs(pid: int) -> set[str]:
-    """The local address of each TCP connection of a process: what Redis sees as its peer."""
-    return {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp") if c.raddr}
+def still_open(node: redis.Redis, ids: set[int]) -> set[int]:
+    """Which of these client ids the server still has open."""
+    return ids & {int(c["id"]) for c in node.client_list()}
+
+
+def kill_and_settle_on(nodes: list[redis.Redis], process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process, then wait until every node has closed its connections: Redis reads a
+    closed socket to its end first, so whatever the process had sent has been executed by then."""
+    ids = [client_ids_of(node, process.pid) for node in nodes]
+    process.kill()
+    process.wait()
+    wait_until(lambda: not any(still_open(node, mine) for node, mine in zip(nodes, ids, strict=True)), 10,
+               f"Redis to close the killed process's connections {ids}")
 
 
 def freeze(process: subprocess.Popen[bytes]) -> None:
@@ -86,12 +101,8 @@ def freeze(process: subprocess.Popen[bytes]) -> None:
 
 
 def kill_and_settle(client: redis.Redis, process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the process, then wait until Redis has closed its connections: Redis reads a closed
-    socket to its end first, so whatever the process had sent has been executed by then."""
-    addrs = tcp_addrs(process.pid)
-    process.kill()
-    process.wait()
-    wait_until(lambda: not addrs & redis_side_addrs(client), 10, "Redis to close the killed process's connections")
+    """kill_and_settle_on for one server."""
+    kill_and_settle_on([client], process)
 
 
 def bytes_unread_by_server(port: int) -> int:

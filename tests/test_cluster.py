@@ -30,7 +30,7 @@ from tests.conftest import CLUSTER_SHARDS
 from tests.helpers import xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, open_client, pipeline_drained
 from tests.partition_audit import check_against_model, labelled_trace
-from tests.procs import freeze, spawn_agent, stop_all, tcp_addrs, uncommitted_owned, wait_until
+from tests.procs import freeze, kill_and_settle_on, spawn_agent, stop_all, uncommitted_owned, wait_until
 
 CLICKS = 6_000
 
@@ -183,15 +183,13 @@ def _spawn(settings: Settings, log: Path, *names: tuple[str, str]) -> list[subpr
 
 
 def _kill_and_settle(cluster: LocalCluster, process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL, then wait until every node has closed the process's connections (so each node has
-    run whatever the process had sent it): procs.kill_and_settle for a cluster's several nodes."""
-    addrs = tcp_addrs(process.pid)
-    process.kill()
-    process.wait()
-
-    def settled() -> bool:
-        return not any(addrs & {c["addr"] for c in redis.Redis.from_url(url).client_list()} for url in cluster.urls)
-    wait_until(settled, 10, "every node to close the killed detector's connections")
+    """procs.kill_and_settle for a cluster's several nodes."""
+    nodes = [redis.Redis.from_url(url) for url in cluster.urls]
+    try:
+        kill_and_settle_on(nodes, process)
+    finally:
+        for node in nodes:
+            node.close()
 
 
 def _owner_holding_work(client: RedisCluster, settings: Settings, process: subprocess.Popen[bytes],
