@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import redis
 from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster, NodeAddress
+from pipeline.dev.ports import free_port
 from pipeline.dev.server import EmbeddedRedis
 from tests.server_registry import register_every_server, stop_orphans
 
@@ -27,12 +27,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if stopped:
         print(f"stopped {len(stopped)} Redis server(s) an earlier, killed test session left running: pids {stopped}")
     register_every_server()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def load_library(url: str) -> None:
@@ -103,7 +97,7 @@ CLUSTER_SHARDS = 3
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 3-master cluster of the session's own (its home under tmp), stopped by pid at the end."""
-    nodes = [NodeAddress(free_port(), free_port()) for _ in range(CLUSTER_SHARDS)]
+    nodes = NodeAddress.free(CLUSTER_SHARDS)
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), nodes, libssl_dir=LIBSSL_DIR)
     local.start()
     try:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +68,46 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def freeze(process: subprocess.Popen[bytes]) -> None:
+    """SIGSTOP the process and wait until it is stopped: from then on it sends Redis nothing."""
+    process.send_signal(signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(process.pid).status() == psutil.STATUS_STOPPED, 10,
+               f"process {process.pid} to stop")
+
+
+def thaw(process: subprocess.Popen[bytes]) -> None:
+    """SIGCONT a frozen process."""
+    process.send_signal(signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def frozen(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
+    """These processes frozen for the block, and thawed after it whatever happens (those still alive)."""
+    try:
+        for process in processes:
+            freeze(process)
+        yield
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                thaw(process)
+
+
 def client_ids_of(node: redis.Redis, pid: int) -> set[int]:
-    """The CLIENT LIST ids of a process's connections to this server. An id is never reused while the
-    server runs; a peer address is: a port freed by a killed process may soon be another connection's,
-    and a port used towards another server may be in this server's list at the same time."""
+    """The CLIENT LIST ids of a frozen process's open connections to this server, once the server
+    lists them all (one the kernel has set up may not be accepted yet). An id is never reused while
+    the server runs; a peer address is: a port freed by a killed process may soon be another
+    connection's, and a port used towards another server may be in this server's list at once."""
     port = node.connection_pool.connection_kwargs["port"]
     addrs = {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(pid).net_connections("tcp")
-             if c.raddr and c.raddr.port == port}
-    return {int(c["id"]) for c in node.client_list() if c["addr"] in addrs}
+             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED}
+    ids: dict[str, int] = {}
+
+    def all_listed() -> bool:
+        ids.update({c["addr"]: int(c["id"]) for c in node.client_list() if c["addr"] in addrs})
+        return len(ids) == len(addrs)
+    wait_until(all_listed, 10, f"the server to list every connection of process {pid}: {sorted(addrs)}")
+    return set(ids.values())
 
 
 def still_open(node: redis.Redis, ids: set[int]) -> set[int]:
@@ -85,19 +117,14 @@ def still_open(node: redis.Redis, ids: set[int]) -> set[int]:
 
 def kill_and_settle_on(nodes: list[redis.Redis], process: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process, then wait until every node has closed its connections: Redis reads a
-    closed socket to its end first, so whatever the process had sent has been executed by then."""
+    closed socket to its end first, so whatever the process had sent has been executed by then.
+    Frozen first, it opens no connection between the count of its connections and the kill."""
+    freeze(process)
     ids = [client_ids_of(node, process.pid) for node in nodes]
     process.kill()
     process.wait()
     wait_until(lambda: not any(still_open(node, mine) for node, mine in zip(nodes, ids, strict=True)), 10,
                f"Redis to close the killed process's connections {ids}")
-
-
-def freeze(process: subprocess.Popen[bytes]) -> None:
-    """SIGSTOP the process and wait until it is stopped: from then on it sends Redis nothing."""
-    process.send_signal(signal.SIGSTOP)
-    wait_until(lambda: psutil.Process(process.pid).status() == psutil.STATUS_STOPPED, 10,
-               f"process {process.pid} to stop")
 
 
 def kill_and_settle(client: redis.Redis, process: subprocess.Popen[bytes]) -> None:

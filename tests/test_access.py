@@ -18,8 +18,9 @@ import redis
 from pipeline.core.keys import Keys
 from pipeline.core.log import redact_url
 from pipeline.core.settings import Settings
+from pipeline.dev.ports import free_port
 from pipeline.dev.server import EmbeddedRedis
-from tests.conftest import LIBSSL_DIR, PROJECT_ROOT, free_port, running
+from tests.conftest import LIBSSL_DIR, PROJECT_ROOT, running
 from tests.outputs import read_partitions, stats_totals
 
 ADMIN_PASSWORD = "adm1n-Pa55"

@@ -14,8 +14,8 @@ import redis
 
 from pipeline.cli.main import main
 from pipeline.core.settings import Settings
-from pipeline.dev import bench_cluster
-from pipeline.dev.bench import free_port
+from pipeline.dev import cluster as local_cluster
+from pipeline.dev.ports import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,6 +175,17 @@ def test_breakdown_shows_each_stage_with_and_without_aof(bench_home: Path, capsy
             assert 0 <= row["lua_overhead_us_per_click"] <= row["fcall_us_per_click"]
 
 
+def _record_cluster_ports(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every port the bench's local clusters are given, as it picks them."""
+    ports: list[int] = []
+
+    def recorded(count: int) -> list[int]:
+        ports.extend(free_ports(count))
+        return ports[-count:]
+    monkeypatch.setattr(local_cluster, "free_ports", recorded)
+    return ports
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -207,12 +218,7 @@ def test_bench_on_a_cluster_of_its_own_beside_one_server(bench_home: Path, capsy
 
 def test_a_failing_cluster_bench_stops_every_node(bench_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run that cannot finish in a millisecond fails for certain, after the cluster (run first) started."""
-    ports: list[int] = []
-
-    def recorded_port() -> int:
-        ports.append(free_port())
-        return ports[-1]
-    monkeypatch.setattr(bench_cluster, "free_port", recorded_port)
+    ports = _record_cluster_ports(monkeypatch)
     with pytest.raises(TimeoutError, match="did not finish in time"):
         main(["bench", "--cluster", "3", "--replicas", "1", "--clicks", "2000", "--timeout", "0.001"])
     assert len(ports) == 12  # 6 nodes, a port and a bus port each
@@ -234,12 +240,7 @@ def test_failover_drill_measures_what_a_master_kill_lost(bench_home: Path, monke
     """The drill's figures are measurements (what the replication lag lets a crash lose varies by
     run): asserted is only that each run killed its master, the replica took over, the pipeline
     drained and every figure was counted; and every node stopped afterwards."""
-    ports: list[int] = []
-
-    def recorded_port() -> int:
-        ports.append(free_port())
-        return ports[-1]
-    monkeypatch.setattr(bench_cluster, "free_port", recorded_port)
+    ports = _record_cluster_ports(monkeypatch)
     assert main(["bench", "--cluster", "3", "--replicas", "1", "--failover-drill", "--clicks", "2000", "--json"]) == 0
     runs = orjson.loads(capsys.readouterr().out)
     assert [run["victim"] for run in runs] == ["raw master", "partitions master"]

@@ -15,11 +15,12 @@ import redis
 from pipeline.cli.main import main
 from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
+from pipeline.dev.ports import free_port
 from pipeline.dev.server import EmbeddedRedis
-from tests.conftest import LIBSSL_DIR, free_port
+from tests.conftest import LIBSSL_DIR
 from tests.helpers import verdicts_by_raw_id
 from tests.outputs import stats_totals
-from tests.procs import wait_until
+from tests.procs import stop_all, wait_until
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -120,7 +121,10 @@ def test_up_demo_runs_the_pipeline_and_stops_cleanly_on_ctrl_c(settings: Setting
                        "500 clicks counted by the pipeline under fraud up")
     finally:
         up.send_signal(signal.SIGINT)
-        out, err = up.communicate(timeout=60)
+        try:
+            out, err = up.communicate(timeout=60)
+        finally:
+            stop_all([up])  # a stop that failed leaves no agent behind to take later tests' leases
     assert up.returncode == 0, err
     assert "clicks in" in out and "verdicts" in out and "lag" in out
     verdicts = verdicts_by_raw_id(settings)

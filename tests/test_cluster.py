@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import subprocess
 import threading
 from collections import Counter
@@ -30,7 +29,7 @@ from tests.conftest import CLUSTER_SHARDS
 from tests.helpers import xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, open_client, pipeline_drained
 from tests.partition_audit import check_against_model, labelled_trace
-from tests.procs import freeze, kill_and_settle_on, spawn_agent, stop_all, uncommitted_owned, wait_until
+from tests.procs import freeze, frozen, kill_and_settle_on, spawn_agent, stop_all, thaw, uncommitted_owned, wait_until
 
 CLICKS = 6_000
 
@@ -217,10 +216,17 @@ def test_detectors_sigkilled_with_uncommitted_work_on_a_cluster(cluster: LocalCl
                      ("aggregator", "aggregator-1"))
     try:
         with open_client(settings.redis_url) as client:
+            detectors = started[1:3]
             for victim, name, more in ((1, "detector-1", trace[:chunk]), (2, "detector-2", trace[chunk:2 * chunk])):
-                _owner_holding_work(client, settings, started[victim], name, more)
-                _kill_and_settle(cluster, started[victim])
-                started += _spawn(settings, log, ("detector", f"detector-{victim + 2}"))
+                # The other detectors frozen too: none can take the victim's partitions (its lease
+                # runs out while it is frozen) before its uncommitted work is there and it is killed.
+                with frozen(*(d for d in detectors if d is not started[victim])):
+                    _owner_holding_work(client, settings, started[victim], name, more)
+                    _kill_and_settle(cluster, started[victim])
+                detectors.remove(started[victim])
+                spawned = _spawn(settings, log, ("detector", f"detector-{victim + 2}"))
+                started += spawned
+                detectors += spawned
             xadd_all(settings, trace[2 * chunk:])
             wait_until(lambda: pipeline_drained(client, settings), 60, "every stage to commit all its input")
             assert check_commit_logs(client, settings) > 0
@@ -252,14 +258,16 @@ def test_a_partition_moved_to_another_master_mid_flow(cluster: LocalCluster, clu
             wait_until(lambda: (group_state(client, keys.input, "detector") or (None,))[0] == 0 and
                        lease_owners(client, settings, "detector").get(0), 30, "partition 0 to be owned and judged")
             owner = lease_owners(client, settings, "detector")[0]
-            detector = started[1] if owner == "detector-1" else started[2]
-            _owner_holding_work(client, settings, detector, owner, trace[chunk:2 * chunk])
-            source = client.get_node_from_key(keys.input)
-            target = next(n for n in client.get_primaries() if n.port != source.port)
-            moved_before = _moved_replies(source.port)
-            moving = [xadd_all_in_thread(settings, trace[2 * chunk:])]
-            assert main(["cluster", "move", "--partition", "0", "--to", f"127.0.0.1:{target.port}"]) == 0
-            detector.send_signal(signal.SIGCONT)
+            detector, other = (started[1], started[2]) if owner == "detector-1" else (started[2], started[1])
+            # The other detector frozen too, so that partition 0 stays with the frozen owner until the move.
+            with frozen(other):
+                _owner_holding_work(client, settings, detector, owner, trace[chunk:2 * chunk])
+                source = client.get_node_from_key(keys.input)
+                target = next(n for n in client.get_primaries() if n.port != source.port)
+                moved_before = _moved_replies(source.port)
+                moving = [xadd_all_in_thread(settings, trace[2 * chunk:])]
+                assert main(["cluster", "move", "--partition", "0", "--to", f"127.0.0.1:{target.port}"]) == 0
+                thaw(detector)
             moving[0].join(30)
             out = capsys.readouterr().out
             assert re.search(rf"^partition 0 \(slot {slot_of(keys.input)}, [1-9]\d* keys\) moved from "

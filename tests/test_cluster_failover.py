@@ -18,7 +18,7 @@ from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster, NodeAddress
 from pipeline.dev.server import EmbeddedRedis
-from tests.conftest import LIBSSL_DIR, free_port, load_library
+from tests.conftest import LIBSSL_DIR, load_library
 from tests.helpers import xadd_all
 from tests.outputs import group_state, open_client, pipeline_drained, read_partitions, read_stream
 from tests.partition_audit import check_against_model, labelled_trace
@@ -34,7 +34,7 @@ BATCH = 50
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """3 masters (the first three nodes) and one replica each, of this test's own (a failover
     changes it for good); stopped by pid."""
-    nodes = [NodeAddress(free_port(), free_port()) for _ in range(2 * SHARDS)]
+    nodes = NodeAddress.free(2 * SHARDS)
     local = LocalCluster(tmp_path_factory.mktemp("replicated"), nodes, replicas=1, libssl_dir=LIBSSL_DIR)
     local.start()
     try:

@@ -23,8 +23,9 @@ from pipeline.core.keys import Keys
 from pipeline.core.settings import Settings
 from pipeline.dev.certificates import TlsFiles
 from pipeline.dev.credentials import credentials_file, tls_folder
+from pipeline.dev.ports import free_port
 from pipeline.ops.acl import ROLES
-from tests.conftest import LIBSSL_DIR, free_port
+from tests.conftest import LIBSSL_DIR
 from tests.outputs import stats_totals
 from tests.test_access import fraud, ok
 from tests.test_grafana_dashboard import FRAUD, dashboard_range, plugin_command, targets

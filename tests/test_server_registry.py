@@ -9,8 +9,9 @@ from pathlib import Path
 
 import orjson
 
+from pipeline.dev.ports import free_port, free_ports
 from pipeline.dev.server import EmbeddedRedis
-from tests.conftest import LIBSSL_DIR, free_port, running
+from tests.conftest import LIBSSL_DIR, running
 from tests.server_registry import REGISTRY, UNREADABLE_GRACE_S, boot_id, forget, started_at, stop_orphans
 
 
@@ -44,8 +45,9 @@ def test_a_server_this_session_starts_is_recorded_until_it_stops(tmp_path: Path)
 def test_the_servers_of_a_killed_session_are_stopped_and_no_other(tmp_path: Path) -> None:
     registry = tmp_path / "registry"
     owner, owner_born = a_finished_process()
-    orphan = EmbeddedRedis(tmp_path / "orphan", free_port(), libssl_dir=LIBSSL_DIR)
-    kept = EmbeddedRedis(tmp_path / "kept", free_port(), libssl_dir=LIBSSL_DIR)
+    orphan_port, kept_port = free_ports(2)
+    orphan = EmbeddedRedis(tmp_path / "orphan", orphan_port, libssl_dir=LIBSSL_DIR)
+    kept = EmbeddedRedis(tmp_path / "kept", kept_port, libssl_dir=LIBSSL_DIR)
     with running(orphan), running(kept):
         orphan_pid = orphan.pid
         assert orphan_pid is not None and kept.pid is not None

@@ -20,9 +20,10 @@ from pipeline.client.connection import open_redis
 from pipeline.core.keys import Keys
 from pipeline.core.partitions import partition_of
 from pipeline.core.settings import Settings
+from pipeline.dev.ports import free_port
 from pipeline.ops import status
 from pipeline.ops.setup import set_up
-from tests.conftest import PROJECT_ROOT, free_port
+from tests.conftest import PROJECT_ROOT
 from tests.helpers import run_burst, run_pipeline, xadd_all
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.core.log import configure_logging
 from pipeline.core.settings import Settings
+from pipeline.dev.ports import free_port
 from pipeline.runtime.supervisor import Child
-from tests.conftest import free_port
 from tests.procs import wait_until
 
 

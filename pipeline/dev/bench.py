@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pipeline.core.replies import text_pairs
 from pipeline.core.settings import Settings
 from pipeline.core.stream_ids import parse_id
 from pipeline.dev.bench_report import bench_result, print_result
+from pipeline.dev.ports import free_port
 from pipeline.dev.redis_probe import aof_rewrites, clear_namespace, persistence_of, redis_cpu_s, redis_memory_bytes
 from pipeline.ops.partition_reads import pipeline_drained, stats_totals
 from pipeline.runtime.leases import fair_share
@@ -55,12 +55,6 @@ class StageProcess:
 # What `fraud bench --use-running` appends to FRAUD_NAMESPACE: someone's server, where the bench
 # runs in a namespace of its own, never the pipeline's, and each run clears it first (``measure``).
 BENCH_NAMESPACE_SUFFIX = "-bench"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

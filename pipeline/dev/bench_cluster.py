@@ -26,7 +26,7 @@ import redis
 
 from pipeline.client.functions import library_source
 from pipeline.core.settings import Settings
-from pipeline.dev.bench import bench_server, free_port, measure
+from pipeline.dev.bench import bench_server, measure
 from pipeline.dev.bench_compare import figure, progress, spread
 from pipeline.dev.bench_report import print_shards
 from pipeline.dev.cluster import LocalCluster, NodeAddress
@@ -47,7 +47,7 @@ def local_bench_cluster(settings: Settings, shards: int, replicas: int,
                         aof: bool = True) -> Iterator[tuple[LocalCluster, Settings]]:
     """``bench_cluster``, with the cluster itself (for a drill that kills a node of it)."""
     with tempfile.TemporaryDirectory(prefix="fraud-bench-cluster-") as home:
-        nodes = [NodeAddress(free_port(), free_port()) for _ in range(shards * (1 + replicas))]
+        nodes = NodeAddress.free(shards * (1 + replicas))
         cluster = LocalCluster(Path(home), nodes, replicas, libssl_dir=settings.home / "libssl",
                                appendfsync=settings.appendfsync, partitions=settings.partitions,
                                namespace=settings.namespace)

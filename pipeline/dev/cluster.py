@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from pipeline.dev.ports import free_ports
 from pipeline.dev.server import EmbeddedRedis
 from pipeline.dev.slot_placement import partition_slots, slot_ranges, unpartitioned_keys
 from pipeline.dev.stack import ServerError
@@ -41,6 +42,12 @@ MIN_MASTERS = 3
 class NodeAddress:
     port: int
     bus_port: int
+
+    @staticmethod
+    def free(count: int) -> list[NodeAddress]:
+        """`count` nodes' addresses on ports free right now, all distinct."""
+        ports = free_ports(2 * count)
+        return [NodeAddress(port, bus_port) for port, bus_port in zip(ports[::2], ports[1::2], strict=True)]
 
 
 class LocalCluster:
