@@ -70,9 +70,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
 
 def freeze(process: subprocess.Popen[bytes]) -> None:
     """SIGSTOP the process and wait until it is stopped: from then on it sends Redis nothing."""
-    process.send_signal(signal.SIGSTOP)
-    wait_until(lambda: psutil.Process(process.pid).status() == psutil.STATUS_STOPPED, 10,
-               f"process {process.pid} to stop")
+    freeze_pid(process.pid)
+
+
+def freeze_pid(pid: int) -> None:
+    """freeze for a process of a pid (a server): a signal just sent may not have stopped it yet."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 10, f"process {pid} to stop")
 
 
 def thaw(process: subprocess.Popen[bytes]) -> None:

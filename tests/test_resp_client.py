@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.client.resp import RespClient
 from pipeline.dev.server import EmbeddedRedis
+from tests.procs import freeze_pid
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ async def test_a_call_cancelled_while_logging_in_leaves_no_reply_behind(frozen: 
     pid = frozen.pid
     assert pid is not None
     client = RespClient(frozen.url + "/1")
-    os.kill(pid, signal.SIGSTOP)  # the kernel still accepts connections; the server answers nothing
+    freeze_pid(pid)  # the kernel still accepts connections; the server answers nothing
     try:
         call = asyncio.ensure_future(client.execute("PING"))
         await wait_for(lambda: client.connected, "the client to connect and send its login")
