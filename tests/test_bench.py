@@ -16,6 +16,7 @@ from pipeline.cli.main import main
 from pipeline.core.settings import Settings
 from pipeline.dev import cluster as local_cluster
 from pipeline.dev.ports import free_ports
+from pipeline.dev.server import EmbeddedRedis
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +70,18 @@ def test_bench_on_a_running_server_keeps_to_a_namespace_it_clears_each_run(
     with redis.Redis.from_url(settings.redis_url) as client:
         assert client.xlen(pipeline_key) == 1  # the pipeline's own namespace is left alone
         assert client.exists(f"{settings.namespace}-bench:{{0}}:verdicts")
+
+
+def test_bench_on_a_running_server_without_the_library_says_so_at_once(
+        fresh_server: EmbeddedRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Agents wait for `fraud setup` as they wait out a restart; the bench would wait for them in vain."""
+    with redis.Redis.from_url(fresh_server.url) as client:
+        client.function_flush()
+    monkeypatch.setenv("FRAUD_REDIS_URL", fresh_server.url)
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path))
+    assert main(["bench", "--use-running", "--clicks", "100"]) == 1
+    assert "the 'fraud' function library is not loaded; an admin loads it with `fraud setup`" in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import redis
 from agents.pipeline import AGGREGATOR, DETECTOR, PIPELINE, ROUTER
 from pipeline.client.cluster import ClusterClient, every_master
 from pipeline.client.connection import open_fast_client
-from pipeline.client.functions import library_source
+from pipeline.client.functions import library_source, require_functions
 from pipeline.client.resp import RespClient
 from pipeline.core.keys import Keys
 from pipeline.core.replies import text_pairs
@@ -198,6 +198,8 @@ async def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any
 async def _measure(client: RespClient | ClusterClient, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     keys = Keys(settings.namespace)
     direct = getattr(args, "direct", False)
+    # Agents wait for `fraud setup` as for a restart; a run on someone's server without it says so at once.
+    await require_functions(client, wait=False)
     await clear_namespace(client, settings.namespace)
     active = active_stages(direct)
     counts = {ROUTER.name: args.routers, DETECTOR.name: args.detectors, AGGREGATOR.name: args.aggregators}
