@@ -65,10 +65,18 @@ def redis_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRe
         yield server
 
 
+def clean_database(url: str) -> None:
+    """Every other client's connection closed, then FLUSHALL. A closed connection's unread commands
+    are dropped, never run: a command an earlier test's killed agent had sent but the server had not
+    read yet cannot land in this test's data after the flush."""
+    with redis.Redis.from_url(url) as client:
+        client.client_kill_filter(_type="normal", skipme=True)
+        client.flushall()
+
+
 @pytest.fixture
 def redis_url(redis_stack: EmbeddedRedis) -> str:
-    with redis.Redis.from_url(redis_stack.url) as client:
-        client.flushall()
+    clean_database(redis_stack.url)
     return redis_stack.url
 
 
@@ -111,7 +119,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture
 def cluster_settings(cluster: LocalCluster, tmp_path: Path) -> Settings:
     for url in cluster.urls:
-        with redis.Redis.from_url(url) as node:
-            node.flushall()
+        clean_database(url)
     # Any node will do: the agents find the others.
     return Settings(redis_url=cluster.urls[1], home=tmp_path)
