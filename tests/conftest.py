@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +97,14 @@ def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
                            libssl_dir=LIBSSL_DIR)
     with running(server):
         yield server
+
+
+@pytest.fixture
+def freezable_server(fresh_server: EmbeddedRedis) -> Iterator[EmbeddedRedis]:
+    """A server of the test's own that the test may freeze (SIGSTOP): thawed again whatever happens."""
+    yield fresh_server
+    if fresh_server.pid is not None:
+        os.kill(fresh_server.pid, signal.SIGCONT)
 
 
 # --- a 3-master Redis Cluster, shared by every test that needs one (starting one takes seconds) ---

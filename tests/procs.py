@@ -74,9 +74,14 @@ def freeze(process: subprocess.Popen[bytes]) -> None:
 
 
 def freeze_pid(pid: int) -> None:
-    """freeze for a process of a pid (a server): a signal just sent may not have stopped it yet."""
+    """freeze for a process of a pid (a server): a signal just sent may not have stopped it yet, and
+    each of its threads (a server's I/O threads, say) stops on its own."""
     os.kill(pid, signal.SIGSTOP)
-    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, 10, f"process {pid} to stop")
+
+    def every_thread_stopped() -> bool:
+        return all(psutil.Process(thread.id).status() == psutil.STATUS_STOPPED
+                   for thread in psutil.Process(pid).threads())
+    wait_until(every_thread_stopped, 10, f"process {pid} to stop")
 
 
 def thaw(process: subprocess.Popen[bytes]) -> None:

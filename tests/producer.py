@@ -22,7 +22,9 @@ class Producer(threading.Thread):
     """
 
     def __init__(self, url: str, clicks: int | None, pause_s: float = 0.01) -> None:
-        super().__init__()
+        # A daemon: a test that fails while Redis is down leaves it retrying its batch, and the
+        # session must still end.
+        super().__init__(daemon=True)
         self.url = url
         self.clicks = clicks
         self.pause_s = pause_s

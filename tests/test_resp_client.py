@@ -5,21 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 
 from pipeline.client.resp import RespClient
 from pipeline.dev.server import EmbeddedRedis
 from tests.procs import freeze_pid
-
-
-@pytest.fixture
-def frozen(fresh_server: EmbeddedRedis) -> Iterator[EmbeddedRedis]:
-    """The test's own server, which the test may freeze (SIGSTOP); always thawed again."""
-    yield fresh_server
-    if fresh_server.pid is not None:
-        os.kill(fresh_server.pid, signal.SIGCONT)
 
 
 async def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
@@ -30,12 +21,12 @@ async def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_a_call_cancelled_while_logging_in_leaves_no_reply_behind(frozen: EmbeddedRedis) -> None:
+async def test_a_call_cancelled_while_logging_in_leaves_no_reply_behind(freezable_server: EmbeddedRedis) -> None:
     """A call that connects sends the login (here SELECT) first; cancelled while the login's reply
     is still to come, the connection must not be used as is: the next call would get that reply."""
-    pid = frozen.pid
+    pid = freezable_server.pid
     assert pid is not None
-    client = RespClient(frozen.url + "/1")
+    client = RespClient(freezable_server.url + "/1")
     freeze_pid(pid)  # the kernel still accepts connections; the server answers nothing
     try:
         call = asyncio.ensure_future(client.execute("PING"))

@@ -111,30 +111,22 @@ def test_sigterm_mid_backlog_exits_zero_and_loses_nothing(settings: Settings, tm
     recover_and_check(settings, "d2")
 
 
-@pytest.fixture
-def frozen(fresh_server: EmbeddedRedis) -> EmbeddedRedis:
-    """The test's own server, which the test may freeze (SIGSTOP); always thawed again."""
-    yield fresh_server
-    pid = fresh_server.pid
-    if pid is not None:
-        os.kill(pid, signal.SIGCONT)
-
-
 @pytest.mark.parametrize("signals", [1, 2], ids=["timeout", "second-signal"])
-def test_shutdown_is_bounded_even_when_redis_hangs(frozen: EmbeddedRedis, tmp_path: Path, signals: int) -> None:
+def test_shutdown_is_bounded_even_when_redis_hangs(freezable_server: EmbeddedRedis, tmp_path: Path,
+                                                   signals: int) -> None:
     """Redis stops answering mid-batch: one SIGTERM exits after the shutdown timeout, two exit at once;
     the batch in hand stays uncommitted and is processed exactly once after a restart."""
-    url = frozen.url
+    url = freezable_server.url
     load_backlog(url, FIRST)
     process = spawn_agent(url, "detector", "d1", ENV, log=tmp_path / "agent.log")
-    pid = frozen.pid
+    pid = freezable_server.pid
     assert pid is not None
     try:
         get_going_then_load_the_rest(url, process)
         # Redis stopped before the detector runs again: from then on, whatever it sends, it waits on.
         freeze_pid(pid)
         process.send_signal(signal.SIGCONT)
-        wait_until(waiting_on_frozen_server(process.pid, frozen.port), 30,
+        wait_until(waiting_on_frozen_server(process.pid, freezable_server.port), 30,
                    "the detector to wait on the frozen Redis")
         process.send_signal(signal.SIGTERM)
         if signals == 2:
