@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from pipeline.core.settings import Settings
 from pipeline.dev.cluster import LocalCluster, NodeAddress
 from pipeline.dev.ports import free_port
 from pipeline.dev.server import EmbeddedRedis
+from tests.procs import thaw_pid
 from tests.server_registry import register_every_server, stop_orphans
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +103,7 @@ def freezable_server(fresh_server: EmbeddedRedis) -> Iterator[EmbeddedRedis]:
     """A server of the test's own that the test may freeze (SIGSTOP): thawed again whatever happens."""
     yield fresh_server
     if fresh_server.pid is not None:
-        os.kill(fresh_server.pid, signal.SIGCONT)
+        thaw_pid(fresh_server.pid)
 
 
 # --- a 3-master Redis Cluster, shared by every test that needs one (starting one takes seconds) ---

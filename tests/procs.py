@@ -85,8 +85,13 @@ def freeze_pid(pid: int) -> None:
 
 
 def thaw(process: subprocess.Popen[bytes]) -> None:
-    """SIGCONT a frozen process."""
+    """SIGCONT a frozen process (none once it has been waited for: its pid may be another's by then)."""
     process.send_signal(signal.SIGCONT)
+
+
+def thaw_pid(pid: int) -> None:
+    """thaw for a process of a pid (a server)."""
+    os.kill(pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -33,7 +32,7 @@ from pipeline.runtime.stage import BatchContext, Entry
 from tests.accounting import Outcomes, check_exactly_once
 from tests.helpers import list_ips, run_burst, xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, lease_ran_out, pipeline_drained
-from tests.procs import freeze, kill_and_settle, spawn_agent, stop_all, uncommitted_owned, wait_until
+from tests.procs import freeze, kill_and_settle, spawn_agent, stop_all, thaw, uncommitted_owned, wait_until
 from tests.rule_model import RuleModel, ip_address
 
 CLICKS = 100_000
@@ -151,7 +150,7 @@ def test_sigkills_of_partition_owners_keep_every_click_exactly_once(settings: Se
                     freeze(slot.process)
                     holding = uncommitted_owned(client, settings, slot.stage, slot.consumer) > 0
                     if not holding:
-                        slot.process.send_signal(signal.SIGCONT)
+                        thaw(slot.process)
                         continue
                 kill_and_settle(client, slot.process)
                 kills += 1
@@ -171,7 +170,7 @@ def test_sigkills_of_partition_owners_keep_every_click_exactly_once(settings: Se
         producer.chaos_over.set()
         for slot in slots:
             if slot.process.poll() is None:
-                slot.process.send_signal(signal.SIGCONT)
+                thaw(slot.process)
         if producer.is_alive():
             producer.join()
         stop_all(everyone)

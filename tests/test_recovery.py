@@ -5,7 +5,6 @@ done with."""
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pipeline.runtime.leases import Assignment
 from tests.accounting import check_exactly_once
 from tests.helpers import run_burst, xadd_all
 from tests.outputs import check_commit_logs, group_state, lease_owners, lease_ran_out, stage_drained
-from tests.procs import freeze, spawn_agent, stop_all, uncommitted_owned, wait_until
+from tests.procs import freeze, spawn_agent, stop_all, thaw, uncommitted_owned, wait_until
 
 # A lease no run of a test outlasts: a member that must hold its partitions through the test's next
 # steps holds them for certain, and the test ends them itself (run_out) where they must be over.
@@ -89,7 +88,7 @@ def test_stalled_owner_is_taken_over_and_fenced_when_it_wakes(settings: Settings
             wait_until(lambda: stage_drained(client, settings, "detector"), 30,
                        "the taker to judge the stalled one's clicks")
             assert set(lease_owners(client, settings, "detector").values()) == {"taker"}
-            stalled.send_signal(signal.SIGCONT)
+            thaw(stalled)
             wait_until(lambda: sorted(lease_owners(client, settings, "detector").values()).count("stalled")
                        == len(units) // 2, 30, "the thawed detector to get its share back")
             second = xadd_all(settings, clicks(400, first=400))

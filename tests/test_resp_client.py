@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 
 import pytest
 
 from pipeline.client.resp import RespClient
 from pipeline.dev.server import EmbeddedRedis
-from tests.procs import freeze_pid
+from tests.procs import freeze_pid, thaw_pid
 
 
 async def wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
@@ -36,7 +34,7 @@ async def test_a_call_cancelled_while_logging_in_leaves_no_reply_behind(freezabl
         with pytest.raises(asyncio.CancelledError):
             await call
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw_pid(pid)
     try:
         assert await client.execute("ECHO", "mine") == b"mine"
         assert b" db=1 " in await client.execute("CLIENT", "INFO"), "the login was not made"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pipeline.dev.server import EmbeddedRedis
 from tests.accounting import check_exactly_once
 from tests.helpers import run_burst
 from tests.outputs import lease_owners
-from tests.procs import freeze, freeze_pid, spawn_agent, stop_all, wait_until, waiting_on_frozen_server
+from tests.procs import freeze, freeze_pid, spawn_agent, stop_all, thaw, thaw_pid, wait_until, waiting_on_frozen_server
 
 SHUTDOWN_TIMEOUT_S = 2.0
 # Interpreter teardown and the process' own exit, beyond the shutdown timeout.
@@ -97,7 +96,7 @@ def test_sigterm_mid_backlog_exits_zero_and_loses_nothing(settings: Settings, tm
             get_going_then_load_the_rest(settings.redis_url, process)
             # Sent while it is stopped, the signal is taken as soon as it runs again.
             process.send_signal(signal.SIGTERM)
-            process.send_signal(signal.SIGCONT)
+            thaw(process)
             code, _ = wait_exit(process, SHUTDOWN_TIMEOUT_S + SLACK_S)
             assert code == 0
             done = verdict_count(client)
@@ -125,7 +124,7 @@ def test_shutdown_is_bounded_even_when_redis_hangs(freezable_server: EmbeddedRed
         get_going_then_load_the_rest(url, process)
         # Redis stopped before the detector runs again: from then on, whatever it sends, it waits on.
         freeze_pid(pid)
-        process.send_signal(signal.SIGCONT)
+        thaw(process)
         wait_until(waiting_on_frozen_server(process.pid, freezable_server.port), 30,
                    "the detector to wait on the frozen Redis")
         process.send_signal(signal.SIGTERM)
@@ -140,7 +139,7 @@ def test_shutdown_is_bounded_even_when_redis_hangs(freezable_server: EmbeddedRed
             assert took >= SHUTDOWN_TIMEOUT_S - 0.5, "it did not wait for the batch in hand"
         assert code == 1, "a cut-off batch must show in the exit status"
     finally:
-        os.kill(pid, signal.SIGCONT)
+        thaw_pid(pid)
         stop_all([process])
     log = (tmp_path / "agent.log").read_text()
     assert "batch not finished in time, cancelling" in log, "the agent was not cut off mid-batch"

@@ -28,7 +28,7 @@ from pipeline.ops import live_view
 from pipeline.ops.status import open_status_client
 from tests.accounting import check_exactly_once
 from tests.outputs import pipeline_drained
-from tests.procs import FAST_RECOVERY, PROJECT_ROOT, freeze_pid, stop_all, wait_until
+from tests.procs import FAST_RECOVERY, PROJECT_ROOT, freeze_pid, stop_all, thaw_pid, wait_until
 from tests.producer import Producer, check_each_click_judged_once
 
 CLICKS = 30_000
@@ -191,7 +191,7 @@ async def test_live_view_shows_a_hung_server_as_unreachable(
                 hung.setattr(live_view, "READ_TIMEOUT_S", 0.5)
                 await view.refresh()
         finally:
-            os.kill(pid, signal.SIGCONT)
+            thaw_pid(pid)
         await view.refresh()
     finally:
         await client.aclose()

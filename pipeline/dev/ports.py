@@ -9,7 +9,7 @@ import socket
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports free right now. Every probe stays bound until all are read: closed one
     by one, the kernel may hand the same port out twice (a 12-port cluster drew a duplicate in about
-    one set of 200), and two nodes would then share a port."""
+    one set of 300), and two nodes would then share a port."""
     with contextlib.ExitStack() as probes:
         ports = []
         for _ in range(count):
